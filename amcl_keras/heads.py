@@ -1,0 +1,110 @@
+"""Projection heads: the method's MLP head and C independent copies of it (AMCL §1)."""
+
+import keras
+import tensorflow as tf
+
+from amcl_keras.temperature import check_positive_int
+
+
+@keras.saving.register_keras_serializable(package="amcl_keras")
+class ProjectionHead(keras.layers.Layer):
+    """An MLP head: for each hidden width a block Dense → (BatchNorm) → activation, then Dense.
+
+    The SimCLR/MoCo head of the paper is `ProjectionHead(hidden_dims=(512,), output_dim=128)`
+    (512 → 512 → 128 on a ResNet-18 feature).
+
+    Example:
+    ```python
+    import numpy as np, amcl_keras as amcl
+    head = amcl.ProjectionHead(hidden_dims=(64,), output_dim=16)
+    head(np.zeros((2, 32), "float32")).shape   # (2, 16)
+    ```
+    """
+
+    def __init__(self, hidden_dims=(512,), output_dim=128, batch_norm=False, activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        hidden_dims = tuple(int(h) for h in hidden_dims)
+        for width in hidden_dims:
+            check_positive_int("hidden_dims[...]", width)
+        check_positive_int("output_dim", output_dim)
+        self.hidden_dims = hidden_dims
+        self.output_dim = output_dim
+        self.batch_norm = bool(batch_norm)
+        self.activation = activation
+        self.blocks = []
+        for index, width in enumerate(hidden_dims):
+            self.blocks.append(keras.layers.Dense(width, use_bias=not batch_norm, name=f"dense_{index}"))
+            if batch_norm:
+                self.blocks.append(keras.layers.BatchNormalization(name=f"batch_norm_{index}"))
+            self.blocks.append(keras.layers.Activation(activation, name=f"activation_{index}"))
+        self.blocks.append(keras.layers.Dense(output_dim, name="output"))
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for block in self.blocks:
+            block.build(shape)
+            shape = block.compute_output_shape(shape)
+        self.built = True
+
+    def call(self, x, training=None):
+        for block in self.blocks:
+            x = block(x, training=training) if isinstance(block, keras.layers.BatchNormalization) else block(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.output_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            hidden_dims=list(self.hidden_dims),
+            output_dim=self.output_dim,
+            batch_norm=self.batch_norm,
+            activation=self.activation,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="amcl_keras")
+class MultiHeadProjector(keras.layers.Layer):
+    """`num_heads` independent `ProjectionHead`s on the same feature: `[batch, F]` → `[batch, C, d]`.
+
+    Example:
+    ```python
+    import numpy as np, amcl_keras as amcl
+    projector = amcl.MultiHeadProjector(num_heads=3, hidden_dims=(64,), output_dim=16)
+    projector(np.zeros((2, 32), "float32")).shape   # (2, 3, 16)
+    ```
+    """
+
+    def __init__(self, num_heads=3, hidden_dims=(512,), output_dim=128, batch_norm=False, activation="relu", **kwargs):
+        super().__init__(**kwargs)
+        check_positive_int("num_heads", num_heads)
+        self.num_heads = num_heads
+        self.heads = [
+            ProjectionHead(hidden_dims, output_dim, batch_norm, activation, name=f"head_{index}")
+            for index in range(num_heads)
+        ]
+
+    def build(self, input_shape):
+        for head in self.heads:
+            head.build(input_shape)
+        self.built = True
+
+    def call(self, features, training=None):
+        return tf.stack([head(features, training=training) for head in self.heads], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_heads, self.heads[0].output_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        head = self.heads[0]
+        config.update(
+            num_heads=self.num_heads,
+            hidden_dims=list(head.hidden_dims),
+            output_dim=head.output_dim,
+            batch_norm=head.batch_norm,
+            activation=head.activation,
+        )
+        return config

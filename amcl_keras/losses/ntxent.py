@@ -1,0 +1,212 @@
+"""SimCLR's NT-Xent loss and its AMCL variant (AMCL_METHOD.md §2 and §4, paper Eqs. 1.1 and 2.1).
+
+Both take the two views' raw head outputs, `[batch, d]` (one head) or `[batch, C, d]`
+(C heads), L2-normalise them, compute in float32, and use as negatives of each anchor the
+other 2B−2 views of the GLOBAL batch (all replicas). The value is the mean over the local
+anchors of both views (the two directions averaged) and the SUM over heads; under a
+strategy with R replicas, the mean over replicas of the returned values is the global loss.
+"""
+
+import keras
+import tensorflow as tf
+
+from amcl_keras.losses.distributed import gather_global_batch
+from amcl_keras.temperature import AdaptiveTemperature, check_positive_int, omega
+
+NEGATIVE_FORMS = ("topk", "hardest")
+
+
+def _as_heads(z, name):
+    """Cast to float32 and give a `[batch, C, d]` view its heads axis (`[batch, d]` → C = 1)."""
+    z = tf.convert_to_tensor(z)
+    if z.shape.rank == 2:
+        z = z[:, None, :]
+    if z.shape.rank != 3:
+        raise ValueError(
+            f"`{name}` must have shape [batch, d] or [batch, num_heads, d], got shape {tuple(z.shape)}."
+        )
+    return tf.cast(z, tf.float32)
+
+
+class _ContrastivePairs:
+    """Anchors, candidates and pair similarities of one SimCLR step, heads first.
+
+    anchors:    [C, 2b, d]  this replica's views (view 1 rows, then view 2 rows), L2-normalised
+    partners:   [C, 2b, d]  each anchor's positive (the other view of the same image)
+    candidates: [C, 2B, d]  every view of the global batch
+    similarity: [C, 2b, 2B] cosine similarity of each anchor with each candidate
+    self_mask:     [2b, 2B] True where the candidate is the anchor itself
+    negative_mask: [2b, 2B] True where the candidate is a negative of the anchor
+    """
+
+    def __init__(self, z1, z2):
+        z1 = _as_heads(z1, "z1")
+        z2 = _as_heads(z2, "z2")
+        if z1.shape.is_fully_defined() and z2.shape.is_fully_defined() and z1.shape != z2.shape:
+            raise ValueError(
+                f"The two views must have the same shape, got z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)}."
+            )
+        z1 = tf.transpose(tf.math.l2_normalize(z1, axis=-1), [1, 0, 2])  # [C, b, d]
+        z2 = tf.transpose(tf.math.l2_normalize(z2, axis=-1), [1, 0, 2])
+        (g1, g2), offset = gather_global_batch(tf.transpose(z1, [1, 0, 2]), tf.transpose(z2, [1, 0, 2]))
+        g1 = tf.transpose(g1, [1, 0, 2])  # [C, B, d]
+        g2 = tf.transpose(g2, [1, 0, 2])
+        local = tf.shape(z1)[1]
+        global_batch = tf.shape(g1)[1]
+        self.anchors = tf.concat([z1, z2], axis=1)
+        self.partners = tf.concat([z2, z1], axis=1)
+        self.candidates = tf.concat([g1, g2], axis=1)
+        self.similarity = tf.matmul(self.anchors, self.candidates, transpose_b=True)
+        rows = offset + tf.range(local)
+        self_index = tf.concat([rows, rows + global_batch], axis=0)  # [2b]
+        partner_index = tf.concat([rows + global_batch, rows], axis=0)
+        self.partner_index = partner_index
+        columns = tf.range(2 * global_batch)[None, :]
+        self.self_mask = columns == self_index[:, None]
+        self.negative_mask = ~self.self_mask & (columns != partner_index[:, None])
+        self.num_negatives = 2 * global_batch - 2
+
+
+@keras.saving.register_keras_serializable(package="amcl_keras")
+class NTXentLoss(keras.layers.Layer):
+    """NT-Xent (SimCLR, paper Eq. 1.1) with one fixed temperature.
+
+    `loss(z1, z2)` → scalar: mean over the 2·batch anchors, summed over heads if the inputs
+    have a heads axis. On identical embeddings it equals log(2N − 1).
+
+    Example:
+    ```python
+    import tensorflow as tf, amcl_keras as amcl
+    loss = amcl.losses.NTXentLoss(temperature=0.5)
+    value = loss(tf.random.normal([8, 16]), tf.random.normal([8, 16]))
+    ```
+    """
+
+    def __init__(self, temperature=0.5, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if not float(temperature) > 0.0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature!r}. SimCLR uses 0.5.")
+        self.temperature = float(temperature)
+
+    def call(self, z1, z2, return_stats=False):
+        pairs = _ContrastivePairs(z1, z2)
+        logits = pairs.similarity / self.temperature
+        # float32 throughout: a large negative constant is safe here (never in float16).
+        logits = tf.where(pairs.self_mask, -1e9, logits)
+        labels = tf.broadcast_to(pairs.partner_index[None, :], tf.shape(logits)[:2])
+        per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        loss = tf.reduce_sum(tf.reduce_mean(per_anchor, axis=1))
+        return (loss, {}) if return_stats else loss
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(temperature=self.temperature)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="amcl_keras")
+class AMCLNTXentLoss(keras.layers.Layer):
+    """AMCL's SimCLR loss (paper Eq. 2.1, and the authors' top-k form, paper Eq. 5).
+
+    For each head c and anchor i, with τ from the shared `AdaptiveTemperature` (`.temperature`):
+
+        −sim⁺/τ⁺ + β·Ω(τ⁺) + [negative term]
+
+    `negatives="topk"` (the authors' default): the k negatives most similar by cosine
+    (k = min(top_k, 2B − 2)); negative term = mean_k(sim_k/τ_k) − β·Σ_k(log τ_k + 1/τ_k).
+    `negatives="hardest"` (Eq. 2.1): the most similar negative n*; negative term =
+    sim_n*/τ_n* − β·Ω(τ_n*). Ω(τ) = (d/2)·log τ + 1/τ.
+
+    Mean over anchors of both views, SUM over heads, float32 whatever the inputs' dtype.
+    `call(z1, z2, return_stats=True)` also returns the per-head mean τ⁺ and τ⁻ (`[C]` each).
+
+    Example:
+    ```python
+    import tensorflow as tf, amcl_keras as amcl
+    loss = amcl.losses.AMCLNTXentLoss(projection_dim=16, top_k=5)
+    value = loss(tf.random.normal([8, 3, 16]), tf.random.normal([8, 3, 16]))
+    ```
+    """
+
+    def __init__(
+        self,
+        projection_dim,
+        beta=1e-4,
+        negatives="topk",
+        top_k=100,
+        temperature_hidden_dim=128,
+        temperature_min=1e-5,
+        temperature_max=2.0,
+        **kwargs,
+    ):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if negatives not in NEGATIVE_FORMS:
+            raise ValueError(
+                f"`negatives` must be one of {NEGATIVE_FORMS} ('topk': the authors' top-k form; "
+                f"'hardest': paper Eq. 2.1), got {negatives!r}."
+            )
+        check_positive_int("top_k", top_k)
+        if not float(beta) >= 0.0:
+            raise ValueError(f"`beta` must be >= 0, got {beta!r}. The authors use 1e-4 for SimCLR.")
+        self.projection_dim = projection_dim
+        self.beta = float(beta)
+        self.negatives = negatives
+        self.top_k = top_k
+        self.temperature = AdaptiveTemperature(
+            projection_dim,
+            hidden_dim=temperature_hidden_dim,
+            temperature_min=temperature_min,
+            temperature_max=temperature_max,
+            dtype=self.dtype_policy,
+            name="adaptive_temperature",
+        )
+
+    def build(self, *args, **kwargs):
+        self.built = True
+
+    def call(self, z1, z2, return_stats=False):
+        pairs = _ContrastivePairs(z1, z2)
+        self.temperature._check_last_dim(pairs.anchors)
+        embed = self.temperature.embed
+        phi_anchors = embed(pairs.anchors)  # φ once per sample ...
+        tau = self.temperature.from_scores(tf.matmul(phi_anchors, embed(pairs.candidates), transpose_b=True))
+        tau_positive = self.temperature.from_scores(tf.reduce_sum(phi_anchors * embed(pairs.partners), -1))
+        sim_positive = tf.reduce_sum(pairs.anchors * pairs.partners, axis=-1)  # [C, 2b]
+
+        k = 1 if self.negatives == "hardest" else tf.minimum(self.top_k, pairs.num_negatives)
+        # Negatives are chosen by cosine similarity alone; non-negatives are pushed below -1.
+        ranked = tf.where(pairs.negative_mask, pairs.similarity, -3.0)
+        sim_negative, index = tf.math.top_k(ranked, k=k)  # [C, 2b, k]
+        tau_negative = tf.gather(tau, index, batch_dims=2)
+
+        dim = self.projection_dim
+        per_anchor = -sim_positive / tau_positive + self.beta * omega(tau_positive, dim)
+        if self.negatives == "hardest":
+            sim_n, tau_n = sim_negative[..., 0], tau_negative[..., 0]
+            per_anchor += sim_n / tau_n - self.beta * omega(tau_n, dim)
+        else:
+            per_anchor += tf.reduce_mean(sim_negative / tau_negative, axis=-1)
+            per_anchor -= self.beta * tf.reduce_sum(tf.math.log(tau_negative) + 1.0 / tau_negative, axis=-1)
+        loss = tf.reduce_sum(tf.reduce_mean(per_anchor, axis=1))
+        if not return_stats:
+            return loss
+        stats = {
+            "temperature_positive": tf.reduce_mean(tau_positive, axis=1),
+            "temperature_negative": tf.reduce_mean(tau_negative, axis=[1, 2]),
+        }
+        return loss, stats
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            projection_dim=self.projection_dim,
+            beta=self.beta,
+            negatives=self.negatives,
+            top_k=self.top_k,
+            temperature_hidden_dim=self.temperature.hidden_dim,
+            temperature_min=self.temperature.temperature_min,
+            temperature_max=self.temperature.temperature_max,
+        )
+        return config

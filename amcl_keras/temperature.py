@@ -1,0 +1,113 @@
+"""The adaptive temperature of AMCL (AMCL_METHOD.md §3): one small network φ shared by all heads.
+
+A pair (a, b) of L2-normalised head outputs gets the score r = φ(a)·φ(b) and the temperature
+
+    τ(a, b) = τ_min + (τ_max − τ_min) · sigmoid(−r)
+
+so a pair that φ finds alike gets a low temperature. The regulariser
+Ω(τ) = (d/2)·log τ + 1/τ keeps τ away from degenerate values (its minimum is at τ = 2/d).
+"""
+
+import keras
+import tensorflow as tf
+
+
+def omega(tau, dim):
+    """The temperature regulariser Ω(τ) = (dim/2)·log τ + 1/τ, elementwise.
+
+    Example:
+    >>> float(omega(tf.constant(2.0 / 128), 128))  # the minimum, at τ = 2/d
+    ... # doctest: +SKIP
+    """
+    return 0.5 * float(dim) * tf.math.log(tau) + 1.0 / tau
+
+
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+
+
+@keras.saving.register_keras_serializable(package="amcl_keras")
+class AdaptiveTemperature(keras.layers.Layer):
+    """Per-pair temperatures from φ = Dense(hidden_dim, relu) → Dense(projection_dim).
+
+    `get_weights()` is `[W1 (d×h), b1 (h), W2 (h×d), b2 (d)]`. Calling the layer on two
+    L2-normalised tensors of equal shape `[..., d]` returns τ of shape `[...]`;
+    `pairwise(a, b)` returns every pair's τ, `[..., n, m]`, with one matmul.
+    The layer computes in float32 unless a dtype is given.
+
+    Example:
+    ```python
+    import tensorflow as tf, amcl_keras as amcl
+    temperature = amcl.AdaptiveTemperature(projection_dim=8)
+    a = tf.math.l2_normalize(tf.random.normal([4, 8]), -1)
+    b = tf.math.l2_normalize(tf.random.normal([4, 8]), -1)
+    tau = temperature(a, b)              # shape [4], inside (1e-5, 2.0)
+    all_pairs = temperature.pairwise(a, b)  # shape [4, 4]
+    ```
+    """
+
+    def __init__(self, projection_dim, hidden_dim=128, temperature_min=1e-5, temperature_max=2.0, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        check_positive_int("projection_dim", projection_dim)
+        check_positive_int("hidden_dim", hidden_dim)
+        if not 0.0 < float(temperature_min) < float(temperature_max):
+            raise ValueError(
+                "Temperatures need 0 < temperature_min < temperature_max, got "
+                f"temperature_min={temperature_min!r}, temperature_max={temperature_max!r}. "
+                "The authors use temperature_min=1e-5, temperature_max=2.0."
+            )
+        self.projection_dim = projection_dim
+        self.hidden_dim = hidden_dim
+        self.temperature_min = float(temperature_min)
+        self.temperature_max = float(temperature_max)
+        self.hidden = keras.layers.Dense(hidden_dim, activation="relu", dtype=self.dtype_policy, name="phi_hidden")
+        self.out = keras.layers.Dense(projection_dim, dtype=self.dtype_policy, name="phi_output")
+        self.hidden.build((None, projection_dim))
+        self.out.build((None, hidden_dim))
+        self.built = True
+
+    def build(self, *args, **kwargs):  # weights are created in __init__: the input size is projection_dim
+        self.built = True
+
+    def _check_last_dim(self, x):
+        if x.shape[-1] is not None and x.shape[-1] != self.projection_dim:
+            raise ValueError(
+                f"AdaptiveTemperature was built for vectors of size projection_dim={self.projection_dim}, "
+                f"but got a tensor of shape {tuple(x.shape)}. Pass head outputs whose last axis is "
+                f"{self.projection_dim}, or build the layer with projection_dim={x.shape[-1]}."
+            )
+
+    def embed(self, x):
+        """φ(x) for L2-normalised x of shape `[..., d]` (float32)."""
+        self._check_last_dim(x)
+        return self.out(self.hidden(tf.cast(x, self.compute_dtype)))
+
+    def from_scores(self, scores):
+        """Map pair scores r = φ(a)·φ(b) to temperatures inside (temperature_min, temperature_max)."""
+        span = self.temperature_max - self.temperature_min
+        return self.temperature_min + span * tf.sigmoid(-scores)
+
+    def pairwise(self, a, b):
+        """τ for every pair: a `[..., n, d]`, b `[..., m, d]` → `[..., n, m]`."""
+        return self.from_scores(tf.matmul(self.embed(a), self.embed(b), transpose_b=True))
+
+    def call(self, a, b):
+        if a.shape.rank is not None and b.shape.rank is not None and a.shape != b.shape:
+            if a.shape.is_fully_defined() and b.shape.is_fully_defined():
+                raise ValueError(
+                    f"AdaptiveTemperature expects two tensors of equal shape [..., d], got "
+                    f"{tuple(a.shape)} and {tuple(b.shape)}. Use `pairwise(a, b)` for all pairs."
+                )
+        return self.from_scores(tf.reduce_sum(self.embed(a) * self.embed(b), axis=-1))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            projection_dim=self.projection_dim,
+            hidden_dim=self.hidden_dim,
+            temperature_min=self.temperature_min,
+            temperature_max=self.temperature_max,
+        )
+        return config
