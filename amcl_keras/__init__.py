@@ -1,8 +1,27 @@
 """amcl-keras: Adaptive Multi-Head Contrastive Learning (ECCV 2024) for Keras 3 / TensorFlow."""
 
-from amcl_keras import losses
+import os
+
+# TensorFlow's C++ info and warning lines (grappler cost-model chatter on every epoch) drown
+# the progress bars; errors still show. Set TF_CPP_MIN_LOG_LEVEL yourself to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from amcl_keras import augment  # noqa: E402, data, encoders, losses, methods
 from amcl_keras.heads import MultiHeadProjector, ProjectionHead
+from amcl_keras.methods import ContrastiveTrainer, SimCLR
 from amcl_keras.temperature import AdaptiveTemperature, omega
 
 __version__ = "0.1.0"
-__all__ = ["AdaptiveTemperature", "MultiHeadProjector", "ProjectionHead", "losses", "omega"]
+__all__ = [
+    "AdaptiveTemperature",
+    "ContrastiveTrainer",
+    "MultiHeadProjector",
+    "ProjectionHead",
+    "SimCLR",
+    "augment",
+    "data",
+    "encoders",
+    "losses",
+    "methods",
+    "omega",
+]

@@ -12,6 +12,14 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same Keras/TF/NumPy seeds, so failures reproduce."""
+    import keras
+
+    keras.utils.set_random_seed(1234)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

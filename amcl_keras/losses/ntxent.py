@@ -119,7 +119,8 @@ class AMCLNTXentLoss(keras.layers.Layer):
     sim_n*/τ_n* − β·Ω(τ_n*). Ω(τ) = (d/2)·log τ + 1/τ.
 
     Mean over anchors of both views, SUM over heads, float32 whatever the inputs' dtype.
-    `call(z1, z2, return_stats=True)` also returns the per-head mean τ⁺ and τ⁻ (`[C]` each).
+    `call(z1, z2, return_stats=True)` also returns the per-head mean τ⁺ and τ⁻ of the
+    selected negatives, as `{"tau_pos": [C], "tau_neg": [C]}`.
 
     Example:
     ```python
@@ -193,8 +194,8 @@ class AMCLNTXentLoss(keras.layers.Layer):
         if not return_stats:
             return loss
         stats = {
-            "temperature_positive": tf.reduce_mean(tau_positive, axis=1),
-            "temperature_negative": tf.reduce_mean(tau_negative, axis=[1, 2]),
+            "tau_pos": tf.reduce_mean(tau_positive, axis=1),
+            "tau_neg": tf.reduce_mean(tau_negative, axis=[1, 2]),
         }
         return loss, stats
 

@@ -41,7 +41,9 @@ def test_amcl_ntxent_matches_numpy(rng, negatives, batch, heads, dim, top_k):
     value = float(loss(z1, z2))
     weights = loss.temperature.get_weights()
     expected = reference.amcl_ntxent(z1, z2, weights, 0.05, negatives, top_k)
-    np.testing.assert_allclose(value, expected, rtol=1e-5)
+    # 1e-5 relative; the AMCL terms are O(1) and may cancel to a total near 0, so float32
+    # round-off (~1e-7 per term) gets an absolute floor of 1e-6.
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_amcl_ntxent_non_default_temperature_bounds(rng):
@@ -49,7 +51,7 @@ def test_amcl_ntxent_non_default_temperature_bounds(rng):
     z2 = rng.normal(size=(6, 2, 8)).astype("float32")
     loss = AMCLNTXentLoss(8, beta=1e-4, top_k=4, temperature_min=0.05, temperature_max=0.7)
     expected = reference.amcl_ntxent(z1, z2, loss.temperature.get_weights(), 1e-4, "topk", 4, 0.05, 0.7)
-    np.testing.assert_allclose(float(loss(z1, z2)), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(loss(z1, z2)), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_amcl_ntxent_steep_temperatures_stay_accurate(rng):
@@ -77,7 +79,7 @@ def test_amcl_stats_are_per_head_and_inside_bounds(rng):
     z2 = rng.normal(size=(6, 3, 8)).astype("float32")
     loss = AMCLNTXentLoss(8, top_k=4, temperature_min=0.1, temperature_max=0.9)
     _, stats = loss(z1, z2, return_stats=True)
-    for key in ("temperature_positive", "temperature_negative"):
+    for key in ("tau_pos", "tau_neg"):
         values = stats[key].numpy()
         assert values.shape == (3,)
         assert np.all((values > 0.1) & (values < 0.9))
@@ -85,7 +87,7 @@ def test_amcl_stats_are_per_head_and_inside_bounds(rng):
     views = reference.normalize(np.concatenate([z1[:, 0], z2[:, 0]]).astype(np.float64))
     weights = loss.temperature.get_weights()
     taus = [reference.temperature(weights, views[i], views[(i + 6) % 12], 0.1, 0.9) for i in range(12)]
-    np.testing.assert_allclose(stats["temperature_positive"][0], np.mean(taus), rtol=1e-5)
+    np.testing.assert_allclose(stats["tau_pos"][0], np.mean(taus), rtol=1e-5)
 
 
 def test_amcl_gradients_finite_with_float16_inputs(rng):

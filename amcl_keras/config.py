@@ -1,0 +1,239 @@
+"""Typed run configuration: dataclasses, YAML in and out, validation with clear messages.
+
+Every field has the demo's value as default, so `Config()` is the CPU demo. A YAML file
+names only what it changes; unknown keys, wrong types and out-of-range values are refused
+at load time with the key, the value and what is allowed.
+"""
+
+import dataclasses
+import difflib
+import typing
+
+import yaml
+
+from amcl_keras.augment import parse_preset
+from amcl_keras.losses.ntxent import NEGATIVE_FORMS
+
+STRATEGIES = ("auto", "default", "mirrored")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist_subset"  # the shipped subset, or a tfds name such as "cifar10"
+    split: str = "train"  # the pre-training split
+    eval_train_split: str = "train"  # labelled split for the kNN bank and the probe's training
+    eval_test_split: str = "test"
+    data_dir: typing.Optional[str] = None  # tfds data_dir with prepared data
+    download: bool = True  # let tfds download a named dataset that is not prepared
+    image_size: typing.Optional[int] = None  # None: the dataset's own size
+    batch_size: int = 256  # global batch (all replicas); the last incomplete batch is dropped
+    augmentation: str = "simclr"  # preset: "simclr" or letters from "abcde"
+    crop_scale: typing.Tuple[float, float] = (0.2, 1.0)
+    shuffle_buffer: int = 5000
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    method: str = "simclr"
+    encoder: str = "small_convnet"  # or "resnet18_cifar"
+    encoder_width: int = 32
+    num_heads: int = 3
+    amcl: bool = True
+    projection_dim: int = 128
+    hidden_dim: int = 512
+    temperature: float = 0.5  # the baseline's fixed τ (amcl: false)
+    beta: float = 1e-4
+    negatives: str = "topk"  # "topk" (authors' code) or "hardest" (paper Eq. 2.1)
+    top_k: int = 100
+    temperature_hidden_dim: int = 128
+    temperature_min: float = 1e-5
+    temperature_max: float = 2.0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 10
+    steps_per_epoch: typing.Optional[int] = None  # None: one pass over the data
+    learning_rate: float = 0.06  # SGD, momentum, cosine decay to 0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    clipnorm: float = 1.0  # global gradient-norm clipping (the authors' 1.0)
+    strategy: str = "mirrored"  # "auto": Mirrored over GPUs, else default; "mirrored": always
+    cpu_replicas: int = 1  # with "mirrored" and no GPU: logical CPU devices to mirror over
+    jit_compile: bool = False
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    probe_epochs: int = 50
+    max_examples: typing.Optional[int] = 10000  # per labelled split
+
+
+@dataclasses.dataclass
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def dump(self, path):
+        with open(path, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(_plain(self.to_dict()), handle, sort_keys=False)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _unknown_key(where, key, known):
+    hint = difflib.get_close_matches(key, known, n=1)
+    suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+    return ConfigError(f"Unknown config key {where}{key!r}.{suggestion} Known keys here: {sorted(known)}.")
+
+
+def _coerce(where, value, annotation):
+    """Check `value` against a field annotation (int, float, bool, str, Optional, Tuple)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} numbers, got {value!r}.")
+        return tuple(_coerce(f"{where}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}.")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}.")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r} (write 1.0e-4, not 1e-4 without a dot, in YAML).")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}.")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r}")
+
+
+def from_dict(raw):
+    """Build and validate a `Config` from nested dicts (as YAML gives them)."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"A config must be a mapping of sections, got {type(raw).__name__}.")
+    sections = {}
+    hints = typing.get_type_hints(Config)
+    for name, section in raw.items():
+        if name not in hints:
+            raise _unknown_key("", name, list(hints))
+        if not isinstance(section, dict):
+            raise ConfigError(f"Config section {name!r} must be a mapping, got {section!r}.")
+        fields = typing.get_type_hints(hints[name])
+        values = {}
+        for key, value in section.items():
+            if key not in fields:
+                raise _unknown_key(f"{name}.", key, list(fields))
+            values[key] = _coerce(f"{name}.{key}", value, fields[key])
+        sections[name] = hints[name](**values)
+    config = Config(**sections)
+    validate(config)
+    return config
+
+
+def load(path=None, overrides=()):
+    """Load a YAML config (or the defaults) and apply `section.key=value` overrides."""
+    raw = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                raw = yaml.safe_load(handle) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"Config file {str(path)!r} does not exist. Configs ship in the configs/ folder.") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {error}") from None
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"An override must look like section.key=value (e.g. train.epochs=1), got {override!r}.")
+        if not isinstance(raw, dict):
+            raise ConfigError(f"A config must be a mapping of sections, got {type(raw).__name__}.")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"Config section {section!r} must be a mapping, got {raw[section]!r}.")
+        raw[section][field] = yaml.safe_load(text)
+    return from_dict(raw)
+
+
+def _require(condition, key, value, allowed):
+    if not condition:
+        raise ConfigError(f"{key}={value!r} is out of range: {allowed}.")
+
+
+def validate(config):
+    data, model, train, evaluation = config.data, config.model, config.train, config.eval
+    _require(data.batch_size >= 2, "data.batch_size", data.batch_size, "it must be at least 2 (positives need pairs)")
+    _require(data.image_size is None or data.image_size >= 8, "data.image_size", data.image_size, "use None or >= 8")
+    _require(data.shuffle_buffer >= 1, "data.shuffle_buffer", data.shuffle_buffer, "it must be >= 1")
+    _require(0 < data.crop_scale[0] <= data.crop_scale[1] <= 1, "data.crop_scale", data.crop_scale, "0 < low <= high <= 1")
+    try:
+        parse_preset(data.augmentation)
+    except ValueError as error:
+        raise ConfigError(f"data.augmentation: {error}") from None
+    from amcl_keras import encoders, methods
+
+    _require(model.method in methods.METHODS, "model.method", model.method, f"one of {sorted(methods.METHODS)}")
+    _require(model.encoder in encoders.ENCODERS, "model.encoder", model.encoder, f"one of {sorted(encoders.ENCODERS)}")
+    for key in ("encoder_width", "num_heads", "projection_dim", "hidden_dim", "top_k", "temperature_hidden_dim"):
+        value = getattr(model, key)
+        _require(value >= 1, f"model.{key}", value, "it must be a positive integer")
+    _require(model.temperature > 0, "model.temperature", model.temperature, "it must be > 0 (SimCLR uses 0.5)")
+    _require(model.beta >= 0, "model.beta", model.beta, "it must be >= 0 (the authors use 1e-4)")
+    _require(model.negatives in NEGATIVE_FORMS, "model.negatives", model.negatives, f"one of {NEGATIVE_FORMS}")
+    _require(
+        0 < model.temperature_min < model.temperature_max,
+        "model.temperature_min",
+        (model.temperature_min, model.temperature_max),
+        "0 < temperature_min < temperature_max (the authors use 1e-5 and 2.0)",
+    )
+    _require(train.epochs >= 1, "train.epochs", train.epochs, "it must be >= 1")
+    _require(train.steps_per_epoch is None or train.steps_per_epoch >= 1, "train.steps_per_epoch", train.steps_per_epoch, "None or >= 1")
+    _require(train.learning_rate > 0, "train.learning_rate", train.learning_rate, "it must be > 0")
+    _require(0 <= train.momentum < 1, "train.momentum", train.momentum, "0 <= momentum < 1")
+    _require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "it must be >= 0")
+    _require(train.clipnorm > 0, "train.clipnorm", train.clipnorm, "it must be > 0")
+    _require(train.strategy in STRATEGIES, "train.strategy", train.strategy, f"one of {STRATEGIES}")
+    _require(train.cpu_replicas >= 1, "train.cpu_replicas", train.cpu_replicas, "it must be >= 1")
+    _require(
+        data.batch_size % train.cpu_replicas == 0,
+        "data.batch_size",
+        data.batch_size,
+        f"the global batch must divide evenly over train.cpu_replicas={train.cpu_replicas}",
+    )
+    _require(evaluation.knn_k >= 1, "eval.knn_k", evaluation.knn_k, "it must be >= 1")
+    _require(evaluation.knn_temperature > 0, "eval.knn_temperature", evaluation.knn_temperature, "it must be > 0")
+    _require(evaluation.probe_epochs >= 1, "eval.probe_epochs", evaluation.probe_epochs, "it must be >= 1")
+    _require(evaluation.max_examples is None or evaluation.max_examples >= 1, "eval.max_examples", evaluation.max_examples, "None or >= 1")
+    return config

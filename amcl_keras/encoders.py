@@ -1,0 +1,74 @@
+"""Backbones: any Keras model mapping images `[batch, H, W, C]` (floats in [0, 1]) to `[batch, F]`."""
+
+import keras
+
+layers = keras.layers
+
+
+def _conv_bn_relu(x, filters, strides, synchronized, name):
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(synchronized=synchronized, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def small_convnet(input_shape=(28, 28, 1), width=32, synchronized_batch_norm=False, name="small_convnet"):
+    """Three 3×3 conv blocks (width, 2·width, 4·width; the last two stride 2) and global pooling.
+
+    Fast enough for the CPU demo: feature size 4·width.
+
+    Example:
+    ```python
+    encoder = amcl_keras.encoders.small_convnet((28, 28, 1), width=16)   # → [batch, 64]
+    ```
+    """
+    inputs = keras.Input(tuple(input_shape), name="images")
+    x = inputs
+    for index, (multiplier, strides) in enumerate(((1, 1), (2, 2), (4, 2))):
+        x = _conv_bn_relu(x, width * multiplier, strides, synchronized_batch_norm, f"block{index}")
+    outputs = layers.GlobalAveragePooling2D(name="features")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _basic_block(x, filters, strides, synchronized, name):
+    shortcut = x
+    y = _conv_bn_relu(x, filters, strides, synchronized, f"{name}_a")
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
+    y = layers.BatchNormalization(synchronized=synchronized, name=f"{name}_b_bn")(y)
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj_conv")(x)
+        shortcut = layers.BatchNormalization(synchronized=synchronized, name=f"{name}_proj_bn")(shortcut)
+    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
+
+
+def resnet18_cifar(input_shape=(32, 32, 3), width=64, synchronized_batch_norm=False, name="resnet18_cifar"):
+    """ResNet-18 with the CIFAR stem (3×3 stride-1 conv, no max-pool), as the AMCL authors use.
+
+    Feature size 8·width (512 at the default width).
+
+    Example:
+    ```python
+    encoder = amcl_keras.encoders.resnet18_cifar((32, 32, 3))   # → [batch, 512]
+    ```
+    """
+    inputs = keras.Input(tuple(input_shape), name="images")
+    x = _conv_bn_relu(inputs, width, 1, synchronized_batch_norm, "stem")
+    for stage, (multiplier, strides) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2))):
+        for block in range(2):
+            x = _basic_block(
+                x, width * multiplier, strides if block == 0 else 1, synchronized_batch_norm, f"stage{stage}_block{block}"
+            )
+    outputs = layers.GlobalAveragePooling2D(name="features")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+ENCODERS = {"small_convnet": small_convnet, "resnet18_cifar": resnet18_cifar}
+
+
+def get(name, input_shape, width=None, synchronized_batch_norm=False):
+    """Build an encoder by name (`small_convnet`, `resnet18_cifar`)."""
+    if name not in ENCODERS:
+        raise ValueError(f"Unknown encoder {name!r}. Known encoders: {sorted(ENCODERS)}.")
+    kwargs = {"synchronized_batch_norm": synchronized_batch_norm}
+    if width is not None:
+        kwargs["width"] = width
+    return ENCODERS[name](tuple(input_shape), **kwargs)

@@ -1,0 +1,68 @@
+"""Evaluation of a frozen encoder: kNN (cosine, weighted votes) and a linear probe."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from amcl_keras.data import to_float_images
+
+
+def extract_features(encoder, images, image_size=None, batch_size=512):
+    """Encoder features `[N, F]` (float32 NumPy) of uint8 images `[N, H, W, C]`, in inference mode."""
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+    dataset = dataset.map(lambda x: to_float_images(x, image_size)).prefetch(tf.data.AUTOTUNE)
+    return np.concatenate([np.asarray(encoder(batch, training=False), np.float32) for batch in dataset])
+
+
+def knn_predict(train_features, train_labels, query_features, num_classes, k=200, temperature=0.1, chunk=1024):
+    """Weighted kNN on cosine similarity (as the AMCL authors and lightly): the k nearest training
+    features vote for their label with weight exp(similarity / temperature)."""
+    train = train_features / np.linalg.norm(train_features, axis=1, keepdims=True).clip(1e-12)
+    query = query_features / np.linalg.norm(query_features, axis=1, keepdims=True).clip(1e-12)
+    k = min(k, len(train))
+    predictions = []
+    for start in range(0, len(query), chunk):
+        similarity = query[start : start + chunk] @ train.T
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        weights = np.exp(np.take_along_axis(similarity, nearest, axis=1) / temperature)
+        votes = np.zeros((len(similarity), num_classes))
+        np.add.at(votes, (np.arange(len(similarity))[:, None], train_labels[nearest]), weights)
+        predictions.append(votes.argmax(axis=1))
+    return np.concatenate(predictions)
+
+
+def knn_accuracy(train_features, train_labels, test_features, test_labels, k=200, temperature=0.1):
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    predicted = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
+    return float(np.mean(predicted == test_labels))
+
+
+def linear_probe_accuracy(
+    train_features, train_labels, test_features, test_labels, epochs=50, learning_rate=1e-2, batch_size=256, seed=0
+):
+    """Test accuracy of a softmax classifier (Adam) on standardised frozen features."""
+    mean = train_features.mean(axis=0)
+    std = train_features.std(axis=0) + 1e-6
+    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    keras.utils.set_random_seed(seed)
+    probe = keras.Sequential([keras.Input((train_features.shape[1],)), keras.layers.Dense(num_classes)])
+    probe.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    probe.fit((train_features - mean) / std, train_labels, epochs=epochs, batch_size=batch_size, verbose=0)
+    _, accuracy = probe.evaluate((test_features - mean) / std, test_labels, batch_size=1024, verbose=0)
+    return float(accuracy)
+
+
+def evaluate_encoder(encoder, train, test, image_size=None, knn_k=200, knn_temperature=0.1, probe_epochs=50, seed=0):
+    """Linear-probe and kNN accuracy of `encoder`; `train`/`test` are `(images uint8, labels)`."""
+    train_features = extract_features(encoder, train[0], image_size)
+    test_features = extract_features(encoder, test[0], image_size)
+    return {
+        "linear_probe": linear_probe_accuracy(
+            train_features, train[1], test_features, test[1], epochs=probe_epochs, seed=seed
+        ),
+        "knn": knn_accuracy(train_features, train[1], test_features, test[1], knn_k, knn_temperature),
+    }

@@ -1,0 +1,101 @@
+"""The trainer every method shares: one `train_step` from two views to an optimizer step.
+
+(view1, view2) → encoder(concat) → projector → z [2b, C, d] → split → method loss
+→ ÷ replicas (the optimizer sums replica gradients) → gradients → apply → metrics.
+A method subclass supplies only `compute_loss_and_stats(z1, z2)`.
+"""
+
+import keras
+import tensorflow as tf
+
+
+class ContrastiveTrainer(keras.Model):
+    """Base class of the methods: owns the encoder, the projector, the step and the metrics.
+
+    `data` for `fit` is a dataset of `(view1, view2)` batches (extra elements, such as labels,
+    are ignored). `model(images)` and `model.encoder` give the backbone features.
+    """
+
+    def __init__(self, encoder, projector, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(encoder, keras.layers.Layer):
+            raise TypeError(
+                f"`encoder` must be a Keras model or layer mapping images to [batch, features], got {type(encoder)!r}."
+            )
+        self.encoder = encoder
+        self.projector = projector
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self._stat_trackers = {
+            f"{stat}_{head}": keras.metrics.Mean(name=f"{stat}_{head}")
+            for stat in self.stat_names()
+            for head in range(projector.num_heads)
+        }
+        self._build_from_encoder()
+
+    # --- what a method defines -------------------------------------------------------
+    def compute_loss_and_stats(self, z1, z2):
+        """Return `(loss, stats)`: a float32 scalar and a dict of `[C]` per-head tensors."""
+        raise NotImplementedError
+
+    def stat_names(self):
+        """The keys of the per-head stats `compute_loss_and_stats` returns (logged as `<key>_<head>`)."""
+        return ()
+
+    # --- shared machinery ------------------------------------------------------------
+    def _build_from_encoder(self):
+        """Create every variable now, so `fit` under a strategy finds them all (no lazy builds)."""
+        inputs = getattr(self.encoder, "inputs", None)
+        if not inputs:
+            return
+        feature_shape = tuple(self.encoder.output.shape)
+        if len(feature_shape) != 2:
+            raise ValueError(
+                f"The encoder must output [batch, features], got output shape {feature_shape}. "
+                "End it with a pooling or flatten layer."
+            )
+        self.projector.build(feature_shape)
+        self.build(tuple(inputs[0].shape))
+
+    def build(self, input_shape):
+        if not self.encoder.built:
+            self.encoder.build(input_shape)
+        self.built = True
+
+    def call(self, images, training=False):
+        return self.encoder(images, training=training)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, *self._stat_trackers.values()]
+
+    @staticmethod
+    def _views(data):
+        if isinstance(data, dict) and {"view1", "view2"} <= set(data):
+            return data["view1"], data["view2"]
+        if isinstance(data, (tuple, list)) and len(data) >= 1 and isinstance(data[0], (tuple, list)):
+            data = data[0]
+        if not isinstance(data, (tuple, list)) or len(data) != 2:
+            raise ValueError(
+                "A contrastive model trains on batches of two augmented views: give `fit` a dataset of "
+                "(view1, view2) pairs, e.g. amcl_keras.data.pretraining_views(...); got "
+                f"{type(data).__name__} with structure {tf.nest.map_structure(lambda t: getattr(t, 'shape', t), data)}."
+            )
+        return data
+
+    def train_step(self, data):
+        view1, view2 = self._views(data)
+        batch = tf.shape(view1)[0]
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            features = self.encoder(tf.concat([view1, view2], axis=0), training=True)
+            z = self.projector(features, training=True)
+            loss, stats = self.compute_loss_and_stats(z[:batch], z[batch:])
+            # Each replica returns its share of the global mean; the optimizer sums replicas.
+            scaled = self.optimizer.scale_loss(loss / replicas)
+        gradients = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        self.loss_tracker.update_state(loss)
+        for name, per_head in stats.items():
+            for head in range(per_head.shape[0]):
+                self._stat_trackers[f"{name}_{head}"].update_state(per_head[head])
+        return {metric.name: metric.result() for metric in self.metrics}

@@ -1,0 +1,169 @@
+"""The pre-training job: config → data → model under a strategy → fit → evaluation → run directory.
+
+A run directory holds `config.yaml` (the resolved config), `history.jsonl` (one line per
+epoch), `final.weights.h5` (the whole model), `encoder.keras` (the backbone alone) and
+`results.json` (linear probe and kNN, trained vs random-init encoder).
+"""
+
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from amcl_keras import augment, data, encoders, evaluation, methods
+from amcl_keras.callbacks import JSONLinesHistory, NonFiniteLossGuard
+from amcl_keras.distribute import make_strategy
+from amcl_keras.losses import AMCLNTXentLoss, NTXentLoss
+
+
+class RunDirectoryError(FileExistsError):
+    """The run directory already holds a run."""
+
+
+def build_model(config, input_shape):
+    """The method's model for `config.model` on an encoder for images of `input_shape`."""
+    cfg = config.model
+    encoder = encoders.get(cfg.encoder, input_shape, width=cfg.encoder_width)
+    if cfg.amcl:
+        loss = AMCLNTXentLoss(
+            cfg.projection_dim,
+            beta=cfg.beta,
+            negatives=cfg.negatives,
+            top_k=cfg.top_k,
+            temperature_hidden_dim=cfg.temperature_hidden_dim,
+            temperature_min=cfg.temperature_min,
+            temperature_max=cfg.temperature_max,
+        )
+    else:
+        loss = NTXentLoss(cfg.temperature)
+    method = methods.get(cfg.method)
+    return method(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, loss=loss)
+
+
+def build_optimizer(config, total_steps):
+    cfg = config.train
+    learning_rate = cfg.learning_rate
+    if total_steps:
+        learning_rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total_steps)
+    return keras.optimizers.SGD(
+        learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay, global_clipnorm=cfg.clipnorm
+    )
+
+
+def prepare_run_directory(run_dir, overwrite=False):
+    run_dir = pathlib.Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise RunDirectoryError(
+            f"The run directory {str(run_dir)!r} already holds files. Choose a new --run-dir, "
+            "or pass --overwrite to replace that run."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("history.jsonl", "results.json", "final.weights.h5", "encoder.keras"):
+        (run_dir / name).unlink(missing_ok=True)
+    return run_dir
+
+
+def _atomic_save(save, path):
+    """Write through a temporary name, so a crash never leaves a half-written file under `path`."""
+    temporary = path.with_name("partial-" + path.name)  # keeps the suffix Keras checks
+    save(str(temporary))
+    os.replace(temporary, path)
+
+
+def run(config, run_dir, overwrite=False, verbose="auto"):
+    """Pre-train, evaluate and write the run directory; returns the results dict."""
+    run_dir = prepare_run_directory(run_dir, overwrite)
+    config.dump(run_dir / "config.yaml")
+    started = time.perf_counter()
+    keras.utils.set_random_seed(config.train.seed)
+    strategy = make_strategy(config.train.strategy, config.train.cpu_replicas)
+    if config.data.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(
+            f"data.batch_size={config.data.batch_size} does not divide over the "
+            f"{strategy.num_replicas_in_sync} replicas; use a multiple of {strategy.num_replicas_in_sync}."
+        )
+
+    cfg = config.data
+    source = data.load(cfg.dataset, cfg.split, cfg.data_dir, cfg.download)
+    native_shape = tuple(source.element_spec[0].shape)
+    image_size = cfg.image_size or native_shape[0]
+    input_shape = (image_size, image_size, native_shape[-1])
+    augmenter = augment.view_augmenter(image_size, native_shape[-1], cfg.augmentation, cfg.crop_scale)
+    views = data.pretraining_views(source, cfg.batch_size, augmenter, cfg.shuffle_buffer, seed=config.train.seed)
+    steps = config.train.steps_per_epoch
+    if steps is None:
+        known = int(views.cardinality())
+        steps = known if known > 0 else None
+    else:
+        views = views.repeat()
+    if steps == 0 or (steps is None and int(views.cardinality()) == 0):
+        raise ValueError(f"The dataset has fewer examples than one batch of {cfg.batch_size}; lower data.batch_size.")
+
+    with strategy.scope():
+        model = build_model(config, input_shape)
+        model.compile(
+            optimizer=build_optimizer(config, steps * config.train.epochs if steps else None),
+            jit_compile=config.train.jit_compile,
+        )
+
+    train_split = data.labelled_arrays(cfg.dataset, cfg.eval_train_split, cfg.data_dir, config.eval.max_examples, cfg.download)
+    test_split = data.labelled_arrays(cfg.dataset, cfg.eval_test_split, cfg.data_dir, config.eval.max_examples, cfg.download)
+    ev = config.eval
+    evaluate = lambda encoder: evaluation.evaluate_encoder(  # noqa: E731
+        encoder, train_split, test_split, cfg.image_size, ev.knn_k, ev.knn_temperature, ev.probe_epochs, config.train.seed
+    )
+    random_init = evaluate(model.encoder)  # the same architecture, before any training
+
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
+    model.fit(
+        views,
+        epochs=config.train.epochs,
+        steps_per_epoch=config.train.steps_per_epoch,
+        callbacks=[NonFiniteLossGuard(), JSONLinesHistory(run_dir / "history.jsonl")],
+        verbose=verbose,
+        shuffle=False,
+    )
+    _atomic_save(model.save_weights, run_dir / "final.weights.h5")
+    _atomic_save(model.encoder.save, run_dir / "encoder.keras")
+    trained = evaluate(model.encoder)
+
+    results = {
+        "method": f"{'AMCL-' if config.model.amcl else ''}{config.model.method}",
+        "protocol": {
+            "linear_probe": f"softmax on standardised frozen features, Adam 1e-2, {ev.probe_epochs} epochs, "
+            f"trained on split {cfg.eval_train_split!r}, tested on {cfg.eval_test_split!r}",
+            "knn": f"cosine, k={ev.knn_k}, T={ev.knn_temperature}, weighted votes, bank = {cfg.eval_train_split!r}",
+        },
+        "examples": {"train": int(len(train_split[1])), "test": int(len(test_split[1]))},
+        "trained": trained,
+        "random_init": random_init,
+        "epochs": config.train.epochs,
+        "replicas": strategy.num_replicas_in_sync,
+        "strategy": type(strategy).__name__,
+        "seconds": round(time.perf_counter() - started, 1),
+        "hardware": {"machine": platform.machine(), "cpus": os.cpu_count(), "gpus": len(tf.config.list_logical_devices("GPU"))},
+        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+    }
+    temporary = run_dir / "results.json.partial"
+    temporary.write_text(json.dumps(results, indent=2))
+    os.replace(temporary, run_dir / "results.json")
+    return results
+
+
+def format_results(results):
+    """The results table as text."""
+    name = results["method"]
+    rows = [("random init (same architecture)", results["random_init"]), (f"{name}, {results['epochs']} epochs", results["trained"])]
+    width = max(len(label) for label, _ in rows)
+    lines = [f"{'encoder':<{width}}  linear probe    kNN", f"{'-' * width}  ------------  ------"]
+    for label, scores in rows:
+        lines.append(f"{label:<{width}}  {scores['linear_probe'] * 100:11.1f}%  {scores['knn'] * 100:5.1f}%")
+    lines.append(f"linear probe: {results['protocol']['linear_probe']}")
+    lines.append(f"kNN: {results['protocol']['knn']}")
+    return "\n".join(lines)
