@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from amcl_keras import cli
+
+REDUCED = [
+    "--epochs", "1", "--steps-per-epoch", "3",
+    "--set", "data.batch_size=64", "--set", "eval.probe_epochs=2", "--set", "eval.max_examples=400",
+]
+
+
+def test_reduced_demo_writes_its_run_directory(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "--run-dir", str(run_dir), *REDUCED]) == 0
+    printed = capsys.readouterr().out
+    assert "random init (same architecture)" in printed and "AMCL-simclr, 1 epochs" in printed
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "config.yaml", "encoder.keras", "final.weights.h5", "history.jsonl", "results.json"
+    ]
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["train"]["epochs"] == 1 and config["data"]["batch_size"] == 64
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1]
+    assert {"loss", "tau_pos_0", "tau_neg_2", "learning_rate"} <= set(history[0])
+    results = json.loads((run_dir / "results.json").read_text())
+    for key in ("trained", "random_init"):
+        assert 0.0 <= results[key]["linear_probe"] <= 1.0 and 0.0 <= results[key]["knn"] <= 1.0
+    assert results["strategy"] == "MirroredStrategy"
+    # a finished run is not overwritten by accident
+    assert cli.main(["train", "--run-dir", str(run_dir), *REDUCED]) == 2
+    assert "already holds files" in capsys.readouterr().err
+
+
+def test_tfds_dataset_through_the_cli_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=64):
+        code = cli.main([
+            "train", "--run-dir", str(tmp_path / "r"), "--epochs", "1", "--set", "data.dataset=cifar10",
+            "--set", "data.batch_size=16", "--set", "model.encoder_width=8", "--set", "eval.probe_epochs=1",
+            "--set", "eval.knn_k=5",
+        ])
+    assert code == 0
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert results["examples"] == {"train": 64, "test": 64}
+
+
+def test_config_error_exits_2_with_a_message(tmp_path, capsys):
+    assert cli.main(["train", "--run-dir", str(tmp_path / "r"), "--set", "model.num_head=2"]) == 2
+    assert "Did you mean 'num_heads'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_installed_command_runs_as_a_process(tmp_path):
+    """The console entry point, as a user runs it (a fresh process)."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "amcl_keras.cli", "train", "--run-dir", str(tmp_path / "p"), *REDUCED],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "linear probe" in completed.stdout
+    assert (tmp_path / "p" / "encoder.keras").exists()

@@ -1,0 +1,62 @@
+import pathlib
+
+import pytest
+
+from amcl_keras import config as config_lib
+
+CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_the_demo_config():
+    assert config_lib.load(pathlib.Path(__file__).parents[1] / "configs" / "demo.yaml") == config_lib.Config()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    config_lib.load(path)
+
+
+def test_overrides_apply_with_yaml_types():
+    config = config_lib.load(None, ["train.epochs=3", "model.amcl=false", "data.crop_scale=[0.5, 1.0]"])
+    assert config.train.epochs == 3 and config.model.amcl is False and config.data.crop_scale == (0.5, 1.0)
+
+
+def test_round_trip_through_yaml(tmp_path):
+    config = config_lib.load(None, ["model.top_k=7", "data.image_size=32"])
+    config.dump(tmp_path / "c.yaml")
+    assert config_lib.load(tmp_path / "c.yaml") == config
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.num_head=2"], "Did you mean 'num_heads'"),
+        (["modle.num_heads=2"], "Did you mean 'model'"),
+        (["train.epochs=two"], "train.epochs must be an integer"),
+        (["model.amcl=1"], "model.amcl must be true or false"),
+        (["model.top_k=0"], "model.top_k=0 is out of range"),
+        (["model.num_heads=0"], "model.num_heads=0"),
+        (["model.temperature_min=2.0"], "temperature_min < temperature_max"),
+        (["model.negatives=all"], "'topk', 'hardest'"),
+        (["model.method=byol"], "one of \\['simclr'\\]"),
+        (["model.encoder=vit"], "resnet18_cifar"),
+        (["data.augmentation=xyz"], "abcde"),
+        (["data.batch_size=1"], "at least 2"),
+        (["train.cpu_replicas=3"], "divide evenly"),
+        (["train.strategy=tpu"], "'auto', 'default', 'mirrored'"),
+        (["data.crop_scale=[0.5]"], "list of 2 numbers"),
+        (["epochs=3"], "section.key=value"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(overrides, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.load(None, overrides)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="does not exist"):
+        config_lib.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(config_lib.ConfigError, match="not valid YAML"):
+        config_lib.load(bad)
