@@ -45,3 +45,16 @@ def test_tfds_named_dataset_path_with_mock_data():
 def test_unknown_tfds_name_gives_a_clear_error():
     with pytest.raises(RuntimeError, match="fashion_mnist_subset"):
         data.load("no_such_dataset_xyz", "train", download=False)
+
+
+def test_a_keras_cv_pipeline_serves_as_the_augmenter():
+    """Users may pass their own augmenter; keras-cv layers included."""
+    import keras_cv
+
+    crop = keras_cv.layers.RandomCropAndResize(
+        target_size=(24, 24), crop_area_factor=(0.08, 1.0), aspect_ratio_factor=(3 / 4, 4 / 3)
+    )
+    views = data.pretraining_views(data.load(), 32, crop, shuffle_buffer=64, seed=0)
+    view1, view2 = next(iter(views))
+    assert view1.shape == (32, 24, 24, 1)
+    assert not np.allclose(view1, view2)
