@@ -16,8 +16,9 @@ def omega(tau, dim):
     """The temperature regulariser Ω(τ) = (dim/2)·log τ + 1/τ, elementwise.
 
     Example:
-    >>> float(omega(tf.constant(2.0 / 128), 128))  # the minimum, at τ = 2/d
-    ... # doctest: +SKIP
+    ```python
+    omega(tf.constant([0.01, 2.0 / 128, 0.02]), 128)   # smallest in the middle: τ = 2/d
+    ```
     """
     return 0.5 * float(dim) * tf.math.log(tau) + 1.0 / tau
 

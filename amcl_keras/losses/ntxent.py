@@ -64,7 +64,8 @@ class _ContrastivePairs:
         columns = tf.range(2 * global_batch)[None, :]
         self.self_mask = columns == self_index[:, None]
         self.negative_mask = ~self.self_mask & (columns != partner_index[:, None])
-        self.num_negatives = 2 * global_batch - 2
+        static = self.candidates.shape[1]  # a Python int when shapes are static (XLA needs a static k)
+        self.num_negatives = static - 2 if static is not None else 2 * global_batch - 2
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -176,7 +177,12 @@ class AMCLNTXentLoss(keras.layers.Layer):
         tau_positive = self.temperature.from_scores(tf.reduce_sum(phi_anchors * embed(pairs.partners), -1))
         sim_positive = tf.reduce_sum(pairs.anchors * pairs.partners, axis=-1)  # [C, 2b]
 
-        k = 1 if self.negatives == "hardest" else tf.minimum(self.top_k, pairs.num_negatives)
+        if self.negatives == "hardest":
+            k = 1
+        elif isinstance(pairs.num_negatives, int):
+            k = min(self.top_k, pairs.num_negatives)
+        else:
+            k = tf.minimum(self.top_k, pairs.num_negatives)
         # Negatives are chosen by cosine similarity alone; non-negatives are pushed below -1.
         ranked = tf.where(pairs.negative_mask, pairs.similarity, -3.0)
         sim_negative, index = tf.math.top_k(ranked, k=k)  # [C, 2b, k]

@@ -85,6 +85,17 @@ def test_train_step_loss_equals_numpy_on_the_model_embeddings():
     np.testing.assert_allclose(logs["loss"][0], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_xla_compiled_step_equals_the_plain_step():
+    v1, v2 = _views(3)
+    plain = _model(tf.distribute.get_strategy(), True)
+    compiled = _model(tf.distribute.get_strategy(), True)
+    compiled.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=True)
+    compiled.set_weights(plain.get_weights())
+    np.testing.assert_allclose(_one_step(compiled, v1, v2)["loss"], _one_step(plain, v1, v2)["loss"], rtol=1e-5)
+    for a, b in zip(plain.get_weights(), compiled.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_plain_simclr_is_one_head_ntxent():
     encoder = amcl.encoders.small_convnet((8, 8, 1), width=4)
     model = amcl.SimCLR(encoder, num_heads=1, amcl=False, projection_dim=8, hidden_dim=16)
