@@ -56,7 +56,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 20
     steps_per_epoch: typing.Optional[int] = None  # None: one pass over the data
     learning_rate: float = 0.06  # SGD, momentum, cosine decay to 0
     momentum: float = 0.9
