@@ -1,4 +1,4 @@
-"""`amcl` command line: `amcl train [--config FILE] [--set section.key=value ...]`."""
+"""`amcl` command line: `amcl train [--config FILE] [--set section.key=value ...]`, `amcl export RUN_DIR`."""
 
 import argparse
 import os
@@ -21,11 +21,42 @@ def _parser():
     train.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
     train.add_argument("--steps-per-epoch", type=int, help="shortcut for --set train.steps_per_epoch=N")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    export = commands.add_parser(
+        "export",
+        help="export a run's encoder to SavedModel and ONNX, verified",
+        description="Export the trained encoder of RUN_DIR (SavedModel for TF Serving, ONNX for onnxruntime). "
+        "Both are reloaded and compared with Keras on real images before the export is kept.",
+    )
+    export.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `amcl train`")
+    export.add_argument("--out", help="output folder (default: RUN_DIR/export)")
+    export.add_argument("--formats", nargs="+", default=["saved_model", "onnx"], choices=["saved_model", "onnx"])
+    export.add_argument("--tolerance", type=float, default=1e-4, help="max |difference| to Keras allowed")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     return parser
+
+
+def _export(args):
+    from amcl_keras import export as export_lib
+
+    out = args.out or os.path.join(args.run_dir, "export")
+    try:
+        metadata = export_lib.export_encoder(
+            args.run_dir, out, formats=args.formats, tolerance=args.tolerance, overwrite=args.overwrite
+        )
+    except export_lib.ExportError as error:
+        print(f"amcl: export failed: {error}", file=sys.stderr)
+        return 2
+    print(f"Exported to {out}: {', '.join(metadata['formats'])}; input uint8 {metadata['input']['shape']}, "
+          f"output {metadata['output']['name']} float32 [batch, {metadata['feature_dim']}]")
+    for name, diffs in metadata["verification"]["max_abs_diff"].items():
+        print(f"  {name:18s} max |diff| vs Keras: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    return 0
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    if args.command == "export":
+        return _export(args)
 
     from amcl_keras import config as config_lib
 
@@ -44,12 +75,13 @@ def main(argv=None):
     run_dir = args.run_dir or os.path.join("runs", f"{config.model.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         results = train_lib.run(config, run_dir, overwrite=args.overwrite)
-    except (train_lib.RunDirectoryError, ValueError, RuntimeError) as error:
+    except (train_lib.RunDirectoryError, ValueError, RuntimeError) as error:  # ExportError included
         print(f"amcl: error: {error}", file=sys.stderr)
         return 2
     print()
     print(train_lib.format_results(results))
-    print(f"\nRun directory: {run_dir} (config.yaml, history.jsonl, final.weights.h5, encoder.keras, results.json)")
+    print(f"\nRun directory: {run_dir} (config.yaml, history.jsonl, final.weights.h5, encoder.keras, results.json"
+          + (", export/)" if "export" in results else ")"))
     return 0
 
 

@@ -77,11 +77,18 @@ class EvalConfig:
 
 
 @dataclasses.dataclass
+class ExportConfig:
+    formats: typing.Tuple[str, ...] = ("saved_model", "onnx")  # [] to skip the export after training
+    tolerance: float = 1e-4  # max |difference| to the Keras encoder allowed in the verification
+
+
+@dataclasses.dataclass
 class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -114,6 +121,10 @@ def _coerce(where, value, annotation):
             return None
         annotation = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}.")
+        return tuple(_coerce(f"{where}[{i}]", v, args[0]) for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{where} must be a list of {len(args)} numbers, got {value!r}.")
@@ -232,6 +243,11 @@ def validate(config):
         data.batch_size,
         f"the global batch must divide evenly over train.cpu_replicas={train.cpu_replicas}",
     )
+    from amcl_keras.export import FORMATS
+
+    for name in config.export.formats:
+        _require(name in FORMATS, "export.formats", list(config.export.formats), f"a list drawn from {list(FORMATS)}")
+    _require(config.export.tolerance > 0, "export.tolerance", config.export.tolerance, "it must be > 0")
     _require(evaluation.knn_k >= 1, "eval.knn_k", evaluation.knn_k, "it must be >= 1")
     _require(evaluation.knn_temperature > 0, "eval.knn_temperature", evaluation.knn_temperature, "it must be > 0")
     _require(evaluation.probe_epochs >= 1, "eval.probe_epochs", evaluation.probe_epochs, "it must be >= 1")

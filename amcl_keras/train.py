@@ -2,23 +2,28 @@
 
 A run directory holds `config.yaml` (the resolved config), `history.jsonl` (one line per
 epoch), `final.weights.h5` (the whole model), `encoder.keras` (the backbone alone) and
-`results.json` (linear probe and kNN, trained vs random-init encoder).
+`results.json` (linear probe and kNN, trained vs random-init encoder) and `export/` (the
+encoder as a verified SavedModel and ONNX model, see `amcl_keras.export`).
 """
 
 import json
 import os
 import pathlib
 import platform
+import shutil
 import sys
 import time
 
 import keras
 import tensorflow as tf
 
-from amcl_keras import augment, data, encoders, evaluation, methods
+from amcl_keras import augment, data, encoders, evaluation, export, methods
 from amcl_keras.callbacks import JSONLinesHistory, NonFiniteLossGuard
 from amcl_keras.distribute import make_strategy
 from amcl_keras.losses import AMCLNTXentLoss, NTXentLoss
+
+
+DISPLAY_NAMES = {"simclr": "SimCLR"}
 
 
 class RunDirectoryError(FileExistsError):
@@ -65,6 +70,7 @@ def prepare_run_directory(run_dir, overwrite=False):
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("history.jsonl", "results.json", "final.weights.h5", "encoder.keras"):
         (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "export", ignore_errors=True)
     return run_dir
 
 
@@ -134,7 +140,7 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
     trained = evaluate(model.encoder)
 
     results = {
-        "method": f"{'AMCL-' if config.model.amcl else ''}{config.model.method}",
+        "method": f"{'AMCL-' if config.model.amcl else ''}{DISPLAY_NAMES.get(config.model.method, config.model.method)}",
         "protocol": {
             "linear_probe": f"softmax on standardised frozen features, Adam 1e-2, {ev.probe_epochs} epochs, "
             f"trained on split {cfg.eval_train_split!r}, tested on {cfg.eval_test_split!r}",
@@ -150,10 +156,25 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
         "hardware": {"machine": platform.machine(), "cpus": os.cpu_count(), "gpus": len(tf.config.list_logical_devices("GPU"))},
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
+    _write_results(run_dir, results)
+    if config.export.formats:
+        metadata = export.export_encoder(
+            model.encoder,
+            run_dir / "export",
+            formats=config.export.formats,
+            tolerance=config.export.tolerance,
+            images=test_split[0][:16],
+            config_text=(run_dir / "config.yaml").read_text(encoding="utf-8"),
+        )
+        results["export"] = {"path": str(run_dir / "export"), "max_abs_diff": metadata["verification"]["max_abs_diff"]}
+        _write_results(run_dir, results)
+    return results
+
+
+def _write_results(run_dir, results):
     temporary = run_dir / "results.json.partial"
     temporary.write_text(json.dumps(results, indent=2))
     os.replace(temporary, run_dir / "results.json")
-    return results
 
 
 def format_results(results):

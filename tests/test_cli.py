@@ -17,10 +17,11 @@ def test_reduced_demo_writes_its_run_directory(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert cli.main(["train", "--run-dir", str(run_dir), *REDUCED]) == 0
     printed = capsys.readouterr().out
-    assert "random init (same architecture)" in printed and "AMCL-simclr, 1 epochs" in printed
+    assert "random init (same architecture)" in printed and "AMCL-SimCLR, 1 epochs" in printed
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.yaml", "encoder.keras", "final.weights.h5", "history.jsonl", "results.json"
+        "config.yaml", "encoder.keras", "export", "final.weights.h5", "history.jsonl", "results.json"
     ]
+    assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["encoder.onnx", "metadata.json", "saved_model"]
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["train"]["epochs"] == 1 and config["data"]["batch_size"] == 64
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
@@ -30,6 +31,7 @@ def test_reduced_demo_writes_its_run_directory(tmp_path, capsys):
     for key in ("trained", "random_init"):
         assert 0.0 <= results[key]["linear_probe"] <= 1.0 and 0.0 <= results[key]["knn"] <= 1.0
     assert results["strategy"] == "MirroredStrategy"
+    assert max(results["export"]["max_abs_diff"]["onnx"].values()) <= 1e-4
     # a finished run is not overwritten by accident
     assert cli.main(["train", "--run-dir", str(run_dir), *REDUCED]) == 2
     assert "already holds files" in capsys.readouterr().err
@@ -42,11 +44,14 @@ def test_tfds_dataset_through_the_cli_with_mock_data(tmp_path):
         code = cli.main([
             "train", "--run-dir", str(tmp_path / "r"), "--epochs", "1", "--set", "data.dataset=cifar10",
             "--set", "data.batch_size=16", "--set", "model.encoder_width=8", "--set", "eval.probe_epochs=1",
-            "--set", "eval.knn_k=5",
+            "--set", "eval.knn_k=5", "--set", "export.formats=[onnx]",
         ])
     assert code == 0
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert results["examples"] == {"train": 64, "test": 64}
+    # the export verified itself on the dataset's own (RGB, 32x32) test images
+    metadata = json.loads((tmp_path / "r" / "export" / "metadata.json").read_text())
+    assert metadata["input"]["shape"] == [None, None, None, 3]
 
 
 def test_config_error_exits_2_with_a_message(tmp_path, capsys):

@@ -1,0 +1,114 @@
+"""Encoder latency and throughput: Keras vs the reloaded SavedModel vs onnxruntime, side by side.
+
+Exports an encoder (a run directory, or a fresh one by name), then times each path on uint8
+images at batch 1 and 64 in one process, interleaving the paths round by round. Prints JSON
+and a table.
+
+    python -m benchmarks.export_latency                         # small_convnet on 28x28x1
+    python -m benchmarks.export_latency --encoder resnet18_cifar --image-size 32 --channels 3
+    python -m benchmarks.export_latency --run-dir runs/simclr-...
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import amcl_keras as amcl  # noqa: E402
+from amcl_keras import export  # noqa: E402
+from amcl_keras.data import to_float_images  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir")
+    parser.add_argument("--encoder", default="small_convnet")
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per path and batch")
+    parser.add_argument("--json", help="also write the JSON here")
+    args = parser.parse_args()
+
+    if args.run_dir:
+        encoder, _ = export.load_run(args.run_dir)
+    else:
+        keras.utils.set_random_seed(0)
+        encoder = amcl.encoders.get(args.encoder, (args.image_size, args.image_size, args.channels))
+    height, _, channels = encoder.inputs[0].shape[1:]
+    workdir = tempfile.mkdtemp(prefix="amcl-export-bench-")
+    metadata = export.export_encoder(encoder, os.path.join(workdir, "export"), images=_images(8, height, channels))
+
+    import onnxruntime
+
+    loaded = tf.saved_model.load(os.path.join(workdir, "export", "saved_model"))
+    signature = loaded.signatures["serving_default"]
+    session = onnxruntime.InferenceSession(os.path.join(workdir, "export", "encoder.onnx"), providers=["CPUExecutionProvider"])
+    input_name = metadata["formats"]["onnx"]["input_name"]
+    keras_fn = tf.function(lambda x: encoder(to_float_images(x, height), training=False))
+    paths = {
+        "keras": lambda x: keras_fn(tf.constant(x)).numpy(),
+        "saved_model": lambda x: signature(images=tf.constant(x))["embedding"].numpy(),
+        "onnxruntime": lambda x: session.run(["embedding"], {input_name: x})[0],
+    }
+    result = {
+        "benchmark": "export_latency",
+        "encoder": encoder.name,
+        "input": [int(height), int(height), int(channels)],
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "versions": metadata["versions"],
+        "paths": {},
+    }
+    for batch in args.batches:
+        images = _images(batch, height, channels)
+        for run in paths.values():  # warm-up (tracing, first-call allocations)
+            run(images)
+            run(images)
+        times = {name: [] for name in paths}
+        for _ in range(args.repeats):
+            for name, run in paths.items():
+                start = time.perf_counter()
+                run(images)
+                times[name].append(time.perf_counter() - start)
+        for name, values in times.items():
+            median = statistics.median(values)
+            result["paths"].setdefault(name, {})[f"batch_{batch}"] = {
+                "median_ms": round(1000 * median, 3),
+                "images_per_s": round(batch / median, 1),
+            }
+    for batch in args.batches:
+        key = f"batch_{batch}"
+        result[f"onnx_over_saved_model_time_{key}"] = round(
+            result["paths"]["onnxruntime"][key]["median_ms"] / result["paths"]["saved_model"][key]["median_ms"], 3
+        )
+    print(json.dumps(result, indent=2))
+    print()
+    header = " | ".join(f"batch {b}: ms (img/s)" for b in args.batches)
+    print(f"| path | {header} |")
+    print("|---|" + "---|" * len(args.batches))
+    for name in paths:
+        cells = " | ".join(
+            f"{result['paths'][name][f'batch_{b}']['median_ms']:.2f} ({result['paths'][name][f'batch_{b}']['images_per_s']:.0f})"
+            for b in args.batches
+        )
+        print(f"| {name} | {cells} |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=2)
+
+
+def _images(batch, size, channels):
+    return np.random.default_rng(batch).integers(0, 256, size=(batch, size, size, channels), dtype=np.uint8)
+
+
+if __name__ == "__main__":
+    main()
