@@ -6,7 +6,7 @@ import os
 # the progress bars; errors still show. Set TF_CPP_MIN_LOG_LEVEL yourself to see them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from amcl_keras import augment, data, encoders, losses, methods  # noqa: E402
+from amcl_keras import augment, callbacks, data, encoders, evaluation, export, losses, methods  # noqa: E402
 from amcl_keras.heads import MultiHeadProjector, ProjectionHead
 from amcl_keras.methods import ContrastiveTrainer, SimCLR
 from amcl_keras.temperature import AdaptiveTemperature, omega
@@ -19,8 +19,11 @@ __all__ = [
     "ProjectionHead",
     "SimCLR",
     "augment",
+    "callbacks",
     "data",
     "encoders",
+    "evaluation",
+    "export",
     "losses",
     "methods",
     "omega",
