@@ -12,7 +12,7 @@ import typing
 import yaml
 
 from amcl_keras.augment import parse_preset
-from amcl_keras.losses.ntxent import NEGATIVE_FORMS
+from amcl_keras.losses.adaptive import NEGATIVE_FORMS
 
 STRATEGIES = ("auto", "default", "mirrored")
 

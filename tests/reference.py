@@ -75,3 +75,110 @@ def amcl_ntxent(z1, z2, weights, beta, negatives, top_k, t_min=1e-5, t_max=2.0):
             losses.append(loss)
         total += np.mean(losses)
     return total
+
+
+def _heads(x):
+    x = np.asarray(x, np.float64)
+    return x[:, None] if x.ndim == 2 else x
+
+
+def _queue(queue, heads):
+    queue = np.asarray(queue, np.float64)
+    return queue[None] if queue.ndim == 2 else queue
+
+
+def infonce(query, key, queue, tau):
+    """Per head: mean over queries of −log(exp(q·k/τ) / (exp(q·k/τ) + Σ_j exp(q·u_j/τ)))."""
+    q, k = _heads(query), _heads(key)
+    queue = _queue(queue, q.shape[1])
+    total = 0.0
+    for c in range(q.shape[1]):
+        bank = normalize(queue[c])
+        losses = []
+        for i in range(q.shape[0]):
+            qi, ki = normalize(q[i, c]), normalize(k[i, c])
+            logits = np.array([qi @ ki] + [qi @ u for u in bank]) / tau
+            losses.append(-(logits[0] - np.log(np.sum(np.exp(logits)))))
+        total += np.mean(losses)
+    return total
+
+
+def amcl_infonce(query, key, queue, weights, beta, negatives, top_k, t_min=1e-5, t_max=2.0):
+    q, k = _heads(query), _heads(key)
+    queue = _queue(queue, q.shape[1])
+    dim = q.shape[-1]
+    total = 0.0
+    for c in range(q.shape[1]):
+        bank = normalize(queue[c])
+        losses = []
+        for i in range(q.shape[0]):
+            qi, ki = normalize(q[i, c]), normalize(k[i, c])
+            tau_p = temperature(weights, qi, ki, t_min, t_max)
+            loss = -(qi @ ki) / tau_p + beta * omega(tau_p, dim)
+            sims = bank @ qi
+            order = np.argsort(-sims, kind="stable")
+            chosen = order[:1] if negatives == "hardest" else order[: min(top_k, len(bank))]
+            taus = np.array([temperature(weights, qi, bank[j], t_min, t_max) for j in chosen])
+            if negatives == "hardest":
+                loss += sims[chosen[0]] / taus[0] - beta * omega(taus[0], dim)
+            else:
+                loss += np.mean(sims[chosen] / taus) - beta * np.sum(np.log(taus) + 1.0 / taus)
+            losses.append(loss)
+        total += np.mean(losses)
+    return total
+
+
+def _correlation(a, b):
+    n = a.shape[0]
+    sa = (a - a.mean(0)) / (a.std(0, ddof=1) + 1e-9)
+    sb = (b - b.mean(0)) / (b.std(0, ddof=1) + 1e-9)
+    return sa.T @ sb / n
+
+
+def barlow_twins(z1, z2, lambda_):
+    z1, z2 = _heads(z1), _heads(z2)
+    total = 0.0
+    for c in range(z1.shape[1]):
+        corr = _correlation(z1[:, c], z2[:, c])
+        d = corr.shape[0]
+        for l in range(d):
+            for m in range(d):
+                total += (1 - corr[l, l]) ** 2 if l == m else lambda_ * corr[l, m] ** 2
+    return total
+
+
+def amcl_barlow_twins(z1, z2, weights, beta, lambda_, t_min=1e-5, t_max=2.0):
+    """Eq. 2.3; τ_lm from φ on the RAW batch-wise channel vectors (columns of z)."""
+    z1, z2 = _heads(z1), _heads(z2)
+    total = 0.0
+    for c in range(z1.shape[1]):
+        corr = _correlation(z1[:, c], z2[:, c])
+        d = corr.shape[0]
+        for l in range(d):
+            for m in range(d):
+                tau = temperature(weights, z1[:, c, l], z2[:, c, m], t_min, t_max)
+                if l == m:
+                    total += (1 - corr[l, l] / tau) ** 2 + beta * omega(tau, d)
+                else:
+                    total += lambda_ * corr[l, m] ** 2 / tau - beta * omega(tau, d)
+    return total
+
+
+def simsiam(p1, p2, z1, z2, weights=None, beta=0.0, t_min=1e-5, t_max=2.0):
+    """Eq. 1.2 (weights None) or Eq. 2.2: mean over the batch, summed over heads."""
+    p1, p2, z1, z2 = (_heads(x) for x in (p1, p2, z1, z2))
+    dim = p1.shape[-1]
+    total = 0.0
+    for c in range(p1.shape[1]):
+        values = []
+        for i in range(p1.shape[0]):
+            a, b = normalize(p1[i, c]), normalize(z2[i, c])
+            e, f = normalize(p2[i, c]), normalize(z1[i, c])
+            if weights is None:
+                values.append(-0.5 * (a @ b) - 0.5 * (e @ f))
+            else:
+                t1 = temperature(weights, a, b, t_min, t_max)
+                t2 = temperature(weights, e, f, t_min, t_max)
+                values.append(-(a @ b) / (2 * t1) - (e @ f) / (2 * t2) + beta * (omega(t1, dim) + omega(t2, dim)))
+        total += np.mean(values)
+    return total

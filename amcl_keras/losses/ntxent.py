@@ -10,10 +10,8 @@ strategy with R replicas, the mean over replicas of the returned values is the g
 import keras
 import tensorflow as tf
 
+from amcl_keras.losses.adaptive import AMCLContrastiveLoss, anchor_objective, select_negatives
 from amcl_keras.losses.distributed import gather_global_batch
-from amcl_keras.temperature import AdaptiveTemperature, check_positive_int, omega
-
-NEGATIVE_FORMS = ("topk", "hardest")
 
 
 def _as_heads(z, name):
@@ -107,7 +105,7 @@ class NTXentLoss(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
-class AMCLNTXentLoss(keras.layers.Layer):
+class AMCLNTXentLoss(AMCLContrastiveLoss):
     """AMCL's SimCLR loss (paper Eq. 2.1, and the authors' top-k form, paper Eq. 5).
 
     For each head c and anchor i, with τ from the shared `AdaptiveTemperature` (`.temperature`):
@@ -131,43 +129,6 @@ class AMCLNTXentLoss(keras.layers.Layer):
     ```
     """
 
-    def __init__(
-        self,
-        projection_dim,
-        beta=1e-4,
-        negatives="topk",
-        top_k=100,
-        temperature_hidden_dim=128,
-        temperature_min=1e-5,
-        temperature_max=2.0,
-        **kwargs,
-    ):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        if negatives not in NEGATIVE_FORMS:
-            raise ValueError(
-                f"`negatives` must be one of {NEGATIVE_FORMS} ('topk': the authors' top-k form; "
-                f"'hardest': paper Eq. 2.1), got {negatives!r}."
-            )
-        check_positive_int("top_k", top_k)
-        if not float(beta) >= 0.0:
-            raise ValueError(f"`beta` must be >= 0, got {beta!r}. The authors use 1e-4 for SimCLR.")
-        self.projection_dim = projection_dim
-        self.beta = float(beta)
-        self.negatives = negatives
-        self.top_k = top_k
-        self.temperature = AdaptiveTemperature(
-            projection_dim,
-            hidden_dim=temperature_hidden_dim,
-            temperature_min=temperature_min,
-            temperature_max=temperature_max,
-            dtype=self.dtype_policy,
-            name="adaptive_temperature",
-        )
-
-    def build(self, *args, **kwargs):
-        self.built = True
-
     def call(self, z1, z2, return_stats=False):
         pairs = _ContrastivePairs(z1, z2)
         self.temperature._check_last_dim(pairs.anchors)
@@ -177,25 +138,12 @@ class AMCLNTXentLoss(keras.layers.Layer):
         tau_positive = self.temperature.from_scores(tf.reduce_sum(phi_anchors * embed(pairs.partners), -1))
         sim_positive = tf.reduce_sum(pairs.anchors * pairs.partners, axis=-1)  # [C, 2b]
 
-        if self.negatives == "hardest":
-            k = 1
-        elif isinstance(pairs.num_negatives, int):
-            k = min(self.top_k, pairs.num_negatives)
-        else:
-            k = tf.minimum(self.top_k, pairs.num_negatives)
-        # Negatives are chosen by cosine similarity alone; non-negatives are pushed below -1.
-        ranked = tf.where(pairs.negative_mask, pairs.similarity, -3.0)
-        sim_negative, index = tf.math.top_k(ranked, k=k)  # [C, 2b, k]
-        tau_negative = tf.gather(tau, index, batch_dims=2)
-
-        dim = self.projection_dim
-        per_anchor = -sim_positive / tau_positive + self.beta * omega(tau_positive, dim)
-        if self.negatives == "hardest":
-            sim_n, tau_n = sim_negative[..., 0], tau_negative[..., 0]
-            per_anchor += sim_n / tau_n - self.beta * omega(tau_n, dim)
-        else:
-            per_anchor += tf.reduce_mean(sim_negative / tau_negative, axis=-1)
-            per_anchor -= self.beta * tf.reduce_sum(tf.math.log(tau_negative) + 1.0 / tau_negative, axis=-1)
+        sim_negative, tau_negative = select_negatives(
+            pairs.similarity, tau, self.negatives, self.top_k, pairs.num_negatives, pairs.negative_mask
+        )
+        per_anchor = anchor_objective(
+            sim_positive, tau_positive, sim_negative, tau_negative, self.beta, self.projection_dim, self.negatives
+        )
         loss = tf.reduce_sum(tf.reduce_mean(per_anchor, axis=1))
         if not return_stats:
             return loss
@@ -204,16 +152,3 @@ class AMCLNTXentLoss(keras.layers.Layer):
             "tau_neg": tf.reduce_mean(tau_negative, axis=[1, 2]),
         }
         return loss, stats
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            projection_dim=self.projection_dim,
-            beta=self.beta,
-            negatives=self.negatives,
-            top_k=self.top_k,
-            temperature_hidden_dim=self.temperature.hidden_dim,
-            temperature_min=self.temperature.temperature_min,
-            temperature_max=self.temperature.temperature_max,
-        )
-        return config

@@ -1,0 +1,123 @@
+"""The AMCL per-anchor objective shared by the SimCLR and MoCo losses (paper Eq. 2.1 / Eq. 5)."""
+
+import keras
+import tensorflow as tf
+
+from amcl_keras.temperature import AdaptiveTemperature, check_positive_int, omega
+
+NEGATIVE_FORMS = ("topk", "hardest")
+
+
+def check_negatives(negatives):
+    if negatives not in NEGATIVE_FORMS:
+        raise ValueError(
+            f"`negatives` must be one of {NEGATIVE_FORMS} ('topk': the authors' top-k form; "
+            f"'hardest': paper Eq. 2.1), got {negatives!r}."
+        )
+
+
+def select_negatives(similarity, temperature, negatives, top_k, num_negatives, negative_mask=None):
+    """The negatives each anchor uses: the k most similar by COSINE (not by sim/τ).
+
+    similarity, temperature: `[..., n]` for every candidate; `negative_mask` (broadcastable,
+    True = a negative) excludes the others. k = 1 for "hardest", else min(top_k, num_negatives)
+    (a Python int when shapes are static, as XLA needs). Returns `(sim [..., k], τ [..., k])`.
+    """
+    if negatives == "hardest":
+        k = 1
+    elif isinstance(num_negatives, int):
+        k = min(top_k, num_negatives)
+    else:
+        k = tf.minimum(top_k, num_negatives)
+    ranked = similarity if negative_mask is None else tf.where(negative_mask, similarity, -3.0)  # cosine ≥ −1
+    chosen_similarity, index = tf.math.top_k(ranked, k=k)
+    batch_dims = len(similarity.shape) - 1
+    return chosen_similarity, tf.gather(temperature, index, batch_dims=batch_dims)
+
+
+def anchor_objective(sim_positive, tau_positive, sim_negative, tau_negative, beta, dim, negatives):
+    """Per-anchor AMCL value: −sim⁺/τ⁺ + β·Ω(τ⁺) + the negative term.
+
+    "hardest": + sim_n*/τ_n* − β·Ω(τ_n*);  "topk": + mean_k(sim_k/τ_k) − β·Σ_k(log τ_k + 1/τ_k).
+    """
+    value = -sim_positive / tau_positive + beta * omega(tau_positive, dim)
+    if negatives == "hardest":
+        sim_n, tau_n = sim_negative[..., 0], tau_negative[..., 0]
+        return value + sim_n / tau_n - beta * omega(tau_n, dim)
+    value += tf.reduce_mean(sim_negative / tau_negative, axis=-1)
+    return value - beta * tf.reduce_sum(tf.math.log(tau_negative) + 1.0 / tau_negative, axis=-1)
+
+
+class AdaptiveTemperatureLoss(keras.layers.Layer):
+    """Base of every AMCL loss: owns β and the one `AdaptiveTemperature` all heads share.
+
+    `temperature_input_dim` is φ's input size when it differs from `projection_dim`
+    (Barlow Twins: φ acts on batch-wise channel vectors, so it is the batch size).
+    Computes in float32 unless a dtype is given.
+    """
+
+    def __init__(
+        self,
+        projection_dim,
+        beta,
+        temperature_hidden_dim=128,
+        temperature_min=1e-5,
+        temperature_max=2.0,
+        temperature_input_dim=None,
+        **kwargs,
+    ):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        check_positive_int("projection_dim", projection_dim)
+        if not float(beta) >= 0.0:
+            raise ValueError(f"`beta` must be >= 0, got {beta!r}. The authors use 1e-4 (1e-6 for Barlow Twins).")
+        self.projection_dim = projection_dim
+        self.beta = float(beta)
+        self.temperature = AdaptiveTemperature(
+            temperature_input_dim or projection_dim,
+            hidden_dim=temperature_hidden_dim,
+            temperature_min=temperature_min,
+            temperature_max=temperature_max,
+            dtype=self.dtype_policy,
+            name="adaptive_temperature",
+        )
+
+    def build(self, *args, **kwargs):
+        self.built = True
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            projection_dim=self.projection_dim,
+            beta=self.beta,
+            temperature_hidden_dim=self.temperature.hidden_dim,
+            temperature_min=self.temperature.temperature_min,
+            temperature_max=self.temperature.temperature_max,
+        )
+        return config
+
+
+class AMCLContrastiveLoss(AdaptiveTemperatureLoss):
+    """Base of the AMCL losses with negatives (SimCLR, MoCo): adds `negatives` and `top_k`."""
+
+    def __init__(
+        self,
+        projection_dim,
+        beta=1e-4,
+        negatives="topk",
+        top_k=100,
+        temperature_hidden_dim=128,
+        temperature_min=1e-5,
+        temperature_max=2.0,
+        **kwargs,
+    ):
+        super().__init__(projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max, **kwargs)
+        check_negatives(negatives)
+        check_positive_int("top_k", top_k)
+        self.negatives = negatives
+        self.top_k = top_k
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(negatives=self.negatives, top_k=self.top_k)
+        return config

@@ -1,0 +1,143 @@
+"""Barlow Twins' redundancy-reduction loss and its AMCL variant (paper Eqs. 1.3 and 2.3).
+
+Both take the two views' raw head outputs, `[batch, d]` or `[batch, C, d]`, gather the GLOBAL
+batch over replicas (so the batch statistics and the cross-correlation cover every replica),
+and sum over heads. C is the d×d cross-correlation of the batch-standardised embeddings
+(unbiased standard deviation plus 1e-9). Every replica returns the global value.
+"""
+
+import keras
+import tensorflow as tf
+
+from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
+from amcl_keras.losses.distributed import gather_global_batch
+from amcl_keras.losses.ntxent import _as_heads
+from amcl_keras.temperature import check_positive_int, omega
+
+
+def _global_views(z1, z2):
+    z1, z2 = _as_heads(z1, "z1"), _as_heads(z2, "z2")
+    if z1.shape.is_fully_defined() and z2.shape.is_fully_defined() and z1.shape != z2.shape:
+        raise ValueError(f"The two views must have the same shape, got z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)}.")
+    (z1, z2), _ = gather_global_batch(z1, z2)
+    return tf.transpose(z1, [1, 0, 2]), tf.transpose(z2, [1, 0, 2])  # [C, B, d]
+
+
+def cross_correlation(z1, z2):
+    """`[C, B, d]` views → `[C, d, d]`: standardise over the batch (unbiased std + 1e-9), then aᵀc / B."""
+    batch = tf.cast(tf.shape(z1)[1], tf.float32)
+
+    def standardise(z):
+        centred = z - tf.reduce_mean(z, axis=1, keepdims=True)
+        std = tf.sqrt(tf.reduce_sum(tf.square(centred), axis=1, keepdims=True) / (batch - 1.0))
+        return centred / (std + 1e-9)
+
+    return tf.matmul(standardise(z1), standardise(z2), transpose_a=True) / batch
+
+
+def _check_lambda(lambda_):
+    if not float(lambda_) >= 0.0:
+        raise ValueError(f"`lambda_` must be >= 0, got {lambda_!r}. Barlow Twins uses 5e-3.")
+    return float(lambda_)
+
+
+@keras.saving.register_keras_serializable(package="amcl_keras")
+class BarlowTwinsLoss(keras.layers.Layer):
+    """Σ_l (1 − C_ll)² + λ·Σ_{l≠m} C_lm², summed over heads.
+
+    Example:
+    ```python
+    import tensorflow as tf, amcl_keras as amcl
+    value = amcl.losses.BarlowTwinsLoss()(tf.random.normal([32, 16]), tf.random.normal([32, 16]))
+    ```
+    """
+
+    def __init__(self, lambda_=5e-3, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.lambda_ = _check_lambda(lambda_)
+
+    def call(self, z1, z2, return_stats=False):
+        correlation = cross_correlation(*_global_views(z1, z2))
+        diagonal = tf.linalg.diag_part(correlation)
+        off_diagonal = tf.reduce_sum(tf.square(correlation), axis=[1, 2]) - tf.reduce_sum(tf.square(diagonal), axis=1)
+        loss = tf.reduce_sum(tf.reduce_sum(tf.square(1.0 - diagonal), axis=1) + self.lambda_ * off_diagonal)
+        return (loss, {}) if return_stats else loss
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(lambda_=self.lambda_)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="amcl_keras")
+class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
+    """AMCL Eq. 2.3: temperatures over pairs of CHANNELS, per head, summed over heads.
+
+        Σ_l (1 − C_ll/τ_ll)² + λ·Σ_{l≠m} C_lm²/τ_lm + β·Σ_l Ω(τ_ll) − β·Σ_{l≠m} Ω(τ_lm)
+
+    τ_lm = τ(φ(channel l of view 1), φ(channel m of view 2)) on the raw batch-wise channel
+    vectors (length = the global batch), so φ is R^B → R^B and the global batch size is fixed:
+    `batch_size` must equal it (drop the remainder). Ω(τ) = (d/2)·log τ + 1/τ, d = projection_dim.
+
+    Example:
+    ```python
+    import tensorflow as tf, amcl_keras as amcl
+    loss = amcl.losses.AMCLBarlowTwinsLoss(projection_dim=16, batch_size=32)
+    value = loss(tf.random.normal([32, 2, 16]), tf.random.normal([32, 2, 16]))
+    ```
+    """
+
+    def __init__(
+        self,
+        projection_dim,
+        batch_size,
+        lambda_=5e-3,
+        beta=1e-6,
+        temperature_hidden_dim=128,
+        temperature_min=1e-5,
+        temperature_max=2.0,
+        **kwargs,
+    ):
+        check_positive_int("batch_size", batch_size)
+        if batch_size < 2:
+            raise ValueError(f"`batch_size` must be at least 2 (batch statistics), got {batch_size}.")
+        super().__init__(
+            projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
+            temperature_input_dim=batch_size, **kwargs,
+        )
+        self.batch_size = batch_size
+        self.lambda_ = _check_lambda(lambda_)
+
+    def call(self, z1, z2, return_stats=False):
+        z1, z2 = _global_views(z1, z2)
+        global_batch = z1.shape[1]
+        if global_batch is not None and global_batch != self.batch_size:
+            raise ValueError(
+                f"AMCLBarlowTwinsLoss was built for a global batch of {self.batch_size} (φ maps channel vectors "
+                f"of that length) but got a global batch of {global_batch}. Keep the batch fixed "
+                "(drop_remainder=True) or build the loss with batch_size equal to your global batch."
+            )
+        correlation = cross_correlation(z1, z2)
+        # φ on the raw channel vectors: [C, d, B] → τ over channel pairs [C, d, d]
+        tau = self.temperature.pairwise(tf.transpose(z1, [0, 2, 1]), tf.transpose(z2, [0, 2, 1]))
+        dim = self.projection_dim
+        eye = tf.eye(dim, dtype=tf.float32)
+        diagonal, tau_diagonal = tf.linalg.diag_part(correlation), tf.linalg.diag_part(tau)
+        positive = tf.reduce_sum(tf.square(1.0 - diagonal / tau_diagonal) + self.beta * omega(tau_diagonal, dim), axis=1)
+        off = 1.0 - eye
+        negative = tf.reduce_sum(
+            off * (self.lambda_ * tf.square(correlation) / tau - self.beta * omega(tau, dim)), axis=[1, 2]
+        )
+        loss = tf.reduce_sum(positive + negative)
+        if not return_stats:
+            return loss
+        return loss, {
+            "tau_pos": tf.reduce_mean(tau_diagonal, axis=1),
+            "tau_neg": tf.reduce_sum(off * tau, axis=[1, 2]) / float(dim * (dim - 1) or 1),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(batch_size=self.batch_size, lambda_=self.lambda_)
+        return config

@@ -1,0 +1,105 @@
+"""MoCo's InfoNCE loss against a queue of keys, and its AMCL variant (paper Eqs. 1.1 and 2.1).
+
+`loss(query, key, queue)`: query and key `[batch, C, d]` (or `[batch, d]`), the queue
+`[C, M, d]` (or `[M, d]`), one queue per head. Keys and queue are targets: no gradient flows
+into them. Mean over the anchors, SUM over heads, float32. MoCo calls it once per direction.
+"""
+
+import keras
+import tensorflow as tf
+
+from amcl_keras.losses.adaptive import AMCLContrastiveLoss, anchor_objective, select_negatives
+from amcl_keras.losses.ntxent import _as_heads
+
+
+def _queries_keys_queue(query, key, queue):
+    """Heads-first, L2-normalised: q, k `[C, b, d]`, queue `[C, M, d]` (key and queue stop-gradient)."""
+    query = _as_heads(query, "query")
+    key = tf.stop_gradient(_as_heads(key, "key"))
+    queue = tf.stop_gradient(tf.cast(tf.convert_to_tensor(queue), tf.float32))
+    if queue.shape.rank == 2:
+        queue = queue[None]
+    if queue.shape.rank != 3 or (query.shape[1] is not None and queue.shape[0] != query.shape[1]):
+        raise ValueError(
+            f"`queue` must have shape [num_heads, queue_size, d] with num_heads = {query.shape[1]}, "
+            f"got {tuple(queue.shape)}."
+        )
+    if query.shape != key.shape:
+        raise ValueError(f"`query` and `key` must have the same shape, got {tuple(query.shape)} and {tuple(key.shape)}.")
+    normalize = lambda x: tf.math.l2_normalize(x, axis=-1)  # noqa: E731
+    return (
+        tf.transpose(normalize(query), [1, 0, 2]),
+        tf.transpose(normalize(key), [1, 0, 2]),
+        normalize(queue),
+    )
+
+
+@keras.saving.register_keras_serializable(package="amcl_keras")
+class InfoNCELoss(keras.layers.Layer):
+    """InfoNCE with one fixed temperature (MoCo): −log softmax of the positive among [k⁺, queue].
+
+    Example:
+    ```python
+    import tensorflow as tf, amcl_keras as amcl
+    loss = amcl.losses.InfoNCELoss(temperature=0.1)
+    value = loss(tf.random.normal([8, 16]), tf.random.normal([8, 16]), tf.random.normal([64, 16]))
+    ```
+    """
+
+    def __init__(self, temperature=0.1, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if not float(temperature) > 0.0:
+            raise ValueError(f"`temperature` must be > 0, got {temperature!r}. MoCo uses 0.1.")
+        self.temperature = float(temperature)
+
+    def call(self, query, key, queue, return_stats=False):
+        q, k, queue = _queries_keys_queue(query, key, queue)
+        positive = tf.reduce_sum(q * k, axis=-1, keepdims=True)  # [C, b, 1]
+        logits = tf.concat([positive, tf.matmul(q, queue, transpose_b=True)], axis=-1) / self.temperature
+        labels = tf.zeros(tf.shape(logits)[:2], tf.int32)
+        per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        loss = tf.reduce_sum(tf.reduce_mean(per_anchor, axis=1))
+        return (loss, {}) if return_stats else loss
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(temperature=self.temperature)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="amcl_keras")
+class AMCLInfoNCELoss(AMCLContrastiveLoss):
+    """AMCL's MoCo loss: the top-k (or hardest) form of Eq. 2.1 with negatives from the queue.
+
+    Same options and conventions as `AMCLNTXentLoss`; the negatives of each query are the
+    queue's keys of its head, the k most similar by cosine (k = min(top_k, queue size)).
+
+    Example:
+    ```python
+    import tensorflow as tf, amcl_keras as amcl
+    loss = amcl.losses.AMCLInfoNCELoss(projection_dim=16, top_k=10)
+    value = loss(tf.random.normal([8, 2, 16]), tf.random.normal([8, 2, 16]), tf.random.normal([2, 64, 16]))
+    ```
+    """
+
+    def call(self, query, key, queue, return_stats=False):
+        q, k, queue = _queries_keys_queue(query, key, queue)
+        self.temperature._check_last_dim(q)
+        phi_query = self.temperature.embed(q)
+        tau_positive = self.temperature.from_scores(tf.reduce_sum(phi_query * self.temperature.embed(k), -1))
+        tau = self.temperature.from_scores(tf.matmul(phi_query, self.temperature.embed(queue), transpose_b=True))
+        similarity = tf.matmul(q, queue, transpose_b=True)  # [C, b, M]
+        queue_size = queue.shape[1] if queue.shape[1] is not None else tf.shape(queue)[1]
+        sim_negative, tau_negative = select_negatives(similarity, tau, self.negatives, self.top_k, queue_size)
+        per_anchor = anchor_objective(
+            tf.reduce_sum(q * k, axis=-1), tau_positive, sim_negative, tau_negative,
+            self.beta, self.projection_dim, self.negatives,
+        )
+        loss = tf.reduce_sum(tf.reduce_mean(per_anchor, axis=1))
+        if not return_stats:
+            return loss
+        return loss, {
+            "tau_pos": tf.reduce_mean(tau_positive, axis=1),
+            "tau_neg": tf.reduce_mean(tau_negative, axis=[1, 2]),
+        }

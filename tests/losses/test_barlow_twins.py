@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from amcl_keras.losses import AMCLBarlowTwinsLoss, BarlowTwinsLoss
+from tests import reference
+
+
+@pytest.mark.parametrize("batch,heads,dim", [(4, 1, 3), (16, 2, 8), (32, 3, 16)])
+def test_barlow_twins_matches_numpy(rng, batch, heads, dim):
+    z1, z2 = (rng.normal(size=(batch, heads, dim)).astype("float32") for _ in range(2))
+    np.testing.assert_allclose(
+        float(BarlowTwinsLoss(5e-3)(z1, z2)), reference.barlow_twins(z1, z2, 5e-3), rtol=1e-5
+    )
+
+
+def test_barlow_twins_is_invariant_to_an_affine_change_of_one_view(rng):
+    x = rng.normal(size=(64, 16)).astype("float32")
+    loss = BarlowTwinsLoss()
+    np.testing.assert_allclose(float(loss(x, x)), float(loss(x, 2 * x + 4)), rtol=1e-4, atol=1e-5)
+
+
+
+def test_barlow_twins_analytic_value_on_decorrelated_channels(rng):
+    """Zero-mean orthogonal channels: C = (B−1)/B·I (unbiased std, 1/B normaliser), so the loss is d/B²."""
+    centred = rng.normal(size=(64, 16))
+    centred -= centred.mean(axis=0)
+    channels = np.linalg.qr(centred)[0].astype("float32")  # orthonormal, still zero-mean columns
+    np.testing.assert_allclose(float(BarlowTwinsLoss()(channels, channels)), 16 / 64**2, rtol=1e-3)
+
+
+@pytest.mark.parametrize("batch,heads,dim", [(4, 1, 3), (16, 2, 8), (24, 3, 6)])
+def test_amcl_barlow_twins_matches_numpy(rng, batch, heads, dim):
+    z1, z2 = (rng.normal(size=(batch, heads, dim)).astype("float32") for _ in range(2))
+    loss = AMCLBarlowTwinsLoss(dim, batch_size=batch, lambda_=5e-3, beta=1e-3, temperature_hidden_dim=8)
+    expected = reference.amcl_barlow_twins(z1, z2, loss.temperature.get_weights(), 1e-3, 5e-3)
+    np.testing.assert_allclose(float(loss(z1, z2)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_amcl_barlow_twins_temperatures_are_over_channel_pairs(rng):
+    z = rng.normal(size=(8, 2, 5)).astype("float32")
+    loss = AMCLBarlowTwinsLoss(5, batch_size=8, temperature_min=0.1, temperature_max=0.9)
+    assert [w.shape for w in loss.temperature.get_weights()] == [(8, 128), (128,), (128, 8), (8,)]
+    _, stats = loss(z, z, return_stats=True)
+    assert stats["tau_pos"].shape == (2,) and stats["tau_neg"].shape == (2,)
+    assert np.all((stats["tau_pos"].numpy() > 0.1) & (stats["tau_pos"].numpy() < 0.9))
+
+
+def test_amcl_barlow_twins_refuses_another_batch_size(rng):
+    loss = AMCLBarlowTwinsLoss(4, batch_size=16)
+    z = rng.normal(size=(12, 4)).astype("float32")
+    with pytest.raises(ValueError, match="global batch of 16.*global batch of 12"):
+        loss(z, z)
