@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from amcl_keras import augment, callbacks, data, encoders, evaluation, export, losses, methods  # noqa: E402
-from amcl_keras.heads import MultiHeadProjector, ProjectionHead
+from amcl_keras.heads import MultiHeadPredictor, MultiHeadProjector, ProjectionHead
 from amcl_keras.methods import ContrastiveTrainer, SimCLR
 from amcl_keras.temperature import AdaptiveTemperature, omega
 
@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaptiveTemperature",
     "ContrastiveTrainer",
+    "MultiHeadPredictor",
     "MultiHeadProjector",
     "ProjectionHead",
     "SimCLR",

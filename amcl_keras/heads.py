@@ -21,7 +21,10 @@ class ProjectionHead(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, hidden_dims=(512,), output_dim=128, batch_norm=False, activation="relu", **kwargs):
+    def __init__(
+        self, hidden_dims=(512,), output_dim=128, batch_norm=False, activation="relu", synchronized_batch_norm=False,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         hidden_dims = tuple(int(h) for h in hidden_dims)
         for width in hidden_dims:
@@ -31,11 +34,14 @@ class ProjectionHead(keras.layers.Layer):
         self.output_dim = output_dim
         self.batch_norm = bool(batch_norm)
         self.activation = activation
+        self.synchronized_batch_norm = bool(synchronized_batch_norm)
         self.blocks = []
         for index, width in enumerate(hidden_dims):
             self.blocks.append(keras.layers.Dense(width, use_bias=not batch_norm, name=f"dense_{index}"))
             if batch_norm:
-                self.blocks.append(keras.layers.BatchNormalization(name=f"batch_norm_{index}"))
+                self.blocks.append(
+                    keras.layers.BatchNormalization(synchronized=synchronized_batch_norm, name=f"batch_norm_{index}")
+                )
             self.blocks.append(keras.layers.Activation(activation, name=f"activation_{index}"))
         self.blocks.append(keras.layers.Dense(output_dim, name="output"))
 
@@ -61,6 +67,7 @@ class ProjectionHead(keras.layers.Layer):
             output_dim=self.output_dim,
             batch_norm=self.batch_norm,
             activation=self.activation,
+            synchronized_batch_norm=self.synchronized_batch_norm,
         )
         return config
 
@@ -77,12 +84,15 @@ class MultiHeadProjector(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, num_heads=3, hidden_dims=(512,), output_dim=128, batch_norm=False, activation="relu", **kwargs):
+    def __init__(
+        self, num_heads=3, hidden_dims=(512,), output_dim=128, batch_norm=False, activation="relu",
+        synchronized_batch_norm=False, **kwargs,
+    ):
         super().__init__(**kwargs)
         check_positive_int("num_heads", num_heads)
         self.num_heads = num_heads
         self.heads = [
-            ProjectionHead(hidden_dims, output_dim, batch_norm, activation, name=f"head_{index}")
+            ProjectionHead(hidden_dims, output_dim, batch_norm, activation, synchronized_batch_norm, name=f"head_{index}")
             for index in range(num_heads)
         ]
 
@@ -106,5 +116,30 @@ class MultiHeadProjector(keras.layers.Layer):
             output_dim=head.output_dim,
             batch_norm=head.batch_norm,
             activation=head.activation,
+            synchronized_batch_norm=head.synchronized_batch_norm,
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="amcl_keras")
+class MultiHeadPredictor(MultiHeadProjector):
+    """SimSiam's predictors, one per head: head c maps `z[:, c]`; `[batch, C, d]` → `[batch, C, d]`.
+
+    Example:
+    ```python
+    import numpy as np, amcl_keras as amcl
+    predictor = amcl.MultiHeadPredictor(num_heads=3, hidden_dims=(8,), output_dim=16, batch_norm=True)
+    predictor(np.zeros((2, 3, 16), "float32")).shape   # (2, 3, 16)
+    ```
+    """
+
+    def build(self, input_shape):
+        for head in self.heads:
+            head.build((input_shape[0], input_shape[-1]))
+        self.built = True
+
+    def call(self, z, training=None):
+        return tf.stack([head(z[:, index], training=training) for index, head in enumerate(self.heads)], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_heads, self.heads[0].output_dim)

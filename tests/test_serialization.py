@@ -11,8 +11,29 @@ from amcl_keras.augment import RandomApply, RandomResizedCrop
 
 NON_DEFAULT = [
     (amcl.AdaptiveTemperature, dict(projection_dim=16, hidden_dim=7, temperature_min=1e-3, temperature_max=1.5)),
-    (amcl.ProjectionHead, dict(hidden_dims=[32, 24], output_dim=12, batch_norm=True, activation="gelu")),
-    (amcl.MultiHeadProjector, dict(num_heads=2, hidden_dims=[20], output_dim=10, batch_norm=True, activation="tanh")),
+    (amcl.ProjectionHead, dict(hidden_dims=[32, 24], output_dim=12, batch_norm=True, activation="gelu",
+                               synchronized_batch_norm=True)),
+    (amcl.MultiHeadProjector, dict(num_heads=2, hidden_dims=[20], output_dim=10, batch_norm=True, activation="tanh",
+                                   synchronized_batch_norm=True)),
+    (amcl.MultiHeadPredictor, dict(num_heads=3, hidden_dims=[6], output_dim=10, batch_norm=True, activation="relu",
+                                   synchronized_batch_norm=False)),
+    (amcl.losses.InfoNCELoss, dict(temperature=0.3)),
+    (
+        amcl.losses.AMCLInfoNCELoss,
+        dict(projection_dim=16, beta=0.01, negatives="topk", top_k=9, temperature_hidden_dim=5,
+             temperature_min=1e-3, temperature_max=1.5),
+    ),
+    (amcl.losses.BarlowTwinsLoss, dict(lambda_=0.01)),
+    (
+        amcl.losses.AMCLBarlowTwinsLoss,
+        dict(projection_dim=16, batch_size=32, lambda_=0.01, beta=1e-5, temperature_hidden_dim=7,
+             temperature_min=1e-4, temperature_max=1.0),
+    ),
+    (amcl.losses.SimSiamLoss, dict()),
+    (
+        amcl.losses.AMCLSimSiamLoss,
+        dict(projection_dim=16, beta=1e-3, temperature_hidden_dim=7, temperature_min=1e-4, temperature_max=1.0),
+    ),
     (amcl.losses.NTXentLoss, dict(temperature=0.2)),
     (
         amcl.losses.AMCLNTXentLoss,

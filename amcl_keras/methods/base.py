@@ -1,8 +1,9 @@
 """The trainer every method shares: one `train_step` from two views to an optimizer step.
 
 (view1, view2) → encoder(concat) → projector → z [2b, C, d] → split → method loss
-→ ÷ replicas (the optimizer sums replica gradients) → gradients → apply → metrics.
-A method subclass supplies only `compute_loss_and_stats(z1, z2)`.
+→ ÷ replicas (the optimizer sums replica gradients) → gradients → clip globally → apply
+→ the method's after-step update (MoCo: momentum encoder, queue) → metrics.
+A method subclass supplies its heads, its losses and `compute_loss_and_stats`.
 """
 
 import keras
@@ -14,9 +15,16 @@ class ContrastiveTrainer(keras.Model):
 
     `data` for `fit` is a dataset of `(view1, view2)` batches (extra elements, such as labels,
     are ignored). `model(images)` and `model.encoder` give the backbone features.
+
+    Subclasses set `baseline_loss`/`amcl_loss` (the loss classes), `config_args` (their plain
+    constructor arguments, stored by `get_config`) and implement `compute_loss_and_stats`.
     """
 
-    def __init__(self, encoder, projector, **kwargs):
+    baseline_loss = None
+    amcl_loss = None
+    config_args = ()
+
+    def __init__(self, encoder, projector, loss, amcl, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(encoder, keras.layers.Layer):
             raise TypeError(
@@ -24,24 +32,63 @@ class ContrastiveTrainer(keras.Model):
             )
         self.encoder = encoder
         self.projector = projector
+        self.amcl = bool(amcl)
+        self.contrastive_loss = self._check_loss(loss)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self._stat_trackers = {
             f"{stat}_{head}": keras.metrics.Mean(name=f"{stat}_{head}")
             for stat in self.stat_names()
             for head in range(projector.num_heads)
         }
+        self.create_method_state()
         self._build_from_encoder()
 
     # --- what a method defines -------------------------------------------------------
-    def compute_loss_and_stats(self, z1, z2):
-        """Return `(loss, stats)`: a float32 scalar and a dict of `[C]` per-head tensors."""
+    def compute_loss_and_stats(self, z1, z2, views):
+        """Return `(loss, stats)`: a float32 scalar and a dict of `[C]` per-head tensors.
+
+        Entries whose key starts with "_" are not logged; they are passed to
+        `after_optimizer_step` as keyword arguments.
+        """
         raise NotImplementedError
 
     def stat_names(self):
-        """The keys of the per-head stats `compute_loss_and_stats` returns (logged as `<key>_<head>`)."""
-        return ()
+        """The keys of the per-head stats that are logged (as `<key>_<head>`)."""
+        return ("tau_pos", "tau_neg") if self.amcl else ()
+
+    def create_method_state(self):
+        """Create the method's own layers and variables (called before the model is built)."""
+
+    def build_method_state(self, feature_shape):
+        """Build them once the encoder's feature shape is known."""
+
+    def after_optimizer_step(self, **internal):
+        """Update non-trainable state after the optimizer step (MoCo: momentum encoder, queue)."""
 
     # --- shared machinery ------------------------------------------------------------
+    def _check_loss(self, loss):
+        if isinstance(loss, dict):
+            loss = keras.saving.deserialize_keras_object(loss)
+        name = type(self).__name__
+        expected = self.amcl_loss if self.amcl else self.baseline_loss
+        if not isinstance(loss, (self.amcl_loss, self.baseline_loss)):
+            raise TypeError(
+                f"{name}'s `loss` must be a {self.amcl_loss.__name__} or {self.baseline_loss.__name__}, "
+                f"got {type(loss).__name__}."
+            )
+        if not isinstance(loss, expected):
+            raise ValueError(
+                f"amcl={self.amcl} contradicts loss={type(loss).__name__}: pass a {self.amcl_loss.__name__} with "
+                f"amcl=True, or a {self.baseline_loss.__name__} with amcl=False."
+            )
+        projection_dim = self.projector.heads[0].output_dim
+        if self.amcl and loss.projection_dim != projection_dim:
+            raise ValueError(
+                f"The loss was built for projection_dim={loss.projection_dim} but the heads output "
+                f"projection_dim={projection_dim}; make them equal."
+            )
+        return loss
+
     def _build_from_encoder(self):
         """Create every variable now, so `fit` under a strategy finds them all (no lazy builds)."""
         inputs = getattr(self.encoder, "inputs", None)
@@ -54,6 +101,7 @@ class ContrastiveTrainer(keras.Model):
                 "End it with a pooling or flatten layer."
             )
         self.projector.build(feature_shape)
+        self.build_method_state(feature_shape)
         self.build(tuple(inputs[0].shape))
 
     def build(self, input_shape):
@@ -119,7 +167,7 @@ class ContrastiveTrainer(keras.Model):
         with tf.GradientTape() as tape:
             features = self.encoder(tf.concat([view1, view2], axis=0), training=True)
             z = self.projector(features, training=True)
-            loss, stats = self.compute_loss_and_stats(z[:batch], z[batch:])
+            loss, stats = self.compute_loss_and_stats(z[:batch], z[batch:], (view1, view2))
             # A NaN feature can leave a head's ReLU as 0 and the loss finite; surface it as NaN
             # so the non-finite guard stops the run instead of training on garbage.
             loss = tf.where(tf.reduce_all(tf.math.is_finite(features)), loss, float("nan"))
@@ -129,8 +177,28 @@ class ContrastiveTrainer(keras.Model):
         if replicas > 1:
             gradients = self._clip_global_gradients(gradients, replicas)
         self.optimizer.apply(gradients, self.trainable_variables)
+        internal = {key[1:]: stats.pop(key) for key in list(stats) if key.startswith("_")}
+        self.after_optimizer_step(**internal)
         self.loss_tracker.update_state(loss)
         for name, per_head in stats.items():
             for head in range(per_head.shape[0]):
                 self._stat_trackers[f"{name}_{head}"].update_state(per_head[head])
         return {metric.name: metric.result() for metric in self.metrics}
+
+    # --- serialization ---------------------------------------------------------------
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "amcl": self.amcl,
+            "loss": keras.saving.serialize_keras_object(self.contrastive_loss),
+        }
+        config.update({name: getattr(self, name) for name in self.config_args})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(config["encoder"])
+        config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
+        return cls(**config)
