@@ -8,12 +8,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from amcl_keras import augment, callbacks, data, encoders, evaluation, export, losses, methods  # noqa: E402
 from amcl_keras.heads import MultiHeadPredictor, MultiHeadProjector, ProjectionHead
-from amcl_keras.methods import ContrastiveTrainer, SimCLR
+from amcl_keras.methods import BarlowTwins, ContrastiveTrainer, MoCo, SimCLR, SimSiam
 from amcl_keras.temperature import AdaptiveTemperature, omega
 
 __version__ = "0.1.0"
 __all__ = [
     "AdaptiveTemperature",
+    "BarlowTwins",
+    "MoCo",
+    "SimSiam",
     "ContrastiveTrainer",
     "MultiHeadPredictor",
     "MultiHeadProjector",

@@ -20,6 +20,9 @@ def _parser():
                        help="override a config value, e.g. --set train.epochs=1 (repeatable)")
     train.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
     train.add_argument("--steps-per-epoch", type=int, help="shortcut for --set train.steps_per_epoch=N")
+    train.add_argument("--method", choices=["simclr", "moco", "barlow_twins", "simsiam"],
+                       help="shortcut for --set model.method=NAME (method defaults fill what the config leaves open)")
+    train.add_argument("--no-amcl", action="store_true", help="the method's baseline: shortcut for --set model.amcl=false")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     export = commands.add_parser(
         "export",
@@ -63,6 +66,10 @@ def main(argv=None):
     overrides = list(args.overrides)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
+    if args.method is not None:
+        overrides.append(f"model.method={args.method}")
+    if args.no_amcl:
+        overrides.append("model.amcl=false")
     if args.steps_per_epoch is not None:
         overrides.append(f"train.steps_per_epoch={args.steps_per_epoch}")
     try:

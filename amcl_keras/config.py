@@ -38,27 +38,41 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    method: str = "simclr"
+    method: str = "simclr"  # "simclr", "moco", "barlow_twins" or "simsiam"
     encoder: str = "small_convnet"  # or "resnet18_cifar"
     encoder_width: int = 32
     num_heads: int = 3
     amcl: bool = True
-    projection_dim: int = 128
-    hidden_dim: int = 512
-    temperature: float = 0.5  # the baseline's fixed τ (amcl: false)
-    beta: float = 1e-4
-    negatives: str = "topk"  # "topk" (authors' code) or "hardest" (paper Eq. 2.1)
+    # None below = the method's default from the paper (METHOD_DEFAULTS)
+    projection_dim: typing.Optional[int] = None
+    hidden_dim: typing.Optional[int] = None
+    temperature: typing.Optional[float] = None  # the baseline's fixed τ (SimCLR 0.5, MoCo 0.1)
+    beta: typing.Optional[float] = None
+    negatives: str = "topk"  # SimCLR/MoCo: "topk" (authors' code) or "hardest" (paper Eq. 2.1)
     top_k: int = 100
     temperature_hidden_dim: int = 128
     temperature_min: float = 1e-5
     temperature_max: float = 2.0
+    queue_size: int = 4096  # MoCo
+    momentum: float = 0.99  # MoCo
+    lambda_: float = 5e-3  # Barlow Twins' off-diagonal weight
+    predictor_hidden_dim: int = 512  # SimSiam
+
+
+# The authors' per-method settings (AMCL_METHOD.md §5), used where a config leaves a value None.
+METHOD_DEFAULTS = {
+    "simclr": {"projection_dim": 128, "hidden_dim": 512, "beta": 1e-4, "temperature": 0.5, "learning_rate": 0.06},
+    "moco": {"projection_dim": 128, "hidden_dim": 512, "beta": 1e-4, "temperature": 0.1, "learning_rate": 0.08},
+    "barlow_twins": {"projection_dim": 2048, "hidden_dim": 2048, "beta": 1e-6, "temperature": None, "learning_rate": 0.11},
+    "simsiam": {"projection_dim": 2048, "hidden_dim": 2048, "beta": 1e-4, "temperature": None, "learning_rate": 0.05},
+}
 
 
 @dataclasses.dataclass
 class TrainConfig:
     epochs: int = 20
     steps_per_epoch: typing.Optional[int] = None  # None: one pass over the data
-    learning_rate: float = 0.06  # SGD, momentum, cosine decay to 0
+    learning_rate: typing.Optional[float] = None  # SGD, momentum, cosine decay to 0; None: the method's
     momentum: float = 0.9
     weight_decay: float = 5e-4
     clipnorm: float = 1.0  # global gradient-norm clipping (the authors' 1.0)
@@ -169,7 +183,21 @@ def from_dict(raw):
             values[key] = _coerce(f"{name}.{key}", value, fields[key])
         sections[name] = hints[name](**values)
     config = Config(**sections)
+    resolve_method_defaults(config)
     validate(config)
+    return config
+
+
+def resolve_method_defaults(config):
+    """Fill the values left None with the chosen method's defaults (so config.yaml is complete)."""
+    defaults = METHOD_DEFAULTS.get(config.model.method)
+    if defaults is None:
+        return config  # validate() names the unknown method
+    for key in ("projection_dim", "hidden_dim", "beta", "temperature"):
+        if getattr(config.model, key) is None:
+            setattr(config.model, key, defaults[key])
+    if config.train.learning_rate is None:
+        config.train.learning_rate = defaults["learning_rate"]
     return config
 
 
@@ -216,11 +244,18 @@ def validate(config):
     from amcl_keras import encoders, methods
 
     _require(model.method in methods.METHODS, "model.method", model.method, f"one of {sorted(methods.METHODS)}")
+    _require(data.batch_size >= 2, "data.batch_size", data.batch_size, "it must be at least 2")
     _require(model.encoder in encoders.ENCODERS, "model.encoder", model.encoder, f"one of {sorted(encoders.ENCODERS)}")
     for key in ("encoder_width", "num_heads", "projection_dim", "hidden_dim", "top_k", "temperature_hidden_dim"):
         value = getattr(model, key)
         _require(value >= 1, f"model.{key}", value, "it must be a positive integer")
-    _require(model.temperature > 0, "model.temperature", model.temperature, "it must be > 0 (SimCLR uses 0.5)")
+    _require(model.temperature is None or model.temperature > 0, "model.temperature", model.temperature,
+             "it must be > 0 (SimCLR uses 0.5, MoCo 0.1)")
+    _require(model.method != "moco" or model.queue_size >= 2 * data.batch_size, "model.queue_size", model.queue_size,
+             f"MoCo enqueues 2 × batch = {2 * data.batch_size} keys per step; use at least that")
+    _require(0 <= model.momentum < 1, "model.momentum", model.momentum, "0 <= momentum < 1 (MoCo uses 0.99)")
+    _require(model.lambda_ >= 0, "model.lambda_", model.lambda_, "it must be >= 0 (Barlow Twins uses 5e-3)")
+    _require(model.predictor_hidden_dim >= 1, "model.predictor_hidden_dim", model.predictor_hidden_dim, "a positive integer")
     _require(model.beta >= 0, "model.beta", model.beta, "it must be >= 0 (the authors use 1e-4)")
     _require(model.negatives in NEGATIVE_FORMS, "model.negatives", model.negatives, f"one of {NEGATIVE_FORMS}")
     _require(

@@ -20,10 +20,9 @@ import tensorflow as tf
 from amcl_keras import augment, data, encoders, evaluation, export, methods
 from amcl_keras.callbacks import JSONLinesHistory, NonFiniteLossGuard
 from amcl_keras.distribute import make_strategy
-from amcl_keras.losses import AMCLNTXentLoss, NTXentLoss
 
 
-DISPLAY_NAMES = {"simclr": "SimCLR"}
+DISPLAY_NAMES = {"simclr": "SimCLR", "moco": "MoCo", "barlow_twins": "Barlow Twins", "simsiam": "SimSiam"}
 
 
 class RunDirectoryError(FileExistsError):
@@ -34,20 +33,7 @@ def build_model(config, input_shape):
     """The method's model for `config.model` on an encoder for images of `input_shape`."""
     cfg = config.model
     encoder = encoders.get(cfg.encoder, input_shape, width=cfg.encoder_width)
-    if cfg.amcl:
-        loss = AMCLNTXentLoss(
-            cfg.projection_dim,
-            beta=cfg.beta,
-            negatives=cfg.negatives,
-            top_k=cfg.top_k,
-            temperature_hidden_dim=cfg.temperature_hidden_dim,
-            temperature_min=cfg.temperature_min,
-            temperature_max=cfg.temperature_max,
-        )
-    else:
-        loss = NTXentLoss(cfg.temperature)
-    method = methods.get(cfg.method)
-    return method(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, loss=loss)
+    return methods.get(cfg.method).from_model_config(encoder, cfg, config.data.batch_size)
 
 
 def build_optimizer(config, total_steps):

@@ -8,7 +8,17 @@ CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
 
 def test_defaults_are_the_demo_config():
-    assert config_lib.load(pathlib.Path(__file__).parents[1] / "configs" / "demo.yaml") == config_lib.Config()
+    assert config_lib.load(pathlib.Path(__file__).parents[1] / "configs" / "demo.yaml") == config_lib.load(None)
+
+
+@pytest.mark.parametrize("method", sorted(config_lib.METHOD_DEFAULTS))
+def test_method_defaults_fill_what_the_config_leaves_open(method):
+    config = config_lib.load(None, [f"model.method={method}"])
+    defaults = config_lib.METHOD_DEFAULTS[method]
+    assert config.model.projection_dim == defaults["projection_dim"]
+    assert config.model.beta == defaults["beta"] and config.train.learning_rate == defaults["learning_rate"]
+    explicit = config_lib.load(None, [f"model.method={method}", "model.projection_dim=64"])
+    assert explicit.model.projection_dim == 64
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -38,13 +48,16 @@ def test_round_trip_through_yaml(tmp_path):
         (["model.num_heads=0"], "model.num_heads=0"),
         (["model.temperature_min=2.0"], "temperature_min < temperature_max"),
         (["model.negatives=all"], "'topk', 'hardest'"),
-        (["model.method=byol"], "one of \\['simclr'\\]"),
+        (["model.method=byol"], "barlow_twins"),
         (["model.encoder=vit"], "resnet18_cifar"),
         (["data.augmentation=xyz"], "abcde"),
         (["data.batch_size=1"], "at least 2"),
         (["train.cpu_replicas=3"], "divide evenly"),
         (["train.strategy=tpu"], "'auto', 'default', 'mirrored'"),
         (["data.crop_scale=[0.5]"], "list of 2 numbers"),
+        (["model.method=moco", "model.queue_size=100"], "enqueues 2 × batch = 512"),
+        (["model.momentum=1.0"], "model.momentum"),
+        (["model.lambda_=-1.0"], "model.lambda_"),
         (["epochs=3"], "section.key=value"),
     ],
 )

@@ -1,9 +1,15 @@
-"""Methods by name: `get("simclr")`. One file per method, on the shared `ContrastiveTrainer`."""
+"""Methods by name: `get("simclr" | "moco" | "barlow_twins" | "simsiam")`.
 
+One file per method, each only what is specific to it, on the shared `ContrastiveTrainer`.
+"""
+
+from amcl_keras.methods.barlow_twins import BarlowTwins
 from amcl_keras.methods.base import ContrastiveTrainer
+from amcl_keras.methods.moco import MoCo
 from amcl_keras.methods.simclr import SimCLR
+from amcl_keras.methods.simsiam import SimSiam
 
-METHODS = {"simclr": SimCLR}
+METHODS = {"simclr": SimCLR, "moco": MoCo, "barlow_twins": BarlowTwins, "simsiam": SimSiam}
 
 
 def get(name):
@@ -13,4 +19,4 @@ def get(name):
     return METHODS[name]
 
 
-__all__ = ["ContrastiveTrainer", "SimCLR", "METHODS", "get"]
+__all__ = ["BarlowTwins", "ContrastiveTrainer", "MoCo", "SimCLR", "SimSiam", "METHODS", "get"]

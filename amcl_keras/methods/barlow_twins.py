@@ -1,0 +1,62 @@
+"""Barlow Twins and AMCL-Barlow Twins (Eq. 2.3: temperatures over channel pairs)."""
+
+import keras
+
+from amcl_keras.heads import MultiHeadProjector
+from amcl_keras.losses import AMCLBarlowTwinsLoss, BarlowTwinsLoss
+from amcl_keras.methods.base import ContrastiveTrainer
+
+
+@keras.saving.register_keras_serializable(package="amcl_keras")
+class BarlowTwins(ContrastiveTrainer):
+    """Barlow Twins with C heads (3-layer MLPs with batch norm, 2048 wide by default).
+
+    AMCL's temperature network acts on batch-wise channel vectors, so AMCL needs the fixed
+    GLOBAL `batch_size` (all replicas together); a different batch is refused with both sizes
+    named. Head batch norm is synchronized across replicas, so a multi-replica step equals
+    one device on the global batch.
+
+    Example:
+    ```python
+    import amcl_keras as amcl
+    encoder = amcl.encoders.small_convnet((28, 28, 1), width=16)
+    model = amcl.BarlowTwins(encoder, num_heads=3, projection_dim=64, hidden_dim=64, batch_size=256)
+    ```
+    """
+
+    baseline_loss = BarlowTwinsLoss
+    amcl_loss = AMCLBarlowTwinsLoss
+    config_args = ("num_heads", "projection_dim", "hidden_dim", "batch_size")
+
+    def __init__(
+        self, encoder, num_heads=3, amcl=True, projection_dim=2048, hidden_dim=2048, batch_size=None, loss=None, **kwargs
+    ):
+        if loss is None:
+            if amcl and batch_size is None:
+                raise ValueError(
+                    "AMCL Barlow Twins needs the fixed global batch size: pass batch_size=<global batch> "
+                    "(the temperature network maps channel vectors of that length), or amcl=False."
+                )
+            loss = AMCLBarlowTwinsLoss(projection_dim, batch_size) if amcl else BarlowTwinsLoss()
+        self.num_heads = num_heads
+        self.projection_dim = projection_dim
+        self.hidden_dim = hidden_dim
+        self.batch_size = getattr(loss, "batch_size", batch_size)
+        projector = MultiHeadProjector(
+            num_heads, hidden_dims=(hidden_dim, hidden_dim), output_dim=projection_dim, batch_norm=True,
+            synchronized_batch_norm=True, name="projector",
+        )
+        super().__init__(encoder, projector, loss, amcl, **kwargs)
+
+    @classmethod
+    def from_model_config(cls, encoder, cfg, global_batch):
+        """Build from a `ModelConfig` (the YAML `model:` section); AMCL uses the fixed global batch."""
+        loss = AMCLBarlowTwinsLoss(
+            cfg.projection_dim, global_batch, lambda_=cfg.lambda_, beta=cfg.beta,
+            temperature_hidden_dim=cfg.temperature_hidden_dim, temperature_min=cfg.temperature_min,
+            temperature_max=cfg.temperature_max,
+        ) if cfg.amcl else BarlowTwinsLoss(cfg.lambda_)
+        return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, global_batch, loss=loss)
+
+    def compute_loss_and_stats(self, z1, z2, views):
+        return self.contrastive_loss(z1, z2, return_stats=True)

@@ -1,0 +1,70 @@
+"""SimSiam and AMCL-SimSiam (Eq. 2.2): one predictor per head, stop-gradient targets."""
+
+import keras
+import tensorflow as tf
+
+from amcl_keras.heads import MultiHeadPredictor, MultiHeadProjector
+from amcl_keras.losses import AMCLSimSiamLoss, SimSiamLoss
+from amcl_keras.methods.base import ContrastiveTrainer
+
+
+@keras.saving.register_keras_serializable(package="amcl_keras")
+class SimSiam(ContrastiveTrainer):
+    """SimSiam with C heads (3-layer MLPs with batch norm) and a predictor per head
+    (d → predictor_hidden_dim → d, batch norm); the targets z are stop-gradient.
+
+    Example:
+    ```python
+    import amcl_keras as amcl
+    encoder = amcl.encoders.small_convnet((28, 28, 1), width=16)
+    model = amcl.SimSiam(encoder, num_heads=3, projection_dim=64, hidden_dim=64, predictor_hidden_dim=16)
+    ```
+    """
+
+    baseline_loss = SimSiamLoss
+    amcl_loss = AMCLSimSiamLoss
+    config_args = ("num_heads", "projection_dim", "hidden_dim", "predictor_hidden_dim")
+
+    def __init__(
+        self, encoder, num_heads=3, amcl=True, projection_dim=2048, hidden_dim=2048, predictor_hidden_dim=512,
+        loss=None, **kwargs,
+    ):
+        if loss is None:
+            loss = AMCLSimSiamLoss(projection_dim) if amcl else SimSiamLoss()
+        self.num_heads = num_heads
+        self.projection_dim = projection_dim
+        self.hidden_dim = hidden_dim
+        self.predictor_hidden_dim = predictor_hidden_dim
+        projector = MultiHeadProjector(
+            num_heads, hidden_dims=(hidden_dim, hidden_dim), output_dim=projection_dim, batch_norm=True,
+            synchronized_batch_norm=True, name="projector",
+        )
+        super().__init__(encoder, projector, loss, amcl, **kwargs)
+
+    @classmethod
+    def from_model_config(cls, encoder, cfg, global_batch):
+        """Build from a `ModelConfig` (the YAML `model:` section)."""
+        loss = AMCLSimSiamLoss(
+            cfg.projection_dim, beta=cfg.beta,
+            temperature_hidden_dim=cfg.temperature_hidden_dim, temperature_min=cfg.temperature_min,
+            temperature_max=cfg.temperature_max,
+        ) if cfg.amcl else SimSiamLoss()
+        return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, cfg.predictor_hidden_dim,
+                   loss=loss)
+
+    def stat_names(self):
+        return ("tau_pos",) if self.amcl else ()  # no negatives in SimSiam
+
+    def create_method_state(self):
+        self.predictor = MultiHeadPredictor(
+            self.num_heads, hidden_dims=(self.predictor_hidden_dim,), output_dim=self.projection_dim,
+            batch_norm=True, synchronized_batch_norm=True, name="predictor",
+        )
+
+    def build_method_state(self, feature_shape):
+        self.predictor.build((None, self.num_heads, self.projection_dim))
+
+    def compute_loss_and_stats(self, z1, z2, views):
+        batch = tf.shape(z1)[0]
+        p = self.predictor(tf.concat([z1, z2], axis=0), training=True)
+        return self.contrastive_loss(p[:batch], p[batch:], z1, z2, return_stats=True)
