@@ -7,7 +7,8 @@ import numpy as np
 
 
 def normalize(x):
-    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+    """x / ‖x‖, with the same floor as tf.math.l2_normalize (‖x‖² ≥ 1e-12): a zero vector stays 0."""
+    return x / np.sqrt(np.maximum(np.sum(np.square(x), axis=-1, keepdims=True), 1e-12))
 
 
 def phi(weights, x):

@@ -14,6 +14,13 @@ def gather_global_batch(*tensors):
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return tensors, 0
-    gathered = tuple(context.all_gather(t, axis=0) for t in tensors)
+    replicas = context.num_replicas_in_sync
+    gathered = []
+    for t in tensors:
+        g = context.all_gather(t, axis=0)
+        rows = t.shape[0] * replicas if t.shape[0] is not None else None
+        g.set_shape([rows] + list(t.shape[1:]))  # all_gather drops static shapes; downstream code needs them
+        gathered.append(g)
+    gathered = tuple(gathered)
     replica_id = tf.cast(context.replica_id_in_sync_group, tf.int32)
     return gathered, replica_id * tf.shape(tensors[0])[0]

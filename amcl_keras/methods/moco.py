@@ -137,8 +137,7 @@ class MoCo(ContrastiveTrainer):
                 return queue_variable.assign(tf.tensor_scatter_nd_update(queue_variable, index, updates))
 
             strategy.extended.update(queue, enqueue, args=(new_keys, pointer), group=False)
-            strategy.extended.update(
-                pointer, lambda p, n: p.assign((p + n) % size), args=(tf.shape(new_keys)[1],), group=False
-            )
+            strategy.extended.update(pointer, lambda p, n: p.assign((p + n) % size), args=(count,), group=False)
 
+        count = tf.shape(new_keys)[1]
         tf.distribute.get_replica_context().merge_call(update, args=(new_keys,))

@@ -1,0 +1,48 @@
+"""Every method, with and without AMCL: one step on 2 replicas equals one device on the global batch."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.methods.helpers import build, one_step, views
+
+METHODS = ["simclr", "moco", "barlow_twins", "simsiam"]
+
+
+@pytest.fixture(scope="module")
+def two_replicas():
+    # One MirroredStrategy per process: several instances can collide in their collective keys.
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.mark.parametrize("amcl_on", [True, False], ids=["amcl", "baseline"])
+@pytest.mark.parametrize("method", METHODS)
+def test_two_replicas_equal_one_device(method, amcl_on, two_replicas):
+    """Loss, logged temperatures and every weight after one clipped SGD step (so the gradients),
+    and for MoCo the momentum encoder and the queue, match one device to 1e-5."""
+    view1, view2 = views()
+    single = build(method, amcl_on)
+    mirrored = build(method, amcl_on, two_replicas)
+    assert two_replicas.num_replicas_in_sync == 2
+    before = [w.copy() for w in single.get_weights()]
+    mirrored.set_weights(before)
+    unclipped = build(method, amcl_on, clipnorm=None)
+    unclipped.set_weights(before)
+
+    single_logs = one_step(single, view1, view2)
+    mirrored_logs = one_step(mirrored, view1, view2)
+    one_step(unclipped, view1, view2)
+
+    for key in single_logs:
+        np.testing.assert_allclose(mirrored_logs[key], single_logs[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    moved = 0
+    for variable, b, s, m in zip(single.weights, before, single.get_weights(), mirrored.get_weights()):
+        # 1e-5 relative to the variable's scale (float32 noise on entries near 0 is ~1e-6)
+        np.testing.assert_allclose(m, s, rtol=0, atol=1e-5 * np.abs(s).max() + 1e-6, err_msg=variable.path)
+        moved += not np.allclose(b, s)
+    assert moved > 10, "the step must change the weights for the comparison to mean anything"
+    clipping_acted = any(not np.allclose(s, u) for s, u in zip(single.get_weights(), unclipped.get_weights()))
+    assert clipping_acted, "global-norm clipping should act in this step, so that it is compared too"
+    if method == "moco":
+        assert int(single.queue_pointer.numpy()) == int(mirrored.queue_pointer.numpy()) == 16
+        np.testing.assert_allclose(mirrored.queue.numpy(), single.queue.numpy(), rtol=1e-5, atol=1e-6)
