@@ -10,13 +10,13 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
+from amcl_keras.losses.common import as_heads
 from amcl_keras.losses.distributed import gather_global_batch
-from amcl_keras.losses.ntxent import _as_heads
 from amcl_keras.temperature import check_positive_int, omega
 
 
 def _global_views(z1, z2):
-    z1, z2 = _as_heads(z1, "z1"), _as_heads(z2, "z2")
+    z1, z2 = as_heads(z1, "z1"), as_heads(z2, "z2")
     if z1.shape.is_fully_defined() and z2.shape.is_fully_defined() and z1.shape != z2.shape:
         raise ValueError(f"The two views must have the same shape, got z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)}.")
     (z1, z2), _ = gather_global_batch(z1, z2)

@@ -9,13 +9,13 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.losses.adaptive import AMCLContrastiveLoss, anchor_objective, select_negatives
-from amcl_keras.losses.ntxent import _as_heads
+from amcl_keras.losses.common import FixedTemperatureLoss, as_heads, sum_over_heads
 
 
 def _queries_keys_queue(query, key, queue):
     """Heads-first, L2-normalised: q, k `[C, b, d]`, queue `[C, M, d]` (key and queue stop-gradient)."""
-    query = _as_heads(query, "query")
-    key = tf.stop_gradient(_as_heads(key, "key"))
+    query = as_heads(query, "query")
+    key = tf.stop_gradient(as_heads(key, "key"))
     queue = tf.stop_gradient(tf.cast(tf.convert_to_tensor(queue), tf.float32))
     if queue.shape.rank == 2:
         queue = queue[None]
@@ -35,7 +35,7 @@ def _queries_keys_queue(query, key, queue):
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
-class InfoNCELoss(keras.layers.Layer):
+class InfoNCELoss(FixedTemperatureLoss):
     """InfoNCE with one fixed temperature (MoCo): −log softmax of the positive among [k⁺, queue].
 
     Example:
@@ -46,12 +46,10 @@ class InfoNCELoss(keras.layers.Layer):
     ```
     """
 
+    default_temperature = 0.1
+
     def __init__(self, temperature=0.1, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        if not float(temperature) > 0.0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature!r}. MoCo uses 0.1.")
-        self.temperature = float(temperature)
+        super().__init__(temperature, **kwargs)
 
     def call(self, query, key, queue, return_stats=False):
         q, k, queue = _queries_keys_queue(query, key, queue)
@@ -59,13 +57,8 @@ class InfoNCELoss(keras.layers.Layer):
         logits = tf.concat([positive, tf.matmul(q, queue, transpose_b=True)], axis=-1) / self.temperature
         labels = tf.zeros(tf.shape(logits)[:2], tf.int32)
         per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        loss = tf.reduce_sum(tf.reduce_mean(per_anchor, axis=1))
+        loss = sum_over_heads(per_anchor)
         return (loss, {}) if return_stats else loss
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(temperature=self.temperature)
-        return config
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -96,7 +89,7 @@ class AMCLInfoNCELoss(AMCLContrastiveLoss):
             tf.reduce_sum(q * k, axis=-1), tau_positive, sim_negative, tau_negative,
             self.beta, self.projection_dim, self.negatives,
         )
-        loss = tf.reduce_sum(tf.reduce_mean(per_anchor, axis=1))
+        loss = sum_over_heads(per_anchor)
         if not return_stats:
             return loss
         return loss, {

@@ -11,19 +11,8 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.losses.adaptive import AMCLContrastiveLoss, anchor_objective, select_negatives
+from amcl_keras.losses.common import FixedTemperatureLoss, as_heads, sum_over_heads
 from amcl_keras.losses.distributed import gather_global_batch
-
-
-def _as_heads(z, name):
-    """Cast to float32 and give a `[batch, C, d]` view its heads axis (`[batch, d]` → C = 1)."""
-    z = tf.convert_to_tensor(z)
-    if z.shape.rank == 2:
-        z = z[:, None, :]
-    if z.shape.rank != 3:
-        raise ValueError(
-            f"`{name}` must have shape [batch, d] or [batch, num_heads, d], got shape {tuple(z.shape)}."
-        )
-    return tf.cast(z, tf.float32)
 
 
 class _ContrastivePairs:
@@ -38,8 +27,8 @@ class _ContrastivePairs:
     """
 
     def __init__(self, z1, z2):
-        z1 = _as_heads(z1, "z1")
-        z2 = _as_heads(z2, "z2")
+        z1 = as_heads(z1, "z1")
+        z2 = as_heads(z2, "z2")
         if z1.shape.is_fully_defined() and z2.shape.is_fully_defined() and z1.shape != z2.shape:
             raise ValueError(
                 f"The two views must have the same shape, got z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)}."
@@ -67,7 +56,7 @@ class _ContrastivePairs:
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
-class NTXentLoss(keras.layers.Layer):
+class NTXentLoss(FixedTemperatureLoss):
     """NT-Xent (SimCLR, paper Eq. 1.1) with one fixed temperature.
 
     `loss(z1, z2)` → scalar: mean over the 2·batch anchors, summed over heads if the inputs
@@ -81,12 +70,10 @@ class NTXentLoss(keras.layers.Layer):
     ```
     """
 
+    default_temperature = 0.5
+
     def __init__(self, temperature=0.5, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-        if not float(temperature) > 0.0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature!r}. SimCLR uses 0.5.")
-        self.temperature = float(temperature)
+        super().__init__(temperature, **kwargs)
 
     def call(self, z1, z2, return_stats=False):
         pairs = _ContrastivePairs(z1, z2)
@@ -95,13 +82,8 @@ class NTXentLoss(keras.layers.Layer):
         logits = tf.where(pairs.self_mask, -1e9, logits)
         labels = tf.broadcast_to(pairs.partner_index[None, :], tf.shape(logits)[:2])
         per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        loss = tf.reduce_sum(tf.reduce_mean(per_anchor, axis=1))
+        loss = sum_over_heads(per_anchor)
         return (loss, {}) if return_stats else loss
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(temperature=self.temperature)
-        return config
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -144,7 +126,7 @@ class AMCLNTXentLoss(AMCLContrastiveLoss):
         per_anchor = anchor_objective(
             sim_positive, tau_positive, sim_negative, tau_negative, self.beta, self.projection_dim, self.negatives
         )
-        loss = tf.reduce_sum(tf.reduce_mean(per_anchor, axis=1))
+        loss = sum_over_heads(per_anchor)
         if not return_stats:
             return loss
         stats = {

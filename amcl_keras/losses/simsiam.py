@@ -8,14 +8,14 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
-from amcl_keras.losses.ntxent import _as_heads
+from amcl_keras.losses.common import as_heads, sum_over_heads
 from amcl_keras.temperature import omega
 
 
 def _pairs(p1, p2, z1, z2):
     """Normalised (p1, sg z2) and (p2, sg z1), heads first `[C, b, d]`."""
     def prepare(x, name, stop):
-        x = _as_heads(x, name)
+        x = as_heads(x, name)
         x = tf.stop_gradient(x) if stop else x
         return tf.transpose(tf.math.l2_normalize(x, axis=-1), [1, 0, 2])
 
@@ -41,7 +41,7 @@ class SimSiamLoss(keras.layers.Layer):
     def call(self, p1, p2, z1, z2, return_stats=False):
         a, b, c, d = _pairs(p1, p2, z1, z2)
         per_sample = -0.5 * tf.reduce_sum(a * b, -1) - 0.5 * tf.reduce_sum(c * d, -1)
-        loss = tf.reduce_sum(tf.reduce_mean(per_sample, axis=1))
+        loss = sum_over_heads(per_sample)
         return (loss, {}) if return_stats else loss
 
 
@@ -72,7 +72,7 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
             - tf.reduce_sum(c * d, -1) / (2.0 * tau2)
             + self.beta * (omega(tau1, dim) + omega(tau2, dim))
         )
-        loss = tf.reduce_sum(tf.reduce_mean(per_sample, axis=1))
+        loss = sum_over_heads(per_sample)
         if not return_stats:
             return loss
         return loss, {"tau_pos": 0.5 * (tf.reduce_mean(tau1, axis=1) + tf.reduce_mean(tau2, axis=1))}

@@ -1,0 +1,43 @@
+"""Pieces every loss uses: the heads axis, float32, and the fixed-temperature base."""
+
+import keras
+import tensorflow as tf
+
+
+def as_heads(z, name):
+    """Cast to float32 and give a `[batch, C, d]` view its heads axis (`[batch, d]` → C = 1)."""
+    z = tf.convert_to_tensor(z)
+    if z.shape.rank == 2:
+        z = z[:, None, :]
+    if z.shape.rank != 3:
+        raise ValueError(
+            f"`{name}` must have shape [batch, d] or [batch, num_heads, d], got shape {tuple(z.shape)}."
+        )
+    return tf.cast(z, tf.float32)
+
+
+def sum_over_heads(per_anchor):
+    """`[C, n]` per-anchor values → mean over the anchors, SUM over the heads (AMCL's convention)."""
+    return tf.reduce_sum(tf.reduce_mean(per_anchor, axis=1))
+
+
+class FixedTemperatureLoss(keras.layers.Layer):
+    """Base of the baselines with one fixed temperature τ (NT-Xent, InfoNCE); float32."""
+
+    default_temperature = 0.5
+
+    def __init__(self, temperature=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        temperature = self.default_temperature if temperature is None else temperature
+        if not float(temperature) > 0.0:
+            raise ValueError(
+                f"`temperature` must be > 0, got {temperature!r}. "
+                f"{type(self).__name__} usually uses {self.default_temperature}."
+            )
+        self.temperature = float(temperature)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(temperature=self.temperature)
+        return config
