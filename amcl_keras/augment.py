@@ -1,8 +1,9 @@
 """SimCLR-style view augmentations (AMCL_METHOD.md §6), on batches of float images in [0, 1].
 
 The five families, by letter: (a) random resized crop, (b) Gaussian blur, (c) random
-grayscale, (d) colour jitter, (e) horizontal flip. A preset is a string of letters
-("a", "abc", "abcde"; "simclr" = "abcde"). Keras 3 core layers serve (b)–(e): they are
+grayscale, (d) colour jitter, (e) horizontal flip; and for the stronger multiple-augmentation
+setting (f) solarization (p = 0.2, threshold 0.5, as BYOL). A preset is a string of letters
+("a", "abc", "abcde"; "simclr" = "abcde", "strong" = "abcdef"). Keras 3 core layers serve (b)–(e): they are
 KerasCV's layers, upstreamed and maintained, and they measured about 2× faster than the
 keras-cv 0.9 pipeline here; (a) has no core layer, so `RandomResizedCrop` below builds it
 on `tf.image.crop_and_resize`. On single-channel images the colour families (c) and the
@@ -14,8 +15,8 @@ import math
 import keras
 import tensorflow as tf
 
-PRESETS = {"simclr": "abcde"}
-FAMILIES = "abcde"
+PRESETS = {"simclr": "abcde", "strong": "abcdef"}
+FAMILIES = "abcdef"
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -101,11 +102,41 @@ def parse_preset(preset):
     letters = PRESETS.get(preset, preset)
     if not isinstance(letters, str) or not letters or any(ch not in FAMILIES for ch in letters) or "a" not in letters:
         raise ValueError(
-            f"Unknown augmentation preset {preset!r}. Use 'simclr' or letters from 'abcde' that include "
-            "'a' (the crop, which also sets the output size): (a) random resized crop, (b) Gaussian blur, "
-            "(c) random grayscale, (d) colour jitter, (e) horizontal flip. Examples: 'a', 'abc', 'abcde'."
+            f"Unknown augmentation preset {preset!r}. Use 'simclr', 'strong' or letters from 'abcdef' that "
+            "include 'a' (the crop, which also sets the output size): (a) random resized crop, (b) Gaussian "
+            "blur, (c) random grayscale, (d) colour jitter, (e) horizontal flip, (f) solarization. "
+            "Examples: 'a', 'abc', 'abcde'."
         )
     return "".join(sorted(set(letters)))
+
+
+def family_layer(letter, image_size, channels=3, crop_scale=(0.08, 1.0)):
+    """The layer of one family (None where it does nothing: colour families on 1 channel)."""
+    layers = keras.layers
+    rgb = channels == 3
+    if letter == "a":
+        return RandomResizedCrop(image_size, scale=crop_scale, name="a_random_resized_crop")
+    if letter == "b":
+        kernel = max(3, int(round(0.1 * image_size)) // 2 * 2 + 1)  # ≈ 10% of the side, odd
+        # factor=(p, p) fixes the per-image probability at p (a scalar is only an upper bound).
+        return layers.RandomGaussianBlur(
+            factor=(0.5, 0.5), kernel_size=kernel, sigma=(0.1, 2.0), value_range=(0, 1), name="b_gaussian_blur"
+        )
+    if letter == "c":
+        return layers.RandomGrayscale(factor=0.2, name="c_grayscale") if rgb else None
+    if letter == "d":
+        colour = {"saturation_factor": 0.4, "hue_factor": 0.1} if rgb else {}
+        jitter = layers.RandomColorJitter(value_range=(0, 1), brightness_factor=0.4, contrast_factor=0.4, **colour)
+        return RandomApply(jitter, rate=0.8, name="d_colour_jitter")
+    if letter == "e":
+        return layers.RandomFlip("horizontal", name="e_flip")
+    if letter == "f":
+        solarize = layers.Solarization(threshold_factor=(0.5, 0.5), value_range=(0, 1))
+        return RandomApply(solarize, rate=0.2, name="f_solarization")
+    raise ValueError(f"Unknown augmentation family {letter!r}; families are {FAMILIES!r}.")
+
+
+ORDER = "aedcbf"  # SimCLR's order: crop, flip, colour jitter, grayscale, blur; then solarization
 
 
 def view_augmenter(image_size, channels=3, preset="simclr", crop_scale=(0.08, 1.0)):
@@ -118,23 +149,5 @@ def view_augmenter(image_size, channels=3, preset="simclr", crop_scale=(0.08, 1.
     ```
     """
     letters = parse_preset(preset)
-    rgb = channels == 3
-    layers = keras.layers
-    stack = [RandomResizedCrop(image_size, scale=crop_scale, name="a_random_resized_crop")]
-    if "e" in letters:
-        stack.append(layers.RandomFlip("horizontal", name="e_flip"))
-    if "d" in letters:
-        colour = {"saturation_factor": 0.4, "hue_factor": 0.1} if rgb else {}
-        jitter = layers.RandomColorJitter(value_range=(0, 1), brightness_factor=0.4, contrast_factor=0.4, **colour)
-        stack.append(RandomApply(jitter, rate=0.8, name="d_colour_jitter"))
-    if "c" in letters and rgb:
-        stack.append(layers.RandomGrayscale(factor=0.2, name="c_grayscale"))
-    if "b" in letters:
-        kernel = max(3, int(round(0.1 * image_size)) // 2 * 2 + 1)
-        # factor=(p, p) fixes the per-image probability at p (a scalar is only an upper bound).
-        stack.append(
-            layers.RandomGaussianBlur(
-                factor=(0.5, 0.5), kernel_size=kernel, sigma=(0.1, 2.0), value_range=(0, 1), name="b_gaussian_blur"
-            )
-        )
-    return layers.Pipeline(stack, name=f"views_{letters}")
+    stack = [family_layer(letter, image_size, channels, crop_scale) for letter in ORDER if letter in letters]
+    return keras.layers.Pipeline([layer for layer in stack if layer is not None], name=f"views_{letters}")

@@ -35,7 +35,44 @@ def _parser():
     export.add_argument("--formats", nargs="+", default=["saved_model", "onnx"], choices=["saved_model", "onnx"])
     export.add_argument("--tolerance", type=float, default=1e-4, help="max |difference| to Keras allowed")
     export.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    preview = commands.add_parser(
+        "augment-preview",
+        help="write a PNG of original images and two augmented views of each",
+        description="Write a PNG grid (original | view 1 | view 2 per row) for the config's dataset and preset.",
+    )
+    preview.add_argument("--config", help="YAML config (dataset, image size, preset); defaults to the demo")
+    preview.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    preview.add_argument("--preset", help="augmentation preset to show (default: the config's)")
+    preview.add_argument("--rgb-samples", action="store_true", help="use the shipped colour photos instead")
+    preview.add_argument("--count", type=int, default=8, help="number of images (rows)")
+    preview.add_argument("--out", default="augment_preview.png", help="PNG to write")
     return parser
+
+
+def _preview(args):
+    import numpy as np
+
+    from amcl_keras import config as config_lib, data, preview
+
+    try:
+        config = config_lib.load(args.config, args.overrides + ([f"data.augmentation={args.preset}"] if args.preset else []))
+    except config_lib.ConfigError as error:
+        print(f"amcl: config error: {error}", file=sys.stderr)
+        return 2
+    if args.count < 1:
+        print("amcl: --count must be at least 1", file=sys.stderr)
+        return 2
+    cfg = config.data
+    if args.rgb_samples:
+        images = data.load_rgb_samples()
+    else:
+        images, _ = data.labelled_arrays(cfg.dataset, cfg.eval_test_split, cfg.data_dir, args.count, cfg.download)
+    images = np.resize(images, (args.count,) + images.shape[1:])
+    size = cfg.image_size or images.shape[1]
+    shape = preview.write_preview(args.out, images, size, cfg.augmentation, cfg.crop_scale)
+    print(f"Wrote {args.out} ({shape[1]}x{shape[0]} px): {args.count} rows of original | view 1 | view 2, "
+          f"preset {cfg.augmentation!r}")
+    return 0
 
 
 def _export(args):
@@ -60,6 +97,8 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if args.command == "export":
         return _export(args)
+    if args.command == "augment-preview":
+        return _preview(args)
 
     from amcl_keras import config as config_lib
 

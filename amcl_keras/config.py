@@ -31,7 +31,7 @@ class DataConfig:
     download: bool = True  # let tfds download a named dataset that is not prepared
     image_size: typing.Optional[int] = None  # None: the dataset's own size
     batch_size: int = 256  # global batch (all replicas); the last incomplete batch is dropped
-    augmentation: str = "simclr"  # preset: "simclr" or letters from "abcde"
+    augmentation: str = "simclr"  # preset: "simclr", "strong" or letters from "abcdef"
     crop_scale: typing.Tuple[float, float] = (0.2, 1.0)
     shuffle_buffer: int = 5000
 

@@ -21,6 +21,12 @@ def load_shipped(split="train"):
         return arrays[f"{split}_images"], arrays[f"{split}_labels"]
 
 
+def load_rgb_samples():
+    """Five real colour photos (public domain / CC0, from scikit-image), `[5, 128, 128, 3]` uint8."""
+    with np.load(pathlib.Path(__file__).parent / "data" / "rgb_samples.npz") as arrays:
+        return arrays["images"]
+
+
 def load(name=SHIPPED, split="train", data_dir=None, download=True):
     """Unbatched `(image, label)` pairs from the shipped subset or a tfds dataset.
 

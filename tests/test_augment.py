@@ -7,12 +7,61 @@ from amcl_keras import augment, data
 
 
 def _photo_patches(count=8, size=32):
-    """RGB images made from the shipped Fashion-MNIST photos with a per-image colour tint."""
-    images, _ = data.load_shipped("train")
-    gray = images[:count].astype("float32") / 255.0
-    tints = np.random.default_rng(0).uniform(0.3, 1.0, size=(count, 1, 1, 3)).astype("float32")
-    rgb = tf.image.resize(gray, (size, size)).numpy() * tints
-    return rgb
+    """Real colour photos (the shipped public-domain/CC0 samples), as float batches in [0, 1]."""
+    photos = data.load_rgb_samples().astype("float32") / 255.0
+    return tf.image.resize(np.resize(photos, (count,) + photos.shape[1:]), (size, size)).numpy()
+
+
+def _rate_changed(layer, images, repeats=40):
+    """Fraction of images the layer changed, over `repeats` independent draws."""
+    changed = []
+    for _ in range(repeats):
+        out = np.asarray(layer(images, training=True))
+        changed.append(np.abs(out - images).reshape(len(images), -1).max(axis=1) > 1e-4)
+    return float(np.mean(changed))
+
+
+@pytest.mark.parametrize("letter,rate", [("b", 0.5), ("d", 0.8), ("e", 0.5), ("f", 0.2)])
+def test_family_application_rates_match_their_parameters(letter, rate):
+    images = _photo_patches(50, 32)  # 2,000 draws per family
+    measured = _rate_changed(augment.family_layer(letter, 32, 3), images)
+    assert abs(measured - rate) < 0.05, f"family {letter}: applied to {measured:.3f} of images, expected {rate}"
+
+
+def test_grayscale_rate_on_colour_photos():
+    images = _photo_patches(50, 32)
+    layer = augment.family_layer("c", 32, 3)
+    gray = []
+    for _ in range(40):
+        out = np.asarray(layer(images, training=True))
+        gray.append(np.ptp(out, axis=-1).reshape(len(images), -1).max(axis=1) < 1e-5)
+    assert abs(float(np.mean(gray)) - 0.2) < 0.04
+    assert np.ptp(images, axis=-1).max() > 0.1, "the photos themselves are in colour"
+
+
+def test_colour_jitter_changes_colour_on_rgb_photos():
+    images = _photo_patches(20, 32)
+    jitter = keras.layers.RandomColorJitter(value_range=(0, 1), saturation_factor=0.4, hue_factor=0.1)
+    out = np.asarray(jitter(images, training=True))
+    mean_hue_shift = np.abs(tf.image.rgb_to_hsv(out)[..., 0] - tf.image.rgb_to_hsv(images)[..., 0]).mean()
+    assert mean_hue_shift > 0.005
+
+
+def test_colour_families_are_left_out_on_one_channel():
+    assert augment.family_layer("c", 28, channels=1) is None
+    pipeline = augment.view_augmenter(28, channels=1, preset="abcdef")
+    assert [layer.name for layer in pipeline.layers] == [
+        "a_random_resized_crop", "e_flip", "d_colour_jitter", "b_gaussian_blur", "f_solarization"
+    ]
+
+
+@pytest.mark.parametrize("preset", ["a", "abc", "abcde", "simclr", "strong", "ae", "abcdef"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_preset_builds_and_runs(preset, channels):
+    images = _photo_patches(4, 32) if channels == 3 else data.to_float_images(data.load_shipped("test")[0][:4])
+    size = 32 if channels == 3 else 28
+    out = augment.view_augmenter(size, channels, preset)(images, training=True)
+    assert out.shape == (4, size, size, channels)
 
 
 def test_random_resized_crop_box_size_and_aspect():
@@ -43,12 +92,12 @@ def test_grayscale_input_pipeline_keeps_one_channel():
     assert out.shape == (4, 28, 28, 1)
 
 
-@pytest.mark.parametrize("preset,expected", [("a", "a"), ("cba", "abc"), ("simclr", "abcde")])
+@pytest.mark.parametrize("preset,expected", [("a", "a"), ("cba", "abc"), ("simclr", "abcde"), ("strong", "abcdef")])
 def test_presets(preset, expected):
     assert augment.parse_preset(preset) == expected
 
 
-@pytest.mark.parametrize("preset", ["", "xyz", "bc", 3])
+@pytest.mark.parametrize("preset", ["", "xyz", "bc", "abz", 3])
 def test_bad_presets_are_explained(preset):
     with pytest.raises(ValueError, match="abcde"):
         augment.parse_preset(preset)
@@ -60,3 +109,23 @@ def test_random_apply_rate_zero_and_one():
     np.testing.assert_array_equal(augment.RandomApply(flip, rate=0.0)(images), images)
     always = augment.RandomApply(keras.layers.Lambda(lambda x: 1.0 - x), rate=1.0)(images)
     np.testing.assert_allclose(always, 1.0 - images)
+
+
+def test_augment_preview_writes_a_png_grid(tmp_path, capsys):
+    from PIL import Image
+
+    from amcl_keras import cli
+
+    out = tmp_path / "preview.png"
+    assert cli.main(["augment-preview", "--rgb-samples", "--count", "3", "--out", str(out), "--preset", "strong",
+                     "--set", "data.image_size=64"]) == 0
+    with Image.open(out) as image:
+        grid = np.asarray(image)
+    assert grid.shape == (3 * (64 + 2) + 2, 3 * (64 + 2) + 2, 3)
+    tiles = [grid[2:66, 2 + c * 66 : 66 + c * 66] for c in range(3)]
+    assert not np.array_equal(tiles[1], tiles[2]), "the two views differ"
+    assert "3 rows" in capsys.readouterr().out
+    gray = tmp_path / "gray.png"
+    assert cli.main(["augment-preview", "--count", "4", "--out", str(gray)]) == 0  # shipped Fashion-MNIST
+    with Image.open(gray) as image:
+        assert image.size == (3 * (84 + 2) + 2, 4 * (84 + 2) + 2)  # 28 px tiles enlarged 3×

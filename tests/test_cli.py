@@ -70,3 +70,18 @@ def test_installed_command_runs_as_a_process(tmp_path):
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "linear probe" in completed.stdout
     assert (tmp_path / "p" / "encoder.keras").exists()
+
+
+@pytest.mark.parametrize("method", ["moco", "barlow_twins", "simsiam"])
+def test_method_shortcuts_train_the_baseline(method, tmp_path, capsys):
+    code = cli.main([
+        "train", "--run-dir", str(tmp_path / method), "--method", method, "--no-amcl", *REDUCED,
+        "--set", "model.projection_dim=32", "--set", "model.hidden_dim=64", "--set", "model.queue_size=256",
+        "--set", "export.formats=[]",
+    ])
+    assert code == 0
+    config = yaml.safe_load((tmp_path / method / "config.yaml").read_text())
+    assert config["model"]["method"] == method and config["model"]["amcl"] is False
+    assert config["train"]["learning_rate"] == {"moco": 0.08, "barlow_twins": 0.11, "simsiam": 0.05}[method]
+    history = [json.loads(line) for line in (tmp_path / method / "history.jsonl").read_text().splitlines()]
+    assert set(history[0]) >= {"loss"} and not any(key.startswith("tau_") for key in history[0])
