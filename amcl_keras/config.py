@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist_subset"  # the shipped subset, or a tfds name such as "cifar10"
+    dataset: str = "fashion_mnist_subset"  # the shipped subset, a tfds name such as "cifar10", or a folder
     split: str = "train"  # the pre-training split
     eval_train_split: str = "train"  # labelled split for the kNN bank and the probe's training
     eval_test_split: str = "test"
@@ -34,6 +34,8 @@ class DataConfig:
     augmentation: str = "simclr"  # preset: "simclr", "strong" or letters from "abcdef"
     crop_scale: typing.Tuple[float, float] = (0.2, 1.0)
     shuffle_buffer: int = 5000
+    channels: typing.Optional[int] = None  # folders: 1 or 3 (None: 1 if every file is grayscale, else 3)
+    on_bad_image: str = "skip"  # folders: "skip" unreadable files (counted, reported) or "error"
 
 
 @dataclasses.dataclass
@@ -236,6 +238,8 @@ def validate(config):
     _require(data.batch_size >= 2, "data.batch_size", data.batch_size, "it must be at least 2 (positives need pairs)")
     _require(data.image_size is None or data.image_size >= 8, "data.image_size", data.image_size, "use None or >= 8")
     _require(data.shuffle_buffer >= 1, "data.shuffle_buffer", data.shuffle_buffer, "it must be >= 1")
+    _require(data.channels in (None, 1, 3), "data.channels", data.channels, "None, 1 or 3")
+    _require(data.on_bad_image in ("skip", "error"), "data.on_bad_image", data.on_bad_image, "'skip' or 'error'")
     _require(0 < data.crop_scale[0] <= data.crop_scale[1] <= 1, "data.crop_scale", data.crop_scale, "0 < low <= high <= 1")
     try:
         parse_preset(data.augmentation)

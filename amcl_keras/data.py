@@ -1,15 +1,26 @@
-"""Datasets: the shipped Fashion-MNIST subset (offline default) or any tfds dataset by name.
+"""Datasets: the shipped Fashion-MNIST subset (offline default), any tfds dataset by name, or a
+folder of images.
 
 `load` returns unbatched `(image uint8 [H, W, C], label)` pairs; `pretraining_views` turns
 them into batches of two augmented views for `model.fit`.
+
+Folders: `root/<split>/<label>/*.png|jpg|...` (the `tfds.folder_dataset.ImageFolder` layout,
+labelled), or images anywhere under `root` (unlabeled pre-training: label -1). Every file is
+checked before training: unreadable ones are skipped and counted (or stop the run, with
+`on_bad_image="error"`); sizes are unified by resizing; grayscale and colour files are
+converted to one channel count.
 """
 
+import logging
 import pathlib
 
 import numpy as np
 import tensorflow as tf
 
 SHIPPED = "fashion_mnist_subset"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+BAD_IMAGE_POLICIES = ("skip", "error")
+log = logging.getLogger("amcl_keras.data")
 SHIPPED_PATH = pathlib.Path(__file__).parent / "data" / "fashion_mnist_subset.npz"
 
 
@@ -27,7 +38,81 @@ def load_rgb_samples():
         return arrays["images"]
 
 
-def load(name=SHIPPED, split="train", data_dir=None, download=True):
+class FolderScan:
+    """The images of one split of a folder dataset, checked: files, labels, classes, skipped files."""
+
+    def __init__(self, root, split, on_bad_image="skip"):
+        from PIL import Image
+
+        if on_bad_image not in BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}.")
+        root = pathlib.Path(root)
+        split_dir = root / split
+        class_dirs = sorted(d for d in split_dir.iterdir() if d.is_dir()) if split_dir.is_dir() else []
+        if class_dirs:
+            self.classes = [d.name for d in class_dirs]
+            candidates = [(f, i) for i, d in enumerate(class_dirs) for f in sorted(d.rglob("*")) if _is_image(f)]
+        else:
+            self.classes = []
+            candidates = [(f, -1) for f in sorted(root.rglob("*")) if _is_image(f)]
+        if not candidates:
+            raise ValueError(
+                f"No images ({', '.join(IMAGE_EXTENSIONS)}) found for split {split!r} in {str(root)!r}. Expected "
+                f"{root}/{split}/<label>/<image> (labelled, the tfds ImageFolder layout) or images anywhere "
+                f"under {root} (unlabeled)."
+            )
+        self.files, self.labels, self.skipped, sizes, modes = [], [], [], [], set()
+        for path, label in candidates:
+            try:
+                with Image.open(path) as image:
+                    image.verify()
+                with Image.open(path) as image:  # verify() leaves the file unusable; reopen for the size
+                    sizes.append(image.size)
+                    modes.add("L" if image.mode in ("L", "LA", "I", "I;16", "1") else "RGB")
+            except Exception as error:  # PIL raises many types for broken files
+                if on_bad_image == "error":
+                    raise ValueError(
+                        f"Unreadable image {str(path)!r} ({type(error).__name__}: {error}). Remove or fix it, or set "
+                        "data.on_bad_image: skip to skip such files (they are counted and reported)."
+                    ) from None
+                self.skipped.append(str(path))
+                continue
+            self.files.append(str(path))
+            self.labels.append(label)
+        if self.skipped:
+            log.warning("Skipped %d unreadable image(s) in %s, e.g. %s", len(self.skipped), root, self.skipped[0])
+        if not self.files:
+            raise ValueError(f"Every image under {str(root)!r} for split {split!r} is unreadable ({len(self.skipped)} files).")
+        self.channels = 1 if modes == {"L"} else 3  # any colour file → colour (grayscale ones are replicated)
+        self.size = min(sizes[0])  # the first image's shorter side, unless image_size is set
+        self.mixed_sizes = len(set(sizes)) > 1
+
+
+def _is_image(path):
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def load_folder(root, split="train", image_size=None, channels=None, on_bad_image="skip"):
+    """Unbatched `(image uint8 [S, S, C], label)` from a folder (see the module docstring).
+
+    S = `image_size`, else the first image's shorter side; C = `channels`, else 1 when every
+    file is grayscale and 3 otherwise. Returns `(dataset, scan)`.
+    """
+    scan = FolderScan(root, split, on_bad_image)
+    size = image_size or scan.size
+    channels = channels or scan.channels
+
+    def read(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+        image = tf.image.resize(image, (size, size))
+        return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8), label
+
+    files = tf.data.Dataset.from_tensor_slices((scan.files, np.asarray(scan.labels, np.int64)))
+    dataset = files.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset, scan
+
+
+def load(name=SHIPPED, split="train", data_dir=None, download=True, image_size=None, channels=None, on_bad_image="skip"):
     """Unbatched `(image, label)` pairs from the shipped subset or a tfds dataset.
 
     Example:
@@ -39,6 +124,10 @@ def load(name=SHIPPED, split="train", data_dir=None, download=True):
     if name == SHIPPED:
         images, labels = load_shipped(split)
         return tf.data.Dataset.from_tensor_slices((images, labels))
+    if pathlib.Path(name).is_dir():  # image_size, channels and on_bad_image apply to folders
+        return load_folder(name, split, image_size, channels, on_bad_image)[0]
+    if "/" in name or name.startswith("."):
+        raise ValueError(f"Dataset folder {name!r} does not exist (a tfds name has no '/').")
     import tensorflow_datasets as tfds
 
     try:
@@ -82,12 +171,15 @@ def pretraining_views(dataset, batch_size, augmenter, shuffle_buffer=10_000, see
     return images.map(two_views, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
-def labelled_arrays(name=SHIPPED, split="train", data_dir=None, max_examples=None, download=True):
-    """A labelled split as NumPy arrays (for evaluation), at most `max_examples` of them."""
+def labelled_arrays(name=SHIPPED, split="train", data_dir=None, max_examples=None, download=True, **folder_options):
+    """A labelled split as NumPy arrays (for evaluation), at most `max_examples` of them.
+
+    Labels are -1 for an unlabeled folder. `folder_options`: image_size, channels, on_bad_image.
+    """
     if name == SHIPPED:
         images, labels = load_shipped(split)
     else:
-        dataset = load(name, split, data_dir, download)
+        dataset = load(name, split, data_dir, download, **folder_options)
         if max_examples:
             dataset = dataset.take(max_examples)
         pairs = list(dataset.batch(1024).as_numpy_iterator())

@@ -81,7 +81,8 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
         )
 
     cfg = config.data
-    source = data.load(cfg.dataset, cfg.split, cfg.data_dir, cfg.download)
+    folder_options = {"image_size": cfg.image_size, "channels": cfg.channels, "on_bad_image": cfg.on_bad_image}
+    source = data.load(cfg.dataset, cfg.split, cfg.data_dir, cfg.download, **folder_options)
     native_shape = tuple(source.element_spec[0].shape)
     image_size = cfg.image_size or native_shape[0]
     input_shape = (image_size, image_size, native_shape[-1])
@@ -103,12 +104,23 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
             jit_compile=config.train.jit_compile,
         )
 
-    train_split = data.labelled_arrays(cfg.dataset, cfg.eval_train_split, cfg.data_dir, config.eval.max_examples, cfg.download)
-    test_split = data.labelled_arrays(cfg.dataset, cfg.eval_test_split, cfg.data_dir, config.eval.max_examples, cfg.download)
-    ev = config.eval
-    evaluate = lambda encoder: evaluation.evaluate_encoder(  # noqa: E731
-        encoder, train_split, test_split, cfg.image_size, ev.knn_k, ev.knn_temperature, ev.probe_epochs, config.train.seed
+    train_split = data.labelled_arrays(
+        cfg.dataset, cfg.eval_train_split, cfg.data_dir, config.eval.max_examples, cfg.download, **folder_options
     )
+    test_split = data.labelled_arrays(
+        cfg.dataset, cfg.eval_test_split, cfg.data_dir, config.eval.max_examples, cfg.download, **folder_options
+    )
+    ev = config.eval
+    labelled = train_split[1].min() >= 0 and test_split[1].min() >= 0
+
+    def evaluate(encoder):
+        if not labelled:  # an unlabeled folder: nothing to score against
+            return None
+        return evaluation.evaluate_encoder(
+            encoder, train_split, test_split, cfg.image_size, ev.knn_k, ev.knn_temperature, ev.probe_epochs,
+            config.train.seed,
+        )
+
     random_init = evaluate(model.encoder)  # the same architecture, before any training
 
     if verbose == "auto":
@@ -166,6 +178,8 @@ def _write_results(run_dir, results):
 def format_results(results):
     """The results table as text."""
     name = results["method"]
+    if results["trained"] is None:
+        return f"{name}, {results['epochs']} epochs: trained on unlabeled data, so no linear probe or kNN was run."
     rows = [("random init (same architecture)", results["random_init"]), (f"{name}, {results['epochs']} epochs", results["trained"])]
     width = max(len(label) for label, _ in rows)
     lines = [f"{'encoder':<{width}}  linear probe    kNN", f"{'-' * width}  ------------  ------"]

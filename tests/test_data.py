@@ -58,3 +58,90 @@ def test_a_keras_cv_pipeline_serves_as_the_augmenter():
     view1, view2 = next(iter(views))
     assert view1.shape == (32, 24, 24, 1)
     assert not np.allclose(view1, view2)
+
+
+def _write_folder(root, layout):
+    """Write real images (shipped Fashion-MNIST photos and colour samples) into a folder tree."""
+    from PIL import Image
+
+    gray, labels = data.load_shipped("test")
+    colour = data.load_rgb_samples()
+    for index, relative in enumerate(layout):
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if "colour" in relative:
+            Image.fromarray(colour[index % len(colour)]).save(path)
+        else:
+            Image.fromarray(gray[index, :, :, 0]).resize((28 + index % 3 * 4,) * 2).save(path)  # mixed sizes
+
+
+def test_image_folder_layout_gives_labelled_resized_images(tmp_path):
+    layout = [f"train/{cls}/{i}.png" for cls in ("bag", "coat") for i in range(5)]
+    layout += ["train/coat/colour.jpg", "test/bag/0.png", "test/coat/1.png"]
+    _write_folder(tmp_path, layout)
+    dataset = data.load(str(tmp_path), "train", image_size=24)
+    images, labels = zip(*[(x.numpy(), int(y)) for x, y in dataset])
+    assert len(images) == 11 and sorted(set(labels)) == [0, 1]  # bag = 0, coat = 1 (sorted names)
+    assert {im.shape for im in images} == {(24, 24, 3)}  # mixed sizes resized; one colour file → RGB
+    assert images[0].dtype == np.uint8
+    test_images, test_labels = data.labelled_arrays(str(tmp_path), "test", image_size=24, channels=1)
+    assert test_images.shape == (2, 24, 24, 1) and test_labels.tolist() == [0, 1]
+
+
+def test_plain_folder_is_unlabeled_and_grayscale_when_every_file_is(tmp_path):
+    _write_folder(tmp_path, [f"shots/day{i % 2}/{i}.png" for i in range(6)])
+    dataset, scan = data.load_folder(tmp_path, "train")
+    assert scan.classes == [] and scan.channels == 1 and scan.mixed_sizes
+    labels = [int(y) for _, y in dataset]
+    assert labels == [-1] * 6
+
+
+def test_unreadable_images_are_skipped_and_counted_or_stop(tmp_path, caplog):
+    _write_folder(tmp_path, [f"train/a/{i}.png" for i in range(3)])
+    (tmp_path / "train" / "a" / "broken.png").write_bytes(b"\x89PNG not really")
+    dataset, scan = data.load_folder(tmp_path, "train")
+    assert len(scan.files) == 3 and len(scan.skipped) == 1 and scan.skipped[0].endswith("broken.png")
+    assert "Skipped 1 unreadable image" in caplog.text
+    assert len(list(dataset)) == 3
+    with pytest.raises(ValueError, match="broken.png.*on_bad_image: skip"):
+        data.load_folder(tmp_path, "train", on_bad_image="error")
+
+
+def test_empty_or_missing_folders_are_explained(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="No images.*ImageFolder layout"):
+        data.load(str(tmp_path / "empty"), "train")
+    with pytest.raises(ValueError, match="does not exist"):
+        data.load(str(tmp_path / "missing") + "/", "train")
+
+
+def test_training_on_a_folder_through_the_cli(tmp_path):
+    from amcl_keras import cli
+
+    layout = [f"{split}/{cls}/{i}.png" for split in ("train", "test") for cls in ("x", "y") for i in range(20)]
+    _write_folder(tmp_path / "data", layout)
+    code = cli.main([
+        "train", "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--set", f"data.dataset={tmp_path / 'data'}",
+        "--set", "data.image_size=28", "--set", "data.batch_size=16", "--set", "model.encoder_width=4",
+        "--set", "eval.probe_epochs=1", "--set", "eval.knn_k=5", "--set", "export.formats=[]",
+    ])
+    assert code == 0
+    import json
+
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["examples"] == {"train": 40, "test": 40} and results["trained"]["knn"] >= 0
+
+
+def test_unlabeled_folder_pretrains_and_skips_evaluation(tmp_path, capsys):
+    from amcl_keras import cli
+
+    _write_folder(tmp_path / "photos", [f"{i}.png" for i in range(20)])
+    code = cli.main([
+        "train", "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--set", f"data.dataset={tmp_path / 'photos'}",
+        "--set", "data.image_size=28", "--set", "data.batch_size=8", "--set", "model.encoder_width=4",
+        "--set", "export.formats=[onnx]",
+    ])
+    assert code == 0
+    assert "unlabeled data, so no linear probe or kNN" in capsys.readouterr().out
+    assert (tmp_path / "run" / "export" / "encoder.onnx").exists()
