@@ -33,6 +33,7 @@ class DataConfig:
     batch_size: int = 256  # global batch (all replicas); the last incomplete batch is dropped
     augmentation: str = "simclr"  # preset: "simclr", "strong" or letters from "abcdef"
     crop_scale: typing.Tuple[float, float] = (0.2, 1.0)
+    augment_on: str = "dataset"  # "dataset": in tf.data (CPU, parallel map); "step": inside the training step
     shuffle_buffer: int = 5000
     channels: typing.Optional[int] = None  # folders: 1 or 3 (None: 1 if every file is grayscale, else 3)
     on_bad_image: str = "skip"  # folders: "skip" unreadable files (counted, reported) or "error"
@@ -238,6 +239,7 @@ def validate(config):
     _require(data.batch_size >= 2, "data.batch_size", data.batch_size, "it must be at least 2 (positives need pairs)")
     _require(data.image_size is None or data.image_size >= 8, "data.image_size", data.image_size, "use None or >= 8")
     _require(data.shuffle_buffer >= 1, "data.shuffle_buffer", data.shuffle_buffer, "it must be >= 1")
+    _require(data.augment_on in ("dataset", "step"), "data.augment_on", data.augment_on, "'dataset' or 'step'")
     _require(data.channels in (None, 1, 3), "data.channels", data.channels, "None, 1 or 3")
     _require(data.on_bad_image in ("skip", "error"), "data.on_bad_image", data.on_bad_image, "'skip' or 'error'")
     _require(0 < data.crop_scale[0] <= data.crop_scale[1] <= 1, "data.crop_scale", data.crop_scale, "0 < low <= high <= 1")

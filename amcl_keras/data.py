@@ -135,8 +135,10 @@ def load(name=SHIPPED, split="train", data_dir=None, download=True, image_size=N
     except Exception as error:  # tfds raises several types (DatasetNotFoundError, ConnectionError, ...)
         raise RuntimeError(
             f"Could not load tfds dataset {name!r} (split {split!r}, data_dir {data_dir!r}): {error}\n"
-            f"Check the name and split (see tfds.list_builders()), prepare the data once with network "
-            f"access (or point data_dir at prepared data), or use the offline dataset {SHIPPED!r}."
+            f"Check the name and split (see tfds.list_builders()). To use it offline, prepare it once on a "
+            f"machine with network access (`tfds build {name} --data_dir DIR`, or tfds.load(..., data_dir=DIR)), "
+            f"copy DIR here and set data.data_dir: DIR (and data.download: false); or use a folder of images, "
+            f"or the offline dataset {SHIPPED!r}."
         ) from error
     image_spec = dataset.element_spec[0]
     if image_spec.shape.rank != 3:
@@ -156,7 +158,11 @@ def pretraining_views(dataset, batch_size, augmenter, shuffle_buffer=10_000, see
     """Batches of `(view1, view2)`: each view is `augmenter` applied with its own randomness.
 
     The last incomplete batch is dropped (a fixed global batch). `augmenter` is any callable on
-    a batch of float images in [0, 1] (a Keras layer or `keras.layers.Pipeline`).
+    a batch of float images in [0, 1] (a Keras layer or `keras.layers.Pipeline`); with
+    `augmenter=None` the batches are the float images themselves, for a model that augments
+    inside its training step (`augmenter=` on the method). Under a `tf.distribute` strategy,
+    `fit` splits each global batch over the replicas; across workers the dataset is sharded by
+    data (each worker keeps every N-th batch), set here explicitly since the sources are not files.
     """
     images = dataset.map(lambda image, label: image)
     if cache:
@@ -166,9 +172,14 @@ def pretraining_views(dataset, batch_size, augmenter, shuffle_buffer=10_000, see
 
     def two_views(batch):
         batch = to_float_images(batch)
+        if augmenter is None:
+            return batch
         return augmenter(batch, training=True), augmenter(batch, training=True)
 
-    return images.map(two_views, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    views = images.map(two_views, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return views.with_options(options)
 
 
 def labelled_arrays(name=SHIPPED, split="train", data_dir=None, max_examples=None, download=True, **folder_options):

@@ -29,11 +29,12 @@ class RunDirectoryError(FileExistsError):
     """The run directory already holds a run."""
 
 
-def build_model(config, input_shape):
-    """The method's model for `config.model` on an encoder for images of `input_shape`."""
+def build_model(config, input_shape, augmenter=None):
+    """The method's model for `config.model` on an encoder for images of `input_shape`
+    (with `augmenter`, the model makes the two views inside its training step)."""
     cfg = config.model
     encoder = encoders.get(cfg.encoder, input_shape, width=cfg.encoder_width)
-    return methods.get(cfg.method).from_model_config(encoder, cfg, config.data.batch_size)
+    return methods.get(cfg.method).from_model_config(encoder, cfg, config.data.batch_size, augmenter=augmenter)
 
 
 def build_optimizer(config, total_steps):
@@ -87,7 +88,10 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
     image_size = cfg.image_size or native_shape[0]
     input_shape = (image_size, image_size, native_shape[-1])
     augmenter = augment.view_augmenter(image_size, native_shape[-1], cfg.augmentation, cfg.crop_scale)
-    views = data.pretraining_views(source, cfg.batch_size, augmenter, cfg.shuffle_buffer, seed=config.train.seed)
+    in_step = cfg.augment_on == "step"
+    views = data.pretraining_views(
+        source, cfg.batch_size, None if in_step else augmenter, cfg.shuffle_buffer, seed=config.train.seed
+    )
     steps = config.train.steps_per_epoch
     if steps is None:
         known = int(views.cardinality())
@@ -98,7 +102,7 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
         raise ValueError(f"The dataset has fewer examples than one batch of {cfg.batch_size}; lower data.batch_size.")
 
     with strategy.scope():
-        model = build_model(config, input_shape)
+        model = build_model(config, input_shape, augmenter if in_step else None)
         model.compile(
             optimizer=build_optimizer(config, steps * config.train.epochs if steps else None),
             jit_compile=config.train.jit_compile,

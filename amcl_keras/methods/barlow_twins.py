@@ -49,14 +49,14 @@ class BarlowTwins(ContrastiveTrainer):
         super().__init__(encoder, projector, loss, amcl, **kwargs)
 
     @classmethod
-    def from_model_config(cls, encoder, cfg, global_batch):
+    def from_model_config(cls, encoder, cfg, global_batch, **kwargs):
         """Build from a `ModelConfig` (the YAML `model:` section); AMCL uses the fixed global batch."""
         loss = AMCLBarlowTwinsLoss(
             cfg.projection_dim, global_batch, lambda_=cfg.lambda_, beta=cfg.beta,
             temperature_hidden_dim=cfg.temperature_hidden_dim, temperature_min=cfg.temperature_min,
             temperature_max=cfg.temperature_max,
         ) if cfg.amcl else BarlowTwinsLoss(cfg.lambda_)
-        return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, global_batch, loss=loss)
+        return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, global_batch, loss=loss, **kwargs)
 
     def compute_loss_and_stats(self, z1, z2, views):
         return self.contrastive_loss(z1, z2, return_stats=True)

@@ -24,8 +24,15 @@ class ContrastiveTrainer(keras.Model):
     amcl_loss = None
     config_args = ()
 
-    def __init__(self, encoder, projector, loss, amcl, **kwargs):
+    def __init__(self, encoder, projector, loss, amcl, augmenter=None, **kwargs):
         super().__init__(**kwargs)
+        if isinstance(augmenter, dict):
+            augmenter = keras.saving.deserialize_keras_object(augmenter)
+        if augmenter is not None and not callable(augmenter):
+            raise TypeError(f"`augmenter` must be a Keras layer or callable on image batches, got {type(augmenter)!r}.")
+        # With an augmenter, `fit` takes batches of float images and both views are made inside
+        # the step (on the accelerator; under MirroredStrategy each replica augments its shard).
+        self.augmenter = augmenter
         if not isinstance(encoder, keras.layers.Layer):
             raise TypeError(
                 f"`encoder` must be a Keras model or layer mapping images to [batch, features], got {type(encoder)!r}."
@@ -116,8 +123,10 @@ class ContrastiveTrainer(keras.Model):
     def metrics(self):
         return [self.loss_tracker, *self._stat_trackers.values()]
 
-    @staticmethod
-    def _views(data):
+    def _views(self, data):
+        if self.augmenter is not None:
+            images = data[0] if isinstance(data, (tuple, list)) else data
+            return self.augmenter(images, training=True), self.augmenter(images, training=True)
         if isinstance(data, dict) and {"view1", "view2"} <= set(data):
             return data["view1"], data["view2"]
         if isinstance(data, (tuple, list)) and len(data) >= 1 and isinstance(data[0], (tuple, list)):
@@ -194,6 +203,8 @@ class ContrastiveTrainer(keras.Model):
             "loss": keras.saving.serialize_keras_object(self.contrastive_loss),
         }
         config.update({name: getattr(self, name) for name in self.config_args})
+        if self.augmenter is not None:
+            config["augmenter"] = keras.saving.serialize_keras_object(self.augmenter)
         return config
 
     @classmethod

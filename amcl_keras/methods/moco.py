@@ -54,7 +54,7 @@ class MoCo(ContrastiveTrainer):
         super().__init__(encoder, projector, loss, amcl, **kwargs)
 
     @classmethod
-    def from_model_config(cls, encoder, cfg, global_batch):
+    def from_model_config(cls, encoder, cfg, global_batch, **kwargs):
         """Build from a `ModelConfig` (the YAML `model:` section)."""
         loss = AMCLInfoNCELoss(
             cfg.projection_dim, beta=cfg.beta, negatives=cfg.negatives, top_k=cfg.top_k,
@@ -62,7 +62,7 @@ class MoCo(ContrastiveTrainer):
             temperature_max=cfg.temperature_max,
         ) if cfg.amcl else InfoNCELoss(cfg.temperature)
         return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, cfg.queue_size,
-                   cfg.momentum, loss=loss)
+                   cfg.momentum, loss=loss, **kwargs)
 
     def create_method_state(self):
         try:

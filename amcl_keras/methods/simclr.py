@@ -40,14 +40,14 @@ class SimCLR(ContrastiveTrainer):
         super().__init__(encoder, projector, loss, amcl, **kwargs)
 
     @classmethod
-    def from_model_config(cls, encoder, cfg, global_batch):
+    def from_model_config(cls, encoder, cfg, global_batch, **kwargs):
         """Build from a `ModelConfig` (the YAML `model:` section)."""
         loss = AMCLNTXentLoss(
             cfg.projection_dim, beta=cfg.beta, negatives=cfg.negatives, top_k=cfg.top_k,
             temperature_hidden_dim=cfg.temperature_hidden_dim, temperature_min=cfg.temperature_min,
             temperature_max=cfg.temperature_max,
         ) if cfg.amcl else NTXentLoss(cfg.temperature)
-        return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, loss=loss)
+        return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, loss=loss, **kwargs)
 
     def compute_loss_and_stats(self, z1, z2, views):
         return self.contrastive_loss(z1, z2, return_stats=True)

@@ -42,7 +42,7 @@ class SimSiam(ContrastiveTrainer):
         super().__init__(encoder, projector, loss, amcl, **kwargs)
 
     @classmethod
-    def from_model_config(cls, encoder, cfg, global_batch):
+    def from_model_config(cls, encoder, cfg, global_batch, **kwargs):
         """Build from a `ModelConfig` (the YAML `model:` section)."""
         loss = AMCLSimSiamLoss(
             cfg.projection_dim, beta=cfg.beta,
@@ -50,7 +50,7 @@ class SimSiam(ContrastiveTrainer):
             temperature_max=cfg.temperature_max,
         ) if cfg.amcl else SimSiamLoss()
         return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, cfg.predictor_hidden_dim,
-                   loss=loss)
+                   loss=loss, **kwargs)
 
     def stat_names(self):
         return ("tau_pos",) if self.amcl else ()  # no negatives in SimSiam

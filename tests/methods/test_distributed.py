@@ -46,3 +46,24 @@ def test_two_replicas_equal_one_device(method, amcl_on, two_replicas):
     if method == "moco":
         assert int(single.queue_pointer.numpy()) == int(mirrored.queue_pointer.numpy()) == 16
         np.testing.assert_allclose(mirrored.queue.numpy(), single.queue.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_augmentation_inside_the_step_under_two_replicas(two_replicas):
+    """With `augmenter=` the model takes plain image batches and makes both views in the step;
+    under MirroredStrategy each replica augments its own shard."""
+    import keras
+
+    import amcl_keras as amcl
+
+    images = np.concatenate(views(), axis=0)  # 16 distinct 8×8 images
+    with two_replicas.scope():
+        model = amcl.SimCLR(
+            amcl.encoders.small_convnet((8, 8, 1), width=4, synchronized_batch_norm=True), num_heads=2,
+            projection_dim=8, hidden_dim=16, augmenter=amcl.augment.view_augmenter(8, 1, "ae"),
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.1, global_clipnorm=1.0))
+    history = model.fit(tf.data.Dataset.from_tensor_slices(images).batch(8, drop_remainder=True).repeat(2),
+                        epochs=2, verbose=0)
+    assert all(np.isfinite(history.history["loss"]))
+    clone = amcl.SimCLR.from_config(model.get_config())
+    assert [layer.name for layer in clone.augmenter.layers] == ["a_random_resized_crop", "e_flip"]
