@@ -145,3 +145,17 @@ def test_unlabeled_folder_pretrains_and_skips_evaluation(tmp_path, capsys):
     assert code == 0
     assert "unlabeled data, so no linear probe or kNN" in capsys.readouterr().out
     assert (tmp_path / "run" / "export" / "encoder.onnx").exists()
+
+
+def test_pipeline_shards_by_data_across_workers():
+    views = data.pretraining_views(data.load(), 64, None, shuffle_buffer=10)
+    policy = views.options().experimental_distribute.auto_shard_policy
+    assert policy == tf.data.experimental.AutoShardPolicy.DATA
+    assert next(iter(views)).shape == (64, 28, 28, 1)  # no augmenter: plain float batches for in-step views
+
+
+def test_stl10_unlabelled_split_with_mock_data():
+    with tfds.testing.mock_data(num_examples=16):
+        dataset = data.load("stl10", "unlabelled")
+        image, _ = next(iter(dataset))
+        assert image.shape == (96, 96, 3)
