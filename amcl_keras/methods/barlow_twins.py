@@ -56,7 +56,9 @@ class BarlowTwins(ContrastiveTrainer):
             temperature_hidden_dim=cfg.temperature_hidden_dim, temperature_min=cfg.temperature_min,
             temperature_max=cfg.temperature_max,
         ) if cfg.amcl else BarlowTwinsLoss(cfg.lambda_)
-        return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, global_batch, loss=loss, **kwargs)
+        return cls(
+            encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, global_batch, loss=loss, **kwargs
+        )
 
     def compute_loss_and_stats(self, z1, z2, views):
         return self.contrastive_loss(z1, z2, return_stats=True)
