@@ -87,6 +87,8 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
     native_shape = tuple(source.element_spec[0].shape)
     image_size = cfg.image_size or native_shape[0]
     input_shape = (image_size, image_size, native_shape[-1])
+    # evaluation splits of a folder get the training split's size and channels
+    folder_options.update(image_size=image_size, channels=native_shape[-1])
     augmenter = augment.view_augmenter(image_size, native_shape[-1], cfg.augmentation, cfg.crop_scale)
     in_step = cfg.augment_on == "step"
     views = data.pretraining_views(
@@ -121,7 +123,7 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
         if not labelled:  # an unlabeled folder: nothing to score against
             return None
         return evaluation.evaluate_encoder(
-            encoder, train_split, test_split, cfg.image_size, ev.knn_k, ev.knn_temperature, ev.probe_epochs,
+            encoder, train_split, test_split, image_size, ev.knn_k, ev.knn_temperature, ev.probe_epochs,
             config.train.seed,
         )
 

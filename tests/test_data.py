@@ -116,14 +116,16 @@ def test_empty_or_missing_folders_are_explained(tmp_path):
         data.load(str(tmp_path / "missing") + "/", "train")
 
 
-def test_training_on_a_folder_through_the_cli(tmp_path):
+@pytest.mark.parametrize("size_override", [["--set", "data.image_size=28"], []], ids=["image_size", "inferred"])
+def test_training_on_a_folder_through_the_cli(tmp_path, size_override):
+    """Mixed image sizes; without image_size the test split follows the training split's size."""
     from amcl_keras import cli
 
     layout = [f"{split}/{cls}/{i}.png" for split in ("train", "test") for cls in ("x", "y") for i in range(20)]
-    _write_folder(tmp_path / "data", layout)
+    _write_folder(tmp_path / "data", layout[::-1])  # test images first: their first file is 28 px
     code = cli.main([
         "train", "--run-dir", str(tmp_path / "run"), "--epochs", "1", "--set", f"data.dataset={tmp_path / 'data'}",
-        "--set", "data.image_size=28", "--set", "data.batch_size=16", "--set", "model.encoder_width=4",
+        *size_override, "--set", "data.batch_size=16", "--set", "model.encoder_width=4",
         "--set", "eval.probe_epochs=1", "--set", "eval.knn_k=5", "--set", "export.formats=[]",
     ])
     assert code == 0
