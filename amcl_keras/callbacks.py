@@ -48,3 +48,38 @@ class JSONLinesHistory(keras.callbacks.Callback):
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
+
+
+class KNNMonitor(keras.callbacks.Callback):
+    """kNN accuracy of the backbone on a held-out labelled split every `every` epochs.
+
+    Cosine similarity, k = 200, T = 0.1, weighted votes (as the AMCL authors and lightly); the
+    bank is `train` (uint8 images, labels), the queries `test`. The value is added to the
+    epoch's logs as `knn_accuracy` (so `JSONLinesHistory` placed after it records it).
+
+    Example:
+    ```python
+    monitor = amcl_keras.callbacks.KNNMonitor(amcl_keras.data.load_shipped("train"),
+                                              amcl_keras.data.load_shipped("test"), every=5)
+    model.fit(views, epochs=20, callbacks=[monitor])
+    ```
+    """
+
+    def __init__(self, train, test, every=1, k=200, temperature=0.1, image_size=None):
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"`every` must be at least 1 epoch, got {every}.")
+        self.train, self.test = train, test
+        self.every, self.k, self.temperature, self.image_size = every, k, temperature, image_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every:
+            return
+        from amcl_keras import evaluation
+
+        encoder = self.model.encoder
+        bank = evaluation.extract_features(encoder, self.train[0], self.image_size)
+        queries = evaluation.extract_features(encoder, self.test[0], self.image_size)
+        accuracy = evaluation.knn_accuracy(bank, self.train[1], queries, self.test[1], self.k, self.temperature)
+        if logs is not None:
+            logs["knn_accuracy"] = accuracy

@@ -35,6 +35,16 @@ def _parser():
     export.add_argument("--formats", nargs="+", default=["saved_model", "onnx"], choices=["saved_model", "onnx"])
     export.add_argument("--tolerance", type=float, default=1e-4, help="max |difference| to Keras allowed")
     export.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    evaluate = commands.add_parser(
+        "eval",
+        help="linear probe and kNN of a run's encoder; writes RUN_DIR/eval.json",
+        description="Evaluate the frozen encoder of RUN_DIR: linear probe and kNN (defaults: the run's config).",
+    )
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--probe-epochs", type=int)
+    evaluate.add_argument("--knn-k", type=int)
+    evaluate.add_argument("--knn-temperature", type=float)
+    evaluate.add_argument("--seed", type=int)
     preview = commands.add_parser(
         "augment-preview",
         help="write a PNG of original images and two augmented views of each",
@@ -75,6 +85,20 @@ def _preview(args):
     return 0
 
 
+def _eval(args):
+    from amcl_keras import evaluation, export as export_lib
+
+    try:
+        result = evaluation.evaluate_run(args.run_dir, args.probe_epochs, args.knn_k, args.knn_temperature, args.seed)
+    except (export_lib.ExportError, ValueError, RuntimeError) as error:
+        print(f"amcl: eval failed: {error}", file=sys.stderr)
+        return 2
+    probe, knn = result["linear_probe"], result["knn"]
+    print(f"linear probe {probe['accuracy'] * 100:.1f}% ({probe['epochs']} epochs, Adam 1e-2), "
+          f"kNN {knn['accuracy'] * 100:.1f}% (k={knn['k']}, T={knn['temperature']}) -> {args.run_dir}/eval.json")
+    return 0
+
+
 def _export(args):
     from amcl_keras import export as export_lib
 
@@ -99,6 +123,8 @@ def main(argv=None):
         return _export(args)
     if args.command == "augment-preview":
         return _preview(args)
+    if args.command == "eval":
+        return _eval(args)
 
     from amcl_keras import config as config_lib
 

@@ -90,6 +90,7 @@ class EvalConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     probe_epochs: int = 50
+    knn_every: int = 0  # epochs between online kNN monitors during training (0: off)
     max_examples: typing.Optional[int] = 10000  # per labelled split
 
 
@@ -291,6 +292,7 @@ def validate(config):
     _require(config.export.tolerance > 0, "export.tolerance", config.export.tolerance, "it must be > 0")
     _require(evaluation.knn_k >= 1, "eval.knn_k", evaluation.knn_k, "it must be >= 1")
     _require(evaluation.knn_temperature > 0, "eval.knn_temperature", evaluation.knn_temperature, "it must be > 0")
+    _require(evaluation.knn_every >= 0, "eval.knn_every", evaluation.knn_every, "0 (off) or a number of epochs")
     _require(evaluation.probe_epochs >= 1, "eval.probe_epochs", evaluation.probe_epochs, "it must be >= 1")
     _require(evaluation.max_examples is None or evaluation.max_examples >= 1, "eval.max_examples", evaluation.max_examples, "None or >= 1")
     return config

@@ -66,3 +66,58 @@ def evaluate_encoder(encoder, train, test, image_size=None, knn_k=200, knn_tempe
         ),
         "knn": knn_accuracy(train_features, train[1], test_features, test[1], knn_k, knn_temperature),
     }
+
+
+def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, seed=None, max_examples=None):
+    """Offline evaluation of a run directory's encoder; writes and returns `eval.json`.
+
+    Protocols: linear probe (softmax on standardised frozen features, Adam 1e-2) and kNN
+    (cosine, weighted votes) on the run's dataset, the parameters defaulting to its config.
+    """
+    import json
+    import os
+    import pathlib
+    import platform
+    import time
+
+    import tensorflow as tf
+
+    from amcl_keras import config as config_lib, data
+    from amcl_keras.export import load_run
+
+    run_dir = pathlib.Path(run_dir)
+    encoder, _ = load_run(run_dir)  # clear errors for missing or corrupt runs
+    config = config_lib.load(run_dir / "config.yaml")
+    ev, cfg = config.eval, config.data
+    probe_epochs = probe_epochs or ev.probe_epochs
+    knn_k, knn_temperature = knn_k or ev.knn_k, knn_temperature or ev.knn_temperature
+    seed = config.train.seed if seed is None else seed
+    max_examples = max_examples or ev.max_examples
+    size, channels = encoder.inputs[0].shape[1], encoder.inputs[0].shape[-1]
+    options = {"image_size": size, "channels": channels, "on_bad_image": cfg.on_bad_image}
+    train = data.labelled_arrays(cfg.dataset, cfg.eval_train_split, cfg.data_dir, max_examples, cfg.download, **options)
+    test = data.labelled_arrays(cfg.dataset, cfg.eval_test_split, cfg.data_dir, max_examples, cfg.download, **options)
+    if train[1].min() < 0 or test[1].min() < 0:
+        raise ValueError(f"The run's dataset {cfg.dataset!r} has no labels for {cfg.eval_train_split!r}/"
+                         f"{cfg.eval_test_split!r}; evaluation needs labelled splits.")
+    started = time.perf_counter()
+    scores = evaluate_encoder(encoder, train, test, size, knn_k, knn_temperature, probe_epochs, seed)
+    result = {
+        "run_dir": str(run_dir),
+        "linear_probe": {
+            "accuracy": scores["linear_probe"], "protocol": "softmax on standardised frozen backbone features",
+            "optimizer": "Adam", "learning_rate": 1e-2, "epochs": probe_epochs, "batch": 256, "augmentation": None,
+        },
+        "knn": {"accuracy": scores["knn"], "protocol": "cosine similarity, weighted votes exp(s/T)", "k": knn_k,
+                "temperature": knn_temperature},
+        "data": {"dataset": cfg.dataset, "train_split": cfg.eval_train_split, "test_split": cfg.eval_test_split,
+                 "train_examples": int(len(train[1])), "test_examples": int(len(test[1]))},
+        "seed": seed,
+        "hardware": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                     "gpus": len(tf.config.list_logical_devices("GPU"))},
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    temporary = run_dir / "eval.json.partial"
+    temporary.write_text(json.dumps(result, indent=2))
+    os.replace(temporary, run_dir / "eval.json")
+    return result

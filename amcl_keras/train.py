@@ -18,7 +18,7 @@ import keras
 import tensorflow as tf
 
 from amcl_keras import augment, data, encoders, evaluation, export, methods
-from amcl_keras.callbacks import JSONLinesHistory, NonFiniteLossGuard
+from amcl_keras.callbacks import JSONLinesHistory, KNNMonitor, NonFiniteLossGuard
 from amcl_keras.distribute import make_strategy
 
 
@@ -135,7 +135,12 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
         views,
         epochs=config.train.epochs,
         steps_per_epoch=config.train.steps_per_epoch,
-        callbacks=[NonFiniteLossGuard(), JSONLinesHistory(run_dir / "history.jsonl")],
+        callbacks=[
+            NonFiniteLossGuard(),
+            *([KNNMonitor(train_split, test_split, ev.knn_every, ev.knn_k, ev.knn_temperature, image_size)]
+              if labelled and ev.knn_every else []),
+            JSONLinesHistory(run_dir / "history.jsonl"),
+        ],
         verbose=verbose,
         shuffle=False,
     )

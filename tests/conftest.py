@@ -23,3 +23,10 @@ def _seed():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def two_replicas():
+    """MirroredStrategy over the 2 logical CPUs, one per test session: several strategy instances
+    in one process can collide in their collective keys."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

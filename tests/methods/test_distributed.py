@@ -9,12 +9,6 @@ from tests.methods.helpers import build, one_step, views
 METHODS = ["simclr", "moco", "barlow_twins", "simsiam"]
 
 
-@pytest.fixture(scope="module")
-def two_replicas():
-    # One MirroredStrategy per process: several instances can collide in their collective keys.
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-
-
 @pytest.mark.parametrize("amcl_on", [True, False], ids=["amcl", "baseline"])
 @pytest.mark.parametrize("method", METHODS)
 def test_two_replicas_equal_one_device(method, amcl_on, two_replicas):
