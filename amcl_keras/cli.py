@@ -45,6 +45,13 @@ def _parser():
     evaluate.add_argument("--knn-k", type=int)
     evaluate.add_argument("--knn-temperature", type=float)
     evaluate.add_argument("--seed", type=int)
+    report = commands.add_parser(
+        "report",
+        help="write a PNG with loss, kNN, per-head temperatures and similarity histograms of runs",
+        description="Write one PNG comparing one or more run directories side by side.",
+    )
+    report.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
+    report.add_argument("--out", default="report.png", help="PNG to write")
     preview = commands.add_parser(
         "augment-preview",
         help="write a PNG of original images and two augmented views of each",
@@ -99,6 +106,18 @@ def _eval(args):
     return 0
 
 
+def _report(args):
+    from amcl_keras import export as export_lib, report
+
+    try:
+        path = report.write_report(args.run_dirs, args.out)
+    except (FileNotFoundError, export_lib.ExportError, ValueError) as error:
+        print(f"amcl: report failed: {error}", file=sys.stderr)
+        return 2
+    print(f"Wrote {path} for {len(args.run_dirs)} run(s).")
+    return 0
+
+
 def _export(args):
     from amcl_keras import export as export_lib
 
@@ -125,6 +144,8 @@ def main(argv=None):
         return _preview(args)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "report":
+        return _report(args)
 
     from amcl_keras import config as config_lib
 

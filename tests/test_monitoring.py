@@ -55,3 +55,32 @@ def test_knn_monitor_under_two_replicas(two_replicas):
     queries = evaluation.extract_features(model.encoder, images[200:300])
     expected = evaluation.knn_accuracy(bank, labels[:200], queries, labels[200:300], k=20)
     np.testing.assert_allclose(history.history["knn_accuracy"][0], expected)
+
+
+def test_report_png_for_one_and_two_runs(tmp_path, capsys):
+    from PIL import Image
+
+    runs = []
+    for name in ("a", "b"):
+        run_dir = tmp_path / name
+        assert cli.main(["train", "--run-dir", str(run_dir), "--epochs", "2", "--set", "eval.knn_every=1", *TINY]) == 0
+        runs.append(str(run_dir))
+    for selection, out in ((runs[:1], tmp_path / "one.png"), (runs, tmp_path / "two.png")):
+        assert cli.main(["report", *selection, "--out", str(out)]) == 0
+        with Image.open(out) as image:
+            assert image.size == (1200, 800)
+            pixels = np.asarray(image.convert("L"))
+        assert pixels.std() > 10, "the figure has content, not a blank canvas"
+    assert cli.main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_similarity_samples_are_cosines_and_positives_are_more_alike(tmp_path):
+    from amcl_keras import report
+
+    run_dir = tmp_path / "r"
+    assert cli.main(["train", "--run-dir", str(run_dir), "--epochs", "1", *TINY]) == 0
+    positives, negatives = report.similarity_samples(run_dir, count=128)
+    assert positives.shape == negatives.shape == (128,)
+    assert np.all(np.abs(positives) <= 1 + 1e-5) and np.all(np.abs(negatives) <= 1 + 1e-5)
+    assert positives.mean() > negatives.mean()

@@ -1,0 +1,98 @@
+"""`amcl report`: one PNG with the curves of one or several runs side by side.
+
+Panels: training loss per epoch; kNN accuracy per epoch (when the run monitored it) with the
+final linear-probe/kNN results; per-head mean τ⁺ (solid) and τ⁻ (dashed) per epoch; and the
+histogram of positive vs negative cosine similarities of the final encoder's features on the
+run's test images (positives: two augmented views of one image; negatives: views of two
+different images) — the paper's Fig. 1 view.
+"""
+
+import json
+import pathlib
+
+import numpy as np
+
+
+def _history(run_dir):
+    path = pathlib.Path(run_dir) / "history.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} is missing: {str(run_dir)!r} is not a run directory written by `amcl train`.")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def similarity_samples(run_dir, count=256, seed=0):
+    """Cosine similarities (positive pairs, negative pairs) of the run's final encoder features."""
+    import tensorflow as tf
+
+    from amcl_keras import augment, config as config_lib, data
+    from amcl_keras.export import load_run
+
+    encoder, _ = load_run(run_dir)
+    config = config_lib.load(pathlib.Path(run_dir) / "config.yaml")
+    size, channels = encoder.inputs[0].shape[1], encoder.inputs[0].shape[-1]
+    cfg = config.data
+    images, _ = data.labelled_arrays(cfg.dataset, cfg.eval_test_split, cfg.data_dir, count, cfg.download,
+                                     image_size=size, channels=channels)
+    tf.random.set_seed(seed)
+    augmenter = augment.view_augmenter(size, channels, cfg.augmentation, cfg.crop_scale)
+    floats = data.to_float_images(images, size)
+
+    def features(views):
+        out = np.concatenate([np.asarray(encoder(views[i : i + 256], training=False)) for i in range(0, len(views), 256)])
+        return out / np.linalg.norm(out, axis=1, keepdims=True).clip(1e-12)
+
+    first = features(np.asarray(augmenter(floats, training=True)))
+    second = features(np.asarray(augmenter(floats, training=True)))
+    positives = np.sum(first * second, axis=1)
+    shifted = np.roll(second, 1, axis=0)  # view of the next image: a different image
+    negatives = np.sum(first * shifted, axis=1)
+    return positives, negatives
+
+
+def write_report(run_dirs, out_path, count=256):
+    """Write the PNG for `run_dirs` (one or more) to `out_path`; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+    (loss_ax, knn_ax), (tau_ax, sim_ax) = axes
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, run_dir in enumerate(run_dirs):
+        history = _history(run_dir)
+        results_path = pathlib.Path(run_dir) / "results.json"
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        label = f"{pathlib.Path(run_dir).name} ({results.get('method', '?')})"
+        colour = colours[index % len(colours)]
+        epochs = [h["epoch"] for h in history]
+        loss_ax.plot(epochs, [h["loss"] for h in history], color=colour, label=label)
+        if any("knn_accuracy" in h for h in history):
+            knn_ax.plot([h["epoch"] for h in history if "knn_accuracy" in h],
+                        [h["knn_accuracy"] for h in history if "knn_accuracy" in h], "o-", color=colour, label=label)
+        trained = results.get("trained") or {}
+        if trained:
+            knn_ax.scatter([epochs[-1]], [trained["knn"]], marker="*", s=120, color=colour)
+            knn_ax.scatter([epochs[-1]], [trained["linear_probe"]], marker="s", s=60, color=colour)
+        heads = sorted({key.split("_")[-1] for h in history for key in h if key.startswith("tau_pos_")})
+        for head in heads:
+            tau_ax.plot(epochs, [h[f"tau_pos_{head}"] for h in history], "-", color=colour,
+                        label=f"{label} head {head} τ⁺" if head == heads[0] else None)
+            if f"tau_neg_{head}" in history[0]:
+                tau_ax.plot(epochs, [h[f"tau_neg_{head}"] for h in history], "--", color=colour)
+        positives, negatives = similarity_samples(run_dir, count)
+        bins = np.linspace(-1, 1, 41)
+        sim_ax.hist(positives, bins=bins, histtype="step", color=colour, linestyle="-", label=f"{label} positive")
+        sim_ax.hist(negatives, bins=bins, histtype="step", color=colour, linestyle="--", label=f"{label} negative")
+    loss_ax.set(title="training loss", xlabel="epoch")
+    knn_ax.set(title="kNN per epoch (o); final kNN (*) and linear probe (■)", xlabel="epoch", ylabel="accuracy")
+    tau_ax.set(title="mean temperature per head: τ⁺ solid, τ⁻ dashed", xlabel="epoch", yscale="log")
+    sim_ax.set(title="cosine similarity of final features: positive vs negative pairs", xlabel="cosine")
+    for axis in axes.flat:
+        handles, _ = axis.get_legend_handles_labels()
+        if handles:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out_path, dpi=100)
+    plt.close(figure)
+    return out_path
