@@ -96,6 +96,15 @@ class MultiHeadProjector(keras.layers.Layer):
             for index in range(num_heads)
         ]
 
+    @classmethod
+    def batch_norm_mlp(cls, num_heads, hidden_dim, output_dim, name="projector"):
+        """The Barlow Twins / SimSiam heads of the paper: 3 layers (hidden, hidden, output) with
+        batch norm, synchronized across replicas so a multi-replica step equals one device."""
+        return cls(
+            num_heads, hidden_dims=(hidden_dim, hidden_dim), output_dim=output_dim, batch_norm=True,
+            synchronized_batch_norm=True, name=name,
+        )
+
     def build(self, input_shape):
         for head in self.heads:
             head.build(input_shape)

@@ -42,10 +42,7 @@ class BarlowTwins(ContrastiveTrainer):
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim
         self.batch_size = getattr(loss, "batch_size", batch_size)
-        projector = MultiHeadProjector(
-            num_heads, hidden_dims=(hidden_dim, hidden_dim), output_dim=projection_dim, batch_norm=True,
-            synchronized_batch_norm=True, name="projector",
-        )
+        projector = MultiHeadProjector.batch_norm_mlp(num_heads, hidden_dim, projection_dim)
         super().__init__(encoder, projector, loss, amcl, **kwargs)
 
     @classmethod

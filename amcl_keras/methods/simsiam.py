@@ -35,10 +35,7 @@ class SimSiam(ContrastiveTrainer):
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim
         self.predictor_hidden_dim = predictor_hidden_dim
-        projector = MultiHeadProjector(
-            num_heads, hidden_dims=(hidden_dim, hidden_dim), output_dim=projection_dim, batch_norm=True,
-            synchronized_batch_norm=True, name="projector",
-        )
+        projector = MultiHeadProjector.batch_norm_mlp(num_heads, hidden_dim, projection_dim)
         super().__init__(encoder, projector, loss, amcl, **kwargs)
 
     @classmethod
