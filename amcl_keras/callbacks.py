@@ -1,10 +1,15 @@
-"""Training callbacks: the per-epoch JSON-lines history and the non-finite-loss guard."""
+"""Training callbacks: the per-epoch JSON-lines history, the non-finite-loss guard and the
+monitors (online linear probe, kNN, per-head temperature/similarity telemetry)."""
 
 import json
 import math
+import os
+import pathlib
 import time
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -12,29 +17,67 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class NonFiniteLossGuard(keras.callbacks.Callback):
-    """Stop training with a clear error at the first step whose loss is NaN or infinite."""
+    """Stop training with a clear error at the first step whose loss or gradient is not finite.
+
+    The message names the epoch and step, the parts whose outputs and those whose gradients went
+    non-finite (the encoder, head c, "other": temperature network, predictor; upstream first), the last finite per-head temperatures, and
+    where the last good backup is (`backup_dir`). It runs before any backup callback, so the
+    bad step is never saved.
+    """
+
+    def __init__(self, backup_dir=None):
+        super().__init__()
+        self.backup_dir = backup_dir
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
+    def on_train_begin(self, logs=None):
+        self._last_temperatures, self._last_step = None, None
+
     def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            temperatures = {k: round(float(v), 6) for k, v in logs.items() if k.startswith("tau_")}
-            raise NonFiniteLossError(
-                f"The training loss became {float(loss)} at epoch {self._epoch + 1}, step {batch + 1}. "
-                f"Last mean temperatures per head: {temperatures or 'n/a'}. Lower the learning rate, keep "
-                "gradient clipping on (global_clipnorm), raise temperature_min, or check the input data "
-                "for NaNs; the weights saved before this epoch are unaffected."
-            )
+        logs = logs or {}
+        loss = logs.get("loss")
+        if loss is None:
+            return
+        if math.isfinite(float(loss)):
+            self._last_temperatures = {k: round(float(v), 6) for k, v in logs.items() if k.startswith("tau_")}
+            self._last_step = (self._epoch + 1, batch + 1)
+            return
+        counters = getattr(self.model, "nonfinite_steps", {})
+        found = {kind: [part for (k, part), counter in counters.items() if k == kind and float(counter.result()) > 0]
+                 for kind in ("outputs", "gradients")}
+        where = "; ".join(f"non-finite {kind} in {', '.join(parts)}" for kind, parts in found.items() if parts)
+        where = where or "the loss itself (every output and gradient was finite)"
+        last = f" (after epoch {self._last_step[0]}, step {self._last_step[1]})" if self._last_step else ""
+        backup = ""
+        if self.backup_dir is not None:
+            from amcl_keras.callbacks import RunBackup
+
+            state = RunBackup.read_state(self.backup_dir)
+            backup = (f" The last good backup (epoch {state['epoch']}, step {state['step']}) is kept in "
+                      f"{str(self.backup_dir)!r}: re-run the same command to resume from it, or pass --overwrite "
+                      "with a changed config to start over." if state else " No backup had been written yet.")
+        raise NonFiniteLossError(
+            f"The training loss or gradient stopped being finite at epoch {self._epoch + 1}, step {batch + 1} "
+            f"(loss {float(loss)}): {where}. Last finite mean temperatures per "
+            f"head{last}: {self._last_temperatures or 'n/a'}. Lower the learning rate, keep gradient clipping "
+            "on (train.clipnorm), raise model.temperature_min, or check the input data for NaNs." + backup
+        )
 
 
 class JSONLinesHistory(keras.callbacks.Callback):
-    """Append one JSON object per epoch (epoch, metrics, learning rate, seconds) to `path`."""
+    """Append one JSON object per epoch (epoch, metrics, learning rate, seconds) to `path`.
 
-    def __init__(self, path):
+    `extras`: callbacks with a `history_fields` dict (e.g. `PairTelemetry`), merged into the
+    epoch's record; place this callback after them.
+    """
+
+    def __init__(self, path, extras=(), resumed=None):
         super().__init__()
         self.path = path
+        self.extras = list(extras)
+        self.resumed = resumed  # (epoch index, step) of a run resumed mid-epoch: marked in that record
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -45,6 +88,10 @@ class JSONLinesHistory(keras.callbacks.Callback):
         optimizer = getattr(self.model, "optimizer", None)
         if optimizer is not None:
             record["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        for extra in self.extras:
+            record.update(getattr(extra, "history_fields", None) or {})
+        if self.resumed and self.resumed[0] == epoch:
+            record["resumed_at_step"] = self.resumed[1]  # the metrics cover the steps after it
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
             handle.flush()
@@ -83,3 +130,209 @@ class KNNMonitor(keras.callbacks.Callback):
         accuracy = evaluation.knn_accuracy(bank, self.train[1], queries, self.test[1], self.k, self.temperature)
         if logs is not None:
             logs["knn_accuracy"] = accuracy
+
+
+def _labelled(pair, name):
+    images, labels = pair
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim != 4 or len(images) != len(labels) or len(images) == 0:
+        raise ValueError(
+            f"`{name}` must be (images [N, H, W, C], labels [N]) with N > 0, got images {images.shape} and "
+            f"{labels.shape} labels."
+        )
+    return images, labels.astype(np.int64)
+
+
+class OnlineLinearProbe(keras.callbacks.Callback):
+    """A linear classifier trained during pre-training on the backbone's stop-gradient features.
+
+    Every `every` training steps it takes one batch of the separate labelled stream `train`
+    (uint8 images, labels), computes the frozen features (inference mode, no gradient reaches
+    the encoder) and takes one Adam step on a linear layer (features standardised by a
+    non-affine batch norm, as MoCo v3 / MAE probes). At each epoch end it adds
+    `probe_accuracy` (on `test`) and `probe_train_accuracy` (running, on the stream) to the logs.
+
+    Example:
+    ```python
+    probe = amcl_keras.callbacks.OnlineLinearProbe(amcl_keras.data.load_shipped("train"),
+                                                   amcl_keras.data.load_shipped("test"))
+    model.fit(views, epochs=20, callbacks=[probe])
+    ```
+    """
+
+    def __init__(self, train, test, every=1, batch_size=256, learning_rate=1e-3, image_size=None, seed=0):
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"`every` must be at least 1 step, got {every}.")
+        self.train, self.test = _labelled(train, "train"), _labelled(test, "test")
+        self.every, self.batch_size, self.learning_rate = every, batch_size, learning_rate
+        self.image_size, self.seed = image_size, seed
+        self.num_classes = int(max(self.train[1].max(), self.test[1].max())) + 1
+        self.classifier = None
+
+    def on_train_begin(self, logs=None):
+        from amcl_keras.data import to_float_images
+
+        encoder = self.model.encoder
+        if self.classifier is None:
+            sample = to_float_images(self.train[0][:2], self.image_size)
+            features = int(encoder(sample, training=False).shape[-1])
+            self.classifier = keras.Sequential(
+                [keras.Input((features,)), keras.layers.BatchNormalization(center=False, scale=False),
+                 keras.layers.Dense(self.num_classes)],
+                name="online_linear_probe",
+            )
+            self.optimizer = keras.optimizers.Adam(self.learning_rate)
+            self.optimizer.build(self.classifier.trainable_variables)
+            self.accuracy = keras.metrics.SparseCategoricalAccuracy()
+        stream = tf.data.Dataset.from_tensor_slices(self.train).shuffle(len(self.train[1]), seed=self.seed).repeat()
+        stream = stream.batch(self.batch_size).map(lambda x, y: (to_float_images(x, self.image_size), y))
+        self._stream = iter(stream.prefetch(2))
+        self._steps = 0
+
+        @tf.function
+        def probe_step(images, labels):
+            features = tf.stop_gradient(tf.cast(encoder(images, training=False), tf.float32))
+            with tf.GradientTape() as tape:
+                logits = self.classifier(features, training=True)
+                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+            variables = self.classifier.trainable_variables
+            self.optimizer.apply(tape.gradient(loss, variables), variables)
+            self.accuracy.update_state(labels, logits)
+
+        self._probe_step = probe_step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.accuracy.reset_state()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        if self._steps % self.every == 0:
+            self._probe_step(*next(self._stream))
+
+    def on_epoch_end(self, epoch, logs=None):
+        from amcl_keras import evaluation
+
+        features = evaluation.extract_features(self.model.encoder, self.test[0], self.image_size)
+        logits = self.classifier.predict(features, batch_size=1024, verbose=0)
+        if logs is not None:
+            logs["probe_accuracy"] = float(np.mean(np.argmax(logits, axis=1) == self.test[1]))
+            logs["probe_train_accuracy"] = float(self.accuracy.result())
+
+
+def _quantiles(values):
+    values = np.asarray(values, np.float64).ravel()
+    p10, p50, p90 = np.percentile(values, [10, 50, 90])
+    return {"mean": float(values.mean()), "p10": float(p10), "p50": float(p50), "p90": float(p90)}
+
+
+class PairTelemetry(keras.callbacks.Callback):
+    """Per-head distributions, each epoch, of AMCL's temperatures and of the pair similarities.
+
+    On a fixed batch of two views (`view1`, `view2`), every `every` epochs: per head, the
+    positive/negative cosine similarities and, with AMCL, the temperatures τ⁺/τ⁻ the shared
+    network gives those pairs (`model.pair_statistics`; Barlow Twins: channel pairs). Written
+    as TensorBoard histograms under `log_dir` (`<stat>/head<c>`) when given, and summarised
+    (mean, p10, p50, p90) in `history_fields` as `{"telemetry": {stat: {head: {...}}}}`, which
+    `JSONLinesHistory(..., extras=[telemetry])` adds to the epoch's record.
+    """
+
+    def __init__(self, view1, view2, every=1, log_dir=None, max_values=100_000):
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"`every` must be at least 1 epoch, got {every}.")
+        self.view1, self.view2 = tf.convert_to_tensor(view1), tf.convert_to_tensor(view2)
+        self.every, self.log_dir, self.max_values = every, log_dir, max_values
+        self.history_fields = None
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history_fields = None
+        if (epoch + 1) % self.every:
+            return
+        stats = self.model.pair_statistics(self.view1, self.view2)
+        summary = {name: {f"head{c}": _quantiles(values[c]) for c in range(len(values))} for name, values in stats.items()}
+        self.history_fields = {"telemetry": summary}
+        if self.log_dir is None:
+            return
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+        with self._writer.as_default(step=epoch + 1):
+            for name, values in stats.items():
+                for c in range(len(values)):
+                    head = values[c].ravel()
+                    stride = max(1, len(head) // self.max_values)  # a fixed, even subsample of huge sets
+                    tf.summary.histogram(f"{name}/head{c}", head[::stride])
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class RunBackup(keras.callbacks.Callback):
+    """Back up what a resumed run needs, every `every_steps` steps and at every epoch end.
+
+    One backup is the model's weights WITH the optimizer state (`save_weights` includes it:
+    the step count that drives the learning-rate schedule, momenta) and every non-trainable
+    variable (MoCo's key encoder, queues and pointer; batch-norm statistics), plus
+    `state.json` = {epoch (completed), step (within the next epoch), weights file}. The
+    weights are written under a new name first and `state.json` is replaced atomically after
+    them, so a kill at any moment leaves the previous complete backup. `RunBackup.restore`
+    loads the latest one.
+    """
+
+    STATE = "state.json"
+
+    def __init__(self, directory, every_steps=None, initial_epoch=0, initial_step=0):
+        super().__init__()
+        if every_steps is not None and every_steps < 1:
+            raise ValueError(f"`every_steps` must be None (epochs only) or >= 1, got {every_steps}.")
+        self.directory = pathlib.Path(directory)
+        self.every_steps = every_steps
+        self._epoch, self._step = initial_epoch, initial_step
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch != self._epoch:  # a new epoch (not the resumed remainder of one)
+            self._epoch, self._step = epoch, 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self.every_steps and self._step % self.every_steps == 0:
+            self.save(self._epoch, self._step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._epoch, self._step = epoch + 1, 0
+        self.save(epoch + 1, 0)
+
+    def save(self, epoch, step):
+        """Write one backup (under several workers every worker saves; non-chiefs into a scratch folder)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        previous = self.read_state(self.directory)
+        name = f"backup-e{epoch}-s{step}.weights.h5"
+        self.model.save_weights(str(self.directory / name), overwrite=True)
+        temporary = self.directory / (self.STATE + ".partial")
+        temporary.write_text(json.dumps({"epoch": epoch, "step": step, "weights": name}))
+        os.replace(temporary, self.directory / self.STATE)  # the commit point
+        if previous and previous["weights"] != name:
+            (self.directory / previous["weights"]).unlink(missing_ok=True)
+
+    @classmethod
+    def read_state(cls, directory):
+        path = pathlib.Path(directory) / cls.STATE
+        if not path.is_file():
+            return None
+        state = json.loads(path.read_text())
+        return state if (pathlib.Path(directory) / state["weights"]).is_file() else None
+
+    @classmethod
+    def restore(cls, model, directory):
+        """Load the latest backup into `model` (compiled, built); returns its state or None."""
+        state = cls.read_state(directory)
+        if state is None:
+            return None
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(str(pathlib.Path(directory) / state["weights"]))
+        return state

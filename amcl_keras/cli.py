@@ -166,11 +166,16 @@ def main(argv=None):
     from amcl_keras import train as train_lib
 
     run_dir = args.run_dir or os.path.join("runs", f"{config.model.method}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from amcl_keras.callbacks import NonFiniteLossError
+
     try:
         results = train_lib.run(config, run_dir, overwrite=args.overwrite)
     except (train_lib.RunDirectoryError, ValueError, RuntimeError) as error:  # ExportError included
         print(f"amcl: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as error:
+        print(f"amcl: training stopped: {error}", file=sys.stderr)
+        return 3
     print()
     print(train_lib.format_results(results))
     print(f"\nRun directory: {run_dir} (config.yaml, history.jsonl, final.weights.h5, encoder.keras, results.json"

@@ -14,7 +14,7 @@ import yaml
 from amcl_keras.augment import parse_preset
 from amcl_keras.losses.adaptive import NEGATIVE_FORMS
 
-STRATEGIES = ("auto", "default", "mirrored")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 class ConfigError(ValueError):
@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class DataConfig:
-    dataset: str = "fashion_mnist_subset"  # the shipped subset, a tfds name such as "cifar10", or a folder
+    dataset: str = "fashion_mnist_subset"  # the shipped subset, a tfds name such as "cifar10", a .npz file, or a folder
     split: str = "train"  # the pre-training split
     eval_train_split: str = "train"  # labelled split for the kNN bank and the probe's training
     eval_test_split: str = "test"
@@ -56,6 +56,7 @@ class ModelConfig:
     temperature_hidden_dim: int = 128
     temperature_min: float = 1e-5
     temperature_max: float = 2.0
+    synchronized_batch_norm: bool = False  # encoder batch norm over the global batch (all replicas)
     queue_size: int = 4096  # MoCo
     momentum: float = 0.99  # MoCo
     lambda_: float = 5e-3  # Barlow Twins' off-diagonal weight
@@ -79,9 +80,11 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     clipnorm: float = 1.0  # global gradient-norm clipping (the authors' 1.0)
-    strategy: str = "mirrored"  # "auto": Mirrored over GPUs, else default; "mirrored": always
+    strategy: str = "mirrored"  # "auto": Mirrored over GPUs, else default; "mirrored": always; "multi_worker": TF_CONFIG
     cpu_replicas: int = 1  # with "mirrored" and no GPU: logical CPU devices to mirror over
     jit_compile: bool = False
+    mixed_precision: str = "float32"  # or "mixed_float16" (loss scaling) / "mixed_bfloat16"; losses stay float32
+    backup_every_steps: typing.Optional[int] = 100  # resume backups: every epoch and every N steps (None: epochs)
     seed: int = 0
 
 
@@ -91,7 +94,11 @@ class EvalConfig:
     knn_temperature: float = 0.1
     probe_epochs: int = 50
     knn_every: int = 0  # epochs between online kNN monitors during training (0: off)
+    online_probe_every: int = 1  # steps between online linear-probe updates (0: off; needs labels)
+    telemetry_every: int = 1  # epochs between per-head τ / similarity distributions (0: off)
+    tensorboard: bool = True  # TensorBoard logs in RUN_DIR/tensorboard
     max_examples: typing.Optional[int] = 10000  # per labelled split
+    random_init: bool = True  # also score the untrained encoder (the reference row of the results)
 
 
 @dataclasses.dataclass
@@ -277,7 +284,12 @@ def validate(config):
     _require(0 <= train.momentum < 1, "train.momentum", train.momentum, "0 <= momentum < 1")
     _require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "it must be >= 0")
     _require(train.clipnorm > 0, "train.clipnorm", train.clipnorm, "it must be > 0")
+    from amcl_keras.distribute import STRATEGIES
+
     _require(train.strategy in STRATEGIES, "train.strategy", train.strategy, f"one of {STRATEGIES}")
+    _require(train.mixed_precision in PRECISIONS, "train.mixed_precision", train.mixed_precision, f"one of {PRECISIONS}")
+    _require(train.backup_every_steps is None or train.backup_every_steps >= 1, "train.backup_every_steps",
+             train.backup_every_steps, "None (every epoch only) or >= 1")
     _require(train.cpu_replicas >= 1, "train.cpu_replicas", train.cpu_replicas, "it must be >= 1")
     _require(
         data.batch_size % train.cpu_replicas == 0,
@@ -293,6 +305,10 @@ def validate(config):
     _require(evaluation.knn_k >= 1, "eval.knn_k", evaluation.knn_k, "it must be >= 1")
     _require(evaluation.knn_temperature > 0, "eval.knn_temperature", evaluation.knn_temperature, "it must be > 0")
     _require(evaluation.knn_every >= 0, "eval.knn_every", evaluation.knn_every, "0 (off) or a number of epochs")
+    _require(evaluation.online_probe_every >= 0, "eval.online_probe_every", evaluation.online_probe_every,
+             "0 (off) or a number of steps")
+    _require(evaluation.telemetry_every >= 0, "eval.telemetry_every", evaluation.telemetry_every,
+             "0 (off) or a number of epochs")
     _require(evaluation.probe_epochs >= 1, "eval.probe_epochs", evaluation.probe_epochs, "it must be >= 1")
     _require(evaluation.max_examples is None or evaluation.max_examples >= 1, "eval.max_examples", evaluation.max_examples, "None or >= 1")
     return config

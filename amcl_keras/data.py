@@ -1,5 +1,5 @@
-"""Datasets: the shipped Fashion-MNIST subset (offline default), any tfds dataset by name, or a
-folder of images.
+"""Datasets: the shipped Fashion-MNIST subset (offline default), any tfds dataset by name, a
+`.npz` file of arrays, or a folder of images.
 
 `load` returns unbatched `(image uint8 [H, W, C], label)` pairs; `pretraining_views` turns
 them into batches of two augmented views for `model.fit`.
@@ -36,6 +36,47 @@ def load_rgb_samples():
     """Five real colour photos (public domain / CC0, from scikit-image), `[5, 128, 128, 3]` uint8."""
     with np.load(pathlib.Path(__file__).parent / "data" / "rgb_samples.npz") as arrays:
         return arrays["images"]
+
+
+def read_idx(path):
+    """An MNIST-format idx file (gzip): 4-byte magic whose last byte is the rank, big-endian
+    uint32 sizes, then uint8 data. E.g. Fashion-MNIST's `train-images-idx3-ubyte.gz`."""
+    import gzip
+
+    with gzip.open(path, "rb") as handle:
+        raw = handle.read()
+    rank = raw[3]
+    shape = np.frombuffer(raw[4 : 4 + 4 * rank], dtype=">u4").astype(int)
+    return np.frombuffer(raw[4 + 4 * rank :], dtype=np.uint8).reshape(shape)
+
+
+def load_npz(path, split="train"):
+    """`<split>_images` (uint8 `[N, H, W, C]` or `[N, H, W]`) and `<split>_labels` from an `.npz` file.
+
+    The shipped subset has this layout; so can any dataset kept as arrays, e.g.
+    `np.savez(path, train_images=x, train_labels=y, test_images=xt, test_labels=yt)`.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"Dataset file {str(path)!r} does not exist. Give data.dataset the path of an .npz file "
+                         "(relative to the working directory), a folder of images or a tfds name.")
+    with np.load(path) as arrays:
+        keys = (f"{split}_images", f"{split}_labels")
+        missing = [key for key in keys if key not in arrays.files]
+        if missing:
+            raise ValueError(
+                f"{str(path)!r} has no {missing} for split {split!r}; its arrays are {sorted(arrays.files)}. "
+                "An .npz dataset holds <split>_images (uint8 [N, H, W, C]) and <split>_labels ([N] integers)."
+            )
+        images, labels = arrays[keys[0]], arrays[keys[1]]
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
+        raise ValueError(
+            f"{str(path)!r}: expected uint8 images [N, H, W, C] and N labels, got {images.dtype} {images.shape} "
+            f"and {len(labels)} labels."
+        )
+    return images, labels.astype(np.int64)
 
 
 class FolderScan:
@@ -119,15 +160,17 @@ def load(name=SHIPPED, split="train", data_dir=None, download=True, image_size=N
     ```python
     train = amcl_keras.data.load("fashion_mnist_subset", "train")   # offline, shipped
     cifar = amcl_keras.data.load("cifar10", "train")                 # tfds (downloads once)
+    arrays = amcl_keras.data.load("my_data.npz", "train")            # train_images, train_labels
     ```
     """
-    if name == SHIPPED:
-        images, labels = load_shipped(split)
+    if name == SHIPPED or name.endswith(".npz"):
+        images, labels = load_shipped(split) if name == SHIPPED else load_npz(name, split)
         return tf.data.Dataset.from_tensor_slices((images, labels))
     if pathlib.Path(name).is_dir():  # image_size, channels and on_bad_image apply to folders
         return load_folder(name, split, image_size, channels, on_bad_image)[0]
     if "/" in name or name.startswith("."):
-        raise ValueError(f"Dataset folder {name!r} does not exist (a tfds name has no '/').")
+        raise ValueError(f"Dataset folder {name!r} does not exist (a tfds name has no '/'). Check the path (relative "
+                         "to the working directory) or give a tfds name such as 'cifar10'.")
     import tensorflow_datasets as tfds
 
     try:
@@ -187,8 +230,8 @@ def labelled_arrays(name=SHIPPED, split="train", data_dir=None, max_examples=Non
 
     Labels are -1 for an unlabeled folder. `folder_options`: image_size, channels, on_bad_image.
     """
-    if name == SHIPPED:
-        images, labels = load_shipped(split)
+    if name == SHIPPED or name.endswith(".npz"):
+        images, labels = load_shipped(split) if name == SHIPPED else load_npz(name, split)
     else:
         dataset = load(name, split, data_dir, download, **folder_options)
         if max_examples:

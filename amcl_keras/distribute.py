@@ -23,12 +23,19 @@ def use_cpu_replicas(count):
         ) from error
 
 
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+
+
 def make_strategy(name="auto", cpu_replicas=1):
     """`auto`: MirroredStrategy over all visible GPUs, else the default strategy;
     `mirrored`: MirroredStrategy over the GPUs, or over `cpu_replicas` logical CPU devices;
-    `default`: the default (single-device) strategy."""
-    if name not in ("auto", "default", "mirrored"):
-        raise ValueError(f"Unknown strategy {name!r}: use 'auto', 'default' or 'mirrored'.")
+    `default`: the default (single-device) strategy;
+    `multi_worker`: MultiWorkerMirroredStrategy over the hosts named in the `TF_CONFIG`
+    environment variable (the standard TF cluster description; each worker runs the same command)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {name!r}: use one of {STRATEGIES}.")
+    if name == "multi_worker":
+        return _multi_worker()
     if name == "mirrored":
         use_cpu_replicas(cpu_replicas)
     gpus = tf.config.list_logical_devices("GPU")
@@ -36,3 +43,35 @@ def make_strategy(name="auto", cpu_replicas=1):
         return tf.distribute.get_strategy()
     devices = gpus or tf.config.list_logical_devices("CPU")[: max(cpu_replicas, 1)]
     return tf.distribute.MirroredStrategy([device.name for device in devices])
+
+
+def _multi_worker():
+    import json
+    import os
+
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise ValueError(
+            "train.strategy=multi_worker needs the TF_CONFIG environment variable on every worker, e.g. "
+            'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\' '
+            "(index 1 on the second host). Use strategy 'mirrored' on one machine."
+        )
+    try:
+        spec = json.loads(raw)
+        spec["cluster"], spec["task"]["type"], spec["task"]["index"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"TF_CONFIG is not a valid cluster description ({error!r}): {raw!r}. It needs "
+                         '{"cluster": {"worker": [...]}, "task": {"type": "worker", "index": N}}.') from None
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def is_chief(strategy):
+    """True where this process writes files: always, except on the non-chief workers of a
+    MultiWorkerMirroredStrategy (the chief is task "chief", else worker 0)."""
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    resolver = strategy.cluster_resolver
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type in (None, "chief"):
+        return True
+    return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().as_dict()

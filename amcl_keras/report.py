@@ -1,7 +1,7 @@
 """`amcl report`: one PNG with the curves of one or several runs side by side.
 
-Panels: training loss per epoch; kNN accuracy per epoch (when the run monitored it) with the
-final linear-probe/kNN results; per-head mean τ⁺ (solid) and τ⁻ (dashed) per epoch; and the
+Panels: training loss per epoch; kNN and online linear-probe accuracy per epoch (when the run
+monitored them) with the final linear-probe/kNN results; per-head mean τ⁺ (solid) and τ⁻ (dashed) per epoch; and the
 histogram of positive vs negative cosine similarities of the final encoder's features on the
 run's test images (positives: two augmented views of one image; negatives: views of two
 different images) — the paper's Fig. 1 view.
@@ -70,6 +70,9 @@ def write_report(run_dirs, out_path, count=256):
         if any("knn_accuracy" in h for h in history):
             knn_ax.plot([h["epoch"] for h in history if "knn_accuracy" in h],
                         [h["knn_accuracy"] for h in history if "knn_accuracy" in h], "o-", color=colour, label=label)
+        if any("probe_accuracy" in h for h in history):
+            knn_ax.plot([h["epoch"] for h in history if "probe_accuracy" in h],
+                        [h["probe_accuracy"] for h in history if "probe_accuracy" in h], ":", color=colour)
         trained = results.get("trained") or {}
         if trained:
             knn_ax.scatter([epochs[-1]], [trained["knn"]], marker="*", s=120, color=colour)
@@ -85,7 +88,7 @@ def write_report(run_dirs, out_path, count=256):
         sim_ax.hist(positives, bins=bins, histtype="step", color=colour, linestyle="-", label=f"{label} positive")
         sim_ax.hist(negatives, bins=bins, histtype="step", color=colour, linestyle="--", label=f"{label} negative")
     loss_ax.set(title="training loss", xlabel="epoch")
-    knn_ax.set(title="kNN per epoch (o); final kNN (*) and linear probe (■)", xlabel="epoch", ylabel="accuracy")
+    knn_ax.set(title="kNN (o) and online probe (dotted) per epoch; final kNN (*), linear probe (■)", xlabel="epoch", ylabel="accuracy")
     tau_ax.set(title="mean temperature per head: τ⁺ solid, τ⁻ dashed", xlabel="epoch", yscale="log")
     sim_ax.set(title="cosine similarity of final features: positive vs negative pairs", xlabel="cosine")
     for axis in axes.flat:

@@ -10,22 +10,14 @@ The subset is stratified: the first ``--train-per-class`` training images of eve
 """
 
 import argparse
-import gzip
 import pathlib
 
 import numpy as np
 
+from amcl_keras import data
+
 SOURCE = pathlib.Path("/usr/share/datasets/fashion-mnist")
 TARGET = pathlib.Path(__file__).resolve().parents[1] / "amcl_keras" / "data" / "fashion_mnist_subset.npz"
-
-
-def read_idx(path):
-    """Read an idx file: 4-byte magic (4th byte = ndim), big-endian uint32 sizes, uint8 data."""
-    with gzip.open(path, "rb") as handle:
-        raw = handle.read()
-    ndim = raw[3]
-    shape = np.frombuffer(raw[4 : 4 + 4 * ndim], dtype=">u4").astype(int)
-    return np.frombuffer(raw[4 + 4 * ndim :], dtype=np.uint8).reshape(shape)
 
 
 def stratified_head(images, labels, per_class):
@@ -43,8 +35,8 @@ def main():
     args = parser.parse_args()
     arrays = {}
     for split, prefix, per_class in (("train", "train", args.train_per_class), ("test", "t10k", args.test_per_class)):
-        images = read_idx(args.source / f"{prefix}-images-idx3-ubyte.gz")
-        labels = read_idx(args.source / f"{prefix}-labels-idx1-ubyte.gz")
+        images = data.read_idx(args.source / f"{prefix}-images-idx3-ubyte.gz")
+        labels = data.read_idx(args.source / f"{prefix}-labels-idx1-ubyte.gz")
         images, labels = stratified_head(images, labels, per_class)
         arrays[f"{split}_images"] = images[..., None]  # [N, 28, 28, 1] uint8
         arrays[f"{split}_labels"] = labels.astype(np.int64)

@@ -19,7 +19,7 @@ def test_reduced_demo_writes_its_run_directory(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "random init (same architecture)" in printed and "AMCL-SimCLR, 1 epochs" in printed
     assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.yaml", "encoder.keras", "export", "final.weights.h5", "history.jsonl", "results.json"
+        "config.yaml", "encoder.keras", "export", "final.weights.h5", "history.jsonl", "results.json", "tensorboard",
     ]
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["encoder.onnx", "metadata.json", "saved_model"]
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -32,9 +32,15 @@ def test_reduced_demo_writes_its_run_directory(tmp_path, capsys):
         assert 0.0 <= results[key]["linear_probe"] <= 1.0 and 0.0 <= results[key]["knn"] <= 1.0
     assert results["strategy"] == "MirroredStrategy"
     assert max(results["export"]["max_abs_diff"]["onnx"].values()) <= 1e-4
-    # a finished run is not overwritten by accident
-    assert cli.main(["train", "--run-dir", str(run_dir), *REDUCED]) == 2
-    assert "already holds files" in capsys.readouterr().err
+    # a finished run is not retrained by accident: the same command returns its results ...
+    stamp = (run_dir / "final.weights.h5").stat().st_mtime_ns
+    assert cli.main(["train", "--run-dir", str(run_dir), *REDUCED]) == 0
+    assert "holds this finished run" in capsys.readouterr().err
+    assert (run_dir / "final.weights.h5").stat().st_mtime_ns == stamp
+    # ... and a changed config is refused, naming the change
+    assert cli.main(["train", "--run-dir", str(run_dir), *REDUCED, "--set", "train.seed=3"]) == 2
+    err = capsys.readouterr().err
+    assert "different config (train.seed: 0 -> 3)" in err and "--overwrite" in err
 
 
 def test_tfds_dataset_through_the_cli_with_mock_data(tmp_path):

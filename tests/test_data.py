@@ -161,3 +161,32 @@ def test_stl10_unlabelled_split_with_mock_data():
         dataset = data.load("stl10", "unlabelled")
         image, _ = next(iter(dataset))
         assert image.shape == (96, 96, 3)
+
+
+def test_npz_dataset_loads_like_the_arrays_it_holds(tmp_path):
+    images, labels = data.load_shipped("test")
+    path = tmp_path / "arrays.npz"
+    np.savez(path, train_images=images[:50, ..., 0], train_labels=labels[:50])  # [N, H, W]: channel added
+    loaded = list(data.load(str(path), "train").as_numpy_iterator())
+    assert len(loaded) == 50 and loaded[0][0].shape == (28, 28, 1)
+    np.testing.assert_array_equal(np.stack([x for x, _ in loaded]), images[:50])
+    arrays = data.labelled_arrays(str(path), "train", max_examples=20)
+    np.testing.assert_array_equal(arrays[1], labels[:20])
+    with pytest.raises(ValueError, match="no \\['test_images', 'test_labels'\\] for split 'test'"):
+        data.load(str(path), "test")
+    with pytest.raises(ValueError, match="does not exist"):
+        data.load(str(tmp_path / "missing.npz"))
+    np.savez(path, train_images=images[:5].astype(np.float32), train_labels=labels[:5])
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        data.load(str(path))
+
+
+def test_read_idx_follows_the_idx_layout(tmp_path):
+    import gzip
+    import struct
+
+    values = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = bytes([0, 0, 0x08, 3]) + struct.pack(">III", 2, 3, 4)  # uint8, rank 3, big-endian sizes
+    with gzip.open(tmp_path / "x-idx3-ubyte.gz", "wb") as handle:
+        handle.write(header + values.tobytes())
+    np.testing.assert_array_equal(data.read_idx(tmp_path / "x-idx3-ubyte.gz"), values)

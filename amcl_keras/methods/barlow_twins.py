@@ -2,9 +2,12 @@
 
 import keras
 
+import tensorflow as tf
+
 from amcl_keras.heads import MultiHeadProjector
 from amcl_keras.losses import AMCLBarlowTwinsLoss, BarlowTwinsLoss
-from amcl_keras.methods.base import ContrastiveTrainer
+from amcl_keras.losses.barlow_twins import cross_correlation
+from amcl_keras.methods.base import ContrastiveTrainer, _split_pairs
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -59,3 +62,18 @@ class BarlowTwins(ContrastiveTrainer):
 
     def compute_loss_and_stats(self, z1, z2, views):
         return self.contrastive_loss(z1, z2, return_stats=True)
+
+    def pair_statistics(self, view1, view2):
+        """Barlow Twins' pairs are channels: `sim_pos` is the diagonal of each head's cross-correlation
+        matrix (a channel with itself across the views), `sim_neg` its off-diagonal entries; with AMCL,
+        `tau_*` are φ's temperatures of the same channel pairs (φ on the batch-wise channel vectors)."""
+        batch = tf.shape(view1)[0]
+        z = self.projector(self.encoder(tf.concat([view1, view2], axis=0), training=False), training=False)
+        z = tf.cast(z, tf.float32)
+        z1, z2 = tf.transpose(z[:batch], [1, 0, 2]), tf.transpose(z[batch:], [1, 0, 2])  # [C, B, d]
+        pairs = {"sim": cross_correlation(z1, z2)}
+        if self.amcl:
+            pairs["tau"] = self.contrastive_loss.temperature.pairwise(
+                tf.transpose(z1, [0, 2, 1]), tf.transpose(z2, [0, 2, 1])
+            )
+        return _split_pairs(pairs, tf.logical_not(tf.eye(self.projection_dim, dtype=tf.bool)))

@@ -10,6 +10,16 @@ import keras
 import tensorflow as tf
 
 
+def _split_pairs(matrices, off_diagonal, with_negatives=True):
+    """`{name: [C, n, n]}` → `{name_pos: diagonal [C, n], name_neg: off-diagonal [C, n(n-1)]}` (NumPy)."""
+    out = {}
+    for name, matrix in matrices.items():
+        out[f"{name}_pos"] = tf.linalg.diag_part(matrix).numpy()
+        if with_negatives or name == "sim":
+            out[f"{name}_neg"] = tf.boolean_mask(matrix, off_diagonal, axis=1).numpy()
+    return out
+
+
 class ContrastiveTrainer(keras.Model):
     """Base class of the methods: owns the encoder, the projector, the step and the metrics.
 
@@ -47,6 +57,12 @@ class ContrastiveTrainer(keras.Model):
             for stat in self.stat_names()
             for head in range(projector.num_heads)
         }
+        # steps with non-finite outputs or gradients, per part: read by NonFiniteLossGuard
+        parts = ["encoder"] + [f"head {head}" for head in range(projector.num_heads)] + ["other"]  # upstream first
+        self.nonfinite_steps = {
+            (kind, part): keras.metrics.Sum(name=f"nonfinite_{kind}_{part.replace(' ', '')}")
+            for kind in ("outputs", "gradients") for part in parts if (kind, part) != ("outputs", "other")
+        }
         self.create_method_state()
         self._build_from_encoder()
 
@@ -71,6 +87,31 @@ class ContrastiveTrainer(keras.Model):
 
     def after_optimizer_step(self, **internal):
         """Update non-trainable state after the optimizer step (MoCo: momentum encoder, queue)."""
+
+    # --- telemetry -------------------------------------------------------------------
+    uses_negatives = True  # SimSiam has none: its τ⁻ is not reported
+
+    def scored_pairs(self, z1, z2):
+        """The two `[b, C, d]` embeddings whose row pairs the loss compares (default: the heads' outputs)."""
+        return z1, z2
+
+    def pair_statistics(self, view1, view2):
+        """Per head, on one batch of two views (inference mode, nothing trained): the cosine
+        similarity of positive pairs (the two views of one image) `sim_pos [C, b]` and of negative
+        pairs (views of two different images) `sim_neg [C, b(b-1)]`; with AMCL also the temperatures
+        the shared network gives those pairs, `tau_pos` and `tau_neg`. NumPy arrays.
+
+        The online heads embed both views (MoCo's loss sees momentum-encoder keys instead).
+        """
+        batch = tf.shape(view1)[0]
+        z = self.projector(self.encoder(tf.concat([view1, view2], axis=0), training=False), training=False)
+        z1, z2 = self.scored_pairs(z[:batch], z[batch:])
+        z1, z2 = (tf.transpose(tf.math.l2_normalize(tf.cast(x, tf.float32), axis=-1), [1, 0, 2]) for x in (z1, z2))
+        off_diagonal = tf.logical_not(tf.eye(batch, dtype=tf.bool))
+        pairs = {"sim": tf.matmul(z1, z2, transpose_b=True)}
+        if self.amcl:
+            pairs["tau"] = self.contrastive_loss.temperature.pairwise(z1, z2)
+        return _split_pairs(pairs, off_diagonal, self.uses_negatives)
 
     # --- shared machinery ------------------------------------------------------------
     def _check_loss(self, loss):
@@ -169,6 +210,45 @@ class ContrastiveTrainer(keras.Model):
             gradients[index] = g / replicas
         return gradients
 
+    def _nonfinite_parts(self, features, z, gradients):
+        """{(kind, part): scalar bool}: True where that part's "outputs" or "gradients" are not all
+        finite (parts: the encoder, head c, "other" = temperature network, predictor).
+
+        Under a LossScaleOptimizer, non-finite (scaled) gradients are its signal to skip the step
+        and lower the scale, so only the outputs are checked there."""
+        check_gradients = not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        owner = {}
+        for head, layer in enumerate(self.projector.heads):
+            owner.update({id(v): f"head {head}" for v in layer.trainable_variables})
+        owner.update({id(v): "encoder" for v in self.encoder.trainable_variables})
+        bad = {key: [] for key in self.nonfinite_steps}
+        bad["outputs", "encoder"].append(~tf.reduce_all(tf.math.is_finite(features)))
+        z_finite = tf.reduce_all(tf.math.is_finite(z), axis=[0, 2])  # [C]
+        for head in range(len(self.projector.heads)):
+            bad["outputs", f"head {head}"].append(~z_finite[head])
+        if check_gradients:
+            for variable, gradient in zip(self.trainable_variables, gradients):
+                if gradient is not None:
+                    bad["gradients", owner.get(id(variable), "other")].append(~tf.reduce_all(tf.math.is_finite(gradient)))
+        return {key: tf.reduce_any(tf.stack(flags)) if flags else tf.constant(False) for key, flags in bad.items()}
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 builds from the first batch by strategy.reduce("MEAN", batch), which raises
+        # under MultiWorkerMirroredStrategy for a (view1, view2) structure. Only the shapes
+        # matter there, so hand it this worker's first local replica batch instead.
+        strategy = self._distribute_strategy
+        if iterator is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            for _, _, inner in iterator:
+                first = next(inner)
+                data_batch = tf.nest.map_structure(
+                    lambda x: strategy.experimental_local_results(x)[0]
+                    if isinstance(x, tf.distribute.DistributedValues) else x,
+                    first,
+                )
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def train_step(self, data):
         view1, view2 = self._views(data)
         batch = tf.shape(view1)[0]
@@ -177,12 +257,16 @@ class ContrastiveTrainer(keras.Model):
             features = self.encoder(tf.concat([view1, view2], axis=0), training=True)
             z = self.projector(features, training=True)
             loss, stats = self.compute_loss_and_stats(z[:batch], z[batch:], (view1, view2))
-            # A NaN feature can leave a head's ReLU as 0 and the loss finite; surface it as NaN
-            # so the non-finite guard stops the run instead of training on garbage.
-            loss = tf.where(tf.reduce_all(tf.math.is_finite(features)), loss, float("nan"))
             # Each replica returns its share of the global mean; the optimizer sums replicas.
             scaled = self.optimizer.scale_loss(loss / replicas)
         gradients = tape.gradient(scaled, self.trainable_variables)
+        # A NaN feature can leave a head's ReLU as 0 and the loss finite, and a finite loss can
+        # have a non-finite gradient: any of these makes the step's loss NaN, so the guard stops
+        # the run there, and the part it came from is counted for the guard's message.
+        health = self._nonfinite_parts(features, z, gradients)
+        loss = tf.where(tf.reduce_any(tf.stack(list(health.values()))), float("nan"), loss)
+        for part, flag in health.items():
+            self.nonfinite_steps[part].update_state(tf.cast(flag, tf.float32))
         if replicas > 1:
             gradients = self._clip_global_gradients(gradients, replicas)
         self.optimizer.apply(gradients, self.trainable_variables)
@@ -192,7 +276,12 @@ class ContrastiveTrainer(keras.Model):
         for name, per_head in stats.items():
             for head in range(per_head.shape[0]):
                 self._stat_trackers[f"{name}_{head}"].update_state(per_head[head])
-        return {metric.name: metric.result() for metric in self.metrics}
+        logs = {metric.name: metric.result() for metric in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras 3.15 reduces every log across workers by reduce("MEAN", v, axis=0), which fails
+            # on scalars (tensorflow/tensorflow#72388); a [1] tensor reduces to the scalar.
+            logs = {name: value[None] for name, value in logs.items()}
+        return logs
 
     # --- serialization ---------------------------------------------------------------
     def get_config(self):

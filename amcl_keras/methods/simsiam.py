@@ -49,6 +49,8 @@ class SimSiam(ContrastiveTrainer):
         return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, cfg.predictor_hidden_dim,
                    loss=loss, **kwargs)
 
+    uses_negatives = False
+
     def stat_names(self):
         return ("tau_pos",) if self.amcl else ()  # no negatives in SimSiam
 
@@ -60,6 +62,10 @@ class SimSiam(ContrastiveTrainer):
 
     def build_method_state(self, feature_shape):
         self.predictor.build((None, self.num_heads, self.projection_dim))
+
+    def scored_pairs(self, z1, z2):
+        """SimSiam compares each view's prediction with the other view's projection."""
+        return self.predictor(tf.concat([z1, z2], axis=0), training=False)[: tf.shape(z1)[0]], z2
 
     def compute_loss_and_stats(self, z1, z2, views):
         batch = tf.shape(z1)[0]

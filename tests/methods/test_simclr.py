@@ -48,12 +48,24 @@ def test_plain_simclr_is_one_head_ntxent():
     assert [m.name for m in model.metrics] == ["loss"]
 
 
-def test_non_finite_loss_stops_with_epoch_and_step():
+def test_non_finite_input_stops_at_its_step_naming_the_encoder_and_the_last_temperatures():
     v1, v2 = _views(2)
-    v1[0, 0, 0, 0] = np.nan
+    bad = v1.copy()
+    bad[0, 0, 0, 0] = np.nan
     model = _model(tf.distribute.get_strategy(), True)
-    dataset = tf.data.Dataset.from_tensors((v1, v2)).repeat(3)
-    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 1.*tau_pos_0"):
+    dataset = tf.data.Dataset.from_tensor_slices(([v1, bad], [v2, v2]))
+    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 2 .*non-finite outputs in encoder; non-finite gradients in encoder, head 0, head 1\. .*\(after epoch 1, step 1\): \{'tau_neg_0'"):
+        model.fit(dataset, epochs=1, verbose=0, callbacks=[NonFiniteLossGuard()])
+
+
+def test_a_head_gone_non_finite_is_named():
+    v1, v2 = _views(2)
+    model = _model(tf.distribute.get_strategy(), True)
+    head = model.projector.heads[1]
+    last = head.blocks[-1]  # the output Dense
+    last.kernel.assign(np.full(last.kernel.shape, np.inf, "float32"))
+    dataset = tf.data.Dataset.from_tensors((v1, v2)).repeat(2)
+    with pytest.raises(NonFiniteLossError, match=r"step 1 \(loss nan\): non-finite outputs in head 1; non-finite gradients in encoder, head 1, other\. "):
         model.fit(dataset, epochs=1, verbose=0, callbacks=[NonFiniteLossGuard()])
 
 
