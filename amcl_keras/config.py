@@ -287,6 +287,9 @@ def validate(config):
     from amcl_keras.distribute import STRATEGIES
 
     _require(train.strategy in STRATEGIES, "train.strategy", train.strategy, f"one of {STRATEGIES}")
+    _require(not (train.jit_compile and train.cpu_replicas > 1), "train.jit_compile", train.jit_compile,
+             "false with train.cpu_replicas > 1: Keras 3 cannot XLA-compile a step spanning several devices "
+             "(keras-team/keras#19005). Set train.jit_compile=false, or train on one device")
     _require(train.mixed_precision in PRECISIONS, "train.mixed_precision", train.mixed_precision, f"one of {PRECISIONS}")
     _require(train.backup_every_steps is None or train.backup_every_steps >= 1, "train.backup_every_steps",
              train.backup_every_steps, "None (every epoch only) or >= 1")

@@ -155,14 +155,17 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
             f"data.batch_size={config.data.batch_size} does not divide over the {replicas} replicas; "
             f"use a multiple of {replicas}."
         )
+    if config.train.jit_compile and replicas > 1:
+        raise ValueError(
+            f"train.jit_compile=true does not work with {replicas} replicas: Keras 3 compiles the whole distributed "
+            "step with XLA, which cannot reach variables on other devices (keras-team/keras#19005). Set "
+            "train.jit_compile=false, or train on one device (train.strategy=default)."
+        )
     chief = is_chief(strategy)
     write_dir = run_dir if chief else pathlib.Path(tempfile.mkdtemp(prefix="amcl-worker-"))
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(config.train.mixed_precision)
     try:
         return _run(config, run_dir, write_dir, status, strategy, chief, started, overwrite, verbose)
     finally:
-        keras.config.set_dtype_policy(previous_policy)
         if not chief:
             shutil.rmtree(write_dir, ignore_errors=True)
 
@@ -190,8 +193,14 @@ def _run(config, run_dir, write_dir, status, strategy, chief, started, overwrite
     else:
         views = views.repeat()
 
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.train.mixed_precision)  # the model only: augmenters, probes stay float32
+    try:
+        with strategy.scope():
+            model = build_model(config, input_shape, augmenter if in_step else None)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
     with strategy.scope():
-        model = build_model(config, input_shape, augmenter if in_step else None)
         model.compile(
             optimizer=build_optimizer(config, steps * config.train.epochs if steps else None),
             jit_compile=config.train.jit_compile,

@@ -51,6 +51,8 @@ TRAIN_CASES = [
     ("unknown-tfds-name", ["--set", "data.dataset=not_a_dataset_xyz", "--set", "data.download=false"],
      "Check the name and split"),
     ("batch-larger-than-data", ["--set", "data.batch_size=8192"], "lower data.batch_size"),
+    ("xla-with-replicas", ["--set", "train.jit_compile=true", "--set", "train.cpu_replicas=2"],
+     "Set train.jit_compile=false, or train on one device"),
     ("multi-worker-without-tf-config", ["--set", "train.strategy=multi_worker"], "needs the TF_CONFIG environment"),
 ]
 

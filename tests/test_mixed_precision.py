@@ -1,6 +1,8 @@
 """Mixed precision: every method trains with finite losses and gradients with τ at its floor;
 the losses and the temperature network stay float32."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -91,6 +93,7 @@ def test_a_mixed_float16_run_exports_a_float32_encoder_and_restores_the_policy(t
         "--set", "eval.max_examples=100", "--set", "export.formats=[saved_model]",
     ]) == 0
     assert keras.config.dtype_policy().name == "float32"  # the run does not leak its policy
+    assert json.loads((run_dir / "results.json").read_text())["mixed_precision"] == "mixed_float16"
     loaded = tf.saved_model.load(str(run_dir / "export" / "saved_model"))
     output = loaded.signatures["serving_default"](images=tf.zeros([2, 28, 28, 1], tf.uint8))
     assert all(t.dtype == tf.float32 for t in output.values())
