@@ -148,8 +148,9 @@ class OnlineLinearProbe(keras.callbacks.Callback):
 
     Every `every` training steps it takes one batch of the separate labelled stream `train`
     (uint8 images, labels), computes the frozen features (inference mode, no gradient reaches
-    the encoder) and takes one Adam step on a linear layer (features standardised by a
-    non-affine batch norm, as MoCo v3 / MAE probes). At each epoch end it adds
+    the encoder) and takes one Adam step (1e-2) on a linear layer (features standardised by a
+    non-affine batch norm, as MoCo v3 / MAE probes). A monitor: it lags the offline probe,
+    since it sees each labelled image about once per pass and the features keep changing. At each epoch end it adds
     `probe_accuracy` (on `test`) and `probe_train_accuracy` (running, on the stream) to the logs.
 
     Example:
@@ -160,7 +161,7 @@ class OnlineLinearProbe(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, train, test, every=1, batch_size=256, learning_rate=1e-3, image_size=None, seed=0):
+    def __init__(self, train, test, every=1, batch_size=256, learning_rate=1e-2, image_size=None, seed=0):
         super().__init__()
         if every < 1:
             raise ValueError(f"`every` must be at least 1 step, got {every}.")
@@ -178,7 +179,8 @@ class OnlineLinearProbe(keras.callbacks.Callback):
             sample = to_float_images(self.train[0][:2], self.image_size)
             features = int(encoder(sample, training=False).shape[-1])
             self.classifier = keras.Sequential(
-                [keras.Input((features,)), keras.layers.BatchNormalization(center=False, scale=False),
+                # momentum 0.9: the moving statistics the test pass uses follow the changing features
+                [keras.Input((features,)), keras.layers.BatchNormalization(momentum=0.9, center=False, scale=False),
                  keras.layers.Dense(self.num_classes)],
                 name="online_linear_probe",
             )

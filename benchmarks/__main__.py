@@ -6,12 +6,12 @@ machine. Writes `<out>.json` (every raw result) and `<out>.md` (the tables the R
 and prints the Markdown.
 
 Sections: the machine's dense float32 peak (best of NumPy and TF on a 4096² matmul); ResNet-18
-(CIFAR stem) AMCL-SimCLR at batch 256 pairs: images/s and MFU, with the changes tried on the
-way (XLA off, steps_per_execution, oneDNN off); AMCL overhead per method (time and memory, AMCL
-with 3 heads vs the baseline with 1, small_convnet); replica scaling (1 vs 2 logical CPU
+(CIFAR stem) AMCL-SimCLR at batch 256 pairs: images/s and MFU, with the options tried (XLA,
+oneDNN off, one thread; small_convnet: XLA, steps_per_execution); AMCL overhead per method (time
+and memory, AMCL with 3 heads vs the baseline with 1, on ResNet-18 and on small_convnet); replica scaling (1 vs 2 logical CPU
 replicas); input-pipeline headroom; export latency.
 
-    python -m benchmarks all --quick        # ~15 min on 2 CPU cores
+    python -m benchmarks all --quick        # ~20 min on 2 CPU cores
     python -m benchmarks all                # more timed steps
 """
 
@@ -46,18 +46,26 @@ def collect(args, scratch):
     small_steps = ["--warmup", "2", "--steps", "5" if args.quick else "10"]
     results = {"peak": _run("train_step", ["--peak"])}
 
-    resnet = ["--method", "simclr", "--amcl", "--encoder", "resnet18_cifar", "--batch", "256", *steps]
+    resnet = ["--encoder", "resnet18_cifar", "--batch", "256", *steps]
     results["resnet18"] = {
-        "xla": _run("train_step", resnet),
-        "no_xla": _run("train_step", [*resnet, "--no-jit"]),
-        "xla_onednn_off": _run("train_step", resnet, env={"TF_ENABLE_ONEDNN_OPTS": "0"}),
-        "baseline_xla": _run("train_step", [*resnet, "--no-amcl"]),
+        "amcl": _run("train_step", ["--method", "simclr", *resnet]),
+        "amcl_xla": _run("train_step", ["--method", "simclr", *resnet, "--jit"]),
+        "amcl_onednn_off": _run("train_step", ["--method", "simclr", *resnet], env={"TF_ENABLE_ONEDNN_OPTS": "0"}),
+        "amcl_threads_1": _run("train_step", ["--method", "simclr", *resnet],
+                               env={"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}),
+    }
+    results["methods_resnet18"] = {
+        method: {
+            "baseline": _run("train_step", ["--method", method, "--no-amcl", *resnet]),
+            "amcl": results["resnet18"]["amcl"] if method == "simclr" else _run("train_step", ["--method", method, *resnet]),
+        }
+        for method in METHODS
     }
     results["small_convnet_options"] = {
-        "xla": _run("train_step", ["--method", "simclr", *SMALL, *small_steps]),
-        "no_xla": _run("train_step", ["--method", "simclr", *SMALL, *small_steps, "--no-jit"]),
-        "xla_steps_per_execution_4": _run("train_step", ["--method", "simclr", *SMALL, *small_steps,
-                                                         "--steps-per-execution", "4"]),
+        "default": _run("train_step", ["--method", "simclr", *SMALL, *small_steps]),
+        "xla": _run("train_step", ["--method", "simclr", *SMALL, *small_steps, "--jit"]),
+        "steps_per_execution_4": _run("train_step", ["--method", "simclr", *SMALL, *small_steps,
+                                                     "--steps-per-execution", "4"]),
     }
     results["methods"] = {
         method: {
@@ -67,8 +75,7 @@ def collect(args, scratch):
         for method in METHODS
     }
     results["replicas"] = {
-        # no XLA: Keras cannot XLA-compile a step spanning several devices (keras-team/keras#19005)
-        str(count): _run("train_step", ["--method", "simclr", *SMALL, *small_steps, "--no-jit", "--replicas", str(count)])
+        str(count): _run("train_step", ["--method", "simclr", *SMALL, *small_steps, "--replicas", str(count)])
         for count in (1, 2)
     }
     results["input_pipeline"] = _run("input_pipeline", ["--json", str(scratch / "input.json")],
@@ -92,25 +99,26 @@ def markdown(results):
         "| setting | step (s) | images/s | GFLOP/s | MFU | peak RSS (MiB) |",
         "|---|---|---|---|---|---|",
     ]
-    names = {"xla": "XLA (default of the benchmarks)", "no_xla": "no XLA (jit_compile=False)",
-             "xla_onednn_off": "XLA, TF_ENABLE_ONEDNN_OPTS=0", "baseline_xla": "plain SimCLR (1 head), XLA"}
+    names = {"amcl": "no XLA (the library default), oneDNN on", "amcl_xla": "XLA (jit_compile=True)",
+             "amcl_onednn_off": "no XLA, TF_ENABLE_ONEDNN_OPTS=0", "amcl_threads_1": "no XLA, 1 intra-op thread"}
     for key, row in results["resnet18"].items():
         lines.append(f"| {names[key]} | {row['median_step_s']:.2f} | {row['images_per_s']:.1f} | {row['gflops_per_s']} "
                      f"| {100 * row['gflops_per_s'] / best:.0f}% | {row['peak_rss_mib']:.0f} |")
+    for title, key in (("ResNet-18 (CIFAR stem), batch 256 pairs, no XLA", "methods_resnet18"),
+                       ("small_convnet 28×28×1, batch 256 pairs, no XLA", "methods")):
+        lines += ["", f"**AMCL overhead per method** ({title}; baseline = 1 head, AMCL = 3 heads + temperatures):", "",
+                  "| method | baseline step (s) | AMCL step (s) | time ratio | baseline RSS (MiB) | AMCL RSS (MiB) "
+                  "| memory ratio |", "|---|---|---|---|---|---|---|"]
+        for method, pair in results[key].items():
+            b, a = pair["baseline"], pair["amcl"]
+            lines.append(f"| {method} | {b['median_step_s']:.3f} | {a['median_step_s']:.3f} | "
+                         f"{a['median_step_s'] / b['median_step_s']:.2f} | {b['peak_rss_mib']:.0f} | "
+                         f"{a['peak_rss_mib']:.0f} | {a['peak_rss_mib'] / b['peak_rss_mib']:.2f} |")
     lines += ["", "**small_convnet 28×28×1, AMCL-SimCLR, batch 256 pairs** (step options):", "",
               "| setting | step (s) | images/s | MFU |", "|---|---|---|---|"]
     for key, row in results["small_convnet_options"].items():
         lines.append(f"| {key} | {row['median_step_s']:.3f} | {row['images_per_s']:.0f} | "
                      f"{100 * row['gflops_per_s'] / best:.0f}% |")
-    lines += ["", "**AMCL overhead per method** (small_convnet 28×28×1, batch 256 pairs, XLA; baseline = 1 head, "
-              "AMCL = 3 heads + temperatures):", "",
-              "| method | baseline step (s) | AMCL step (s) | time ratio | baseline RSS (MiB) | AMCL RSS (MiB) | memory ratio |",
-              "|---|---|---|---|---|---|---|"]
-    for method, pair in results["methods"].items():
-        b, a = pair["baseline"], pair["amcl"]
-        lines.append(f"| {method} | {b['median_step_s']:.3f} | {a['median_step_s']:.3f} | "
-                     f"{a['median_step_s'] / b['median_step_s']:.2f} | {b['peak_rss_mib']:.0f} | {a['peak_rss_mib']:.0f} | "
-                     f"{a['peak_rss_mib'] / b['peak_rss_mib']:.2f} |")
     one, two = results["replicas"]["1"], results["replicas"]["2"]
     lines += ["", "**Replica scaling** (MirroredStrategy over logical CPU devices, small_convnet AMCL-SimCLR, "
               "global batch 256 pairs, no XLA):", "", "| replicas | step (s) | images/s |", "|---|---|---|",

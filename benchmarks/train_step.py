@@ -154,7 +154,8 @@ def main():
     parser.add_argument("--batch", type=int, default=256, help="pairs per step")
     parser.add_argument("--projection-dim", type=int)
     parser.add_argument("--hidden-dim", type=int)
-    parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=False,
+                        help="XLA (measured slower on CPU: see benchmarks/results/all_cpu2.md)")
     parser.add_argument("--replicas", type=int, default=1, help="logical CPU replicas (MirroredStrategy when > 1)")
     parser.add_argument("--steps-per-execution", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
