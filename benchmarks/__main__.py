@@ -9,7 +9,7 @@ Sections: the machine's dense float32 peak (best of NumPy and TF on a 4096² mat
 (CIFAR stem) AMCL-SimCLR at batch 256 pairs: images/s and MFU, with the options tried (XLA,
 oneDNN off, one thread; small_convnet: XLA, steps_per_execution); AMCL overhead per method (time
 and memory, AMCL with 3 heads vs the baseline with 1, on ResNet-18 and on small_convnet); replica scaling (1 vs 2 logical CPU
-replicas); input-pipeline headroom; export latency.
+replicas); the losses alone; input-pipeline headroom; export latency.
 
     python -m benchmarks all --quick        # ~20 min on 2 CPU cores
     python -m benchmarks all                # more timed steps
@@ -78,6 +78,7 @@ def collect(args, scratch):
         str(count): _run("train_step", ["--method", "simclr", *SMALL, *small_steps, "--replicas", str(count)])
         for count in (1, 2)
     }
+    results["loss_time"] = _run("loss_time", [])
     results["input_pipeline"] = _run("input_pipeline", ["--json", str(scratch / "input.json")],
                                      json_path=scratch / "input.json")
     results["export_latency"] = _run("export_latency", ["--repeats", "10" if args.quick else "30",
@@ -124,6 +125,12 @@ def markdown(results):
               "global batch 256 pairs, no XLA):", "", "| replicas | step (s) | images/s |", "|---|---|---|",
               f"| 1 | {one['median_step_s']:.3f} | {one['images_per_s']:.0f} |",
               f"| 2 | {two['median_step_s']:.3f} | {two['images_per_s']:.0f} |"]
+    if "loss_time" in results:
+        lines += ["", "**The losses alone** (forward + backward on random embeddings, batch 256 pairs, ms; "
+                  "`benchmarks/loss_time.py`):", "", "| loss | baseline, 1 head | AMCL, 1 head | AMCL, 3 heads |",
+                  "|---|---|---|---|"]
+        for method, row in results["loss_time"]["losses"].items():
+            lines.append(f"| {method} | {row['baseline_1_head']} | {row['amcl_1_head']} | {row['amcl_3_heads']} |")
     pipeline = results["input_pipeline"]["settings"]
     lines += ["", "**Input pipeline** (tf.data, two simclr views per image) vs the step:", "",
               "| setting | tf.data images/s | step consumes images/s | headroom |", "|---|---|---|---|"]
