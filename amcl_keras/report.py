@@ -89,7 +89,7 @@ def write_report(run_dirs, out_path, count=256):
         sim_ax.hist(negatives, bins=bins, histtype="step", color=colour, linestyle="--", label=f"{label} negative")
     # symlog: AMCL losses can be ~1e9 next to baselines near 1, and some are negative
     loss_ax.set(title="training loss (symmetric log scale)", xlabel="epoch", yscale="symlog")
-    knn_ax.set(title="kNN (o) and online probe (dotted) per epoch; final kNN (*), linear probe (■)", xlabel="epoch", ylabel="accuracy")
+    knn_ax.set(title="kNN (o), online probe (dotted); final kNN (*), probe (■)", xlabel="epoch", ylabel="accuracy")
     tau_ax.set(title="mean temperature per head: τ⁺ solid, τ⁻ dashed", xlabel="epoch", yscale="log")
     sim_ax.set(title="cosine similarity of final features: positive vs negative pairs", xlabel="cosine")
     for axis in axes.flat:
