@@ -106,6 +106,7 @@ def measure(args):
 
     strategy = make_strategy("mirrored" if args.replicas > 1 else "default", args.replicas)
     keras.utils.set_random_seed(0)
+    keras.config.set_dtype_policy(args.precision)
     with strategy.scope():
         model, encoder = build(args)
     rng = np.random.default_rng(0)
@@ -130,7 +131,8 @@ def measure(args):
     result = {
         "method": args.method, "amcl": args.amcl, "encoder": args.encoder, "batch_pairs": args.batch,
         "image_shape": list(shape[1:]), "jit_compile": args.jit, "replicas": args.replicas,
-        "steps_per_execution": args.steps_per_execution, "threads": os.environ.get("TF_NUM_INTRAOP_THREADS"),
+        "steps_per_execution": args.steps_per_execution, "precision": args.precision,
+        "gpus": len(tf.config.list_physical_devices("GPU")), "threads": os.environ.get("TF_NUM_INTRAOP_THREADS"),
         "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
         "median_step_s": round(step, 4), "steps_timed": len(times), "images_per_s": round(2 * args.batch / step, 2),
         "forward_gmac_per_image": round(macs / 1e9, 4), "train_flops_per_step": flops,
@@ -156,6 +158,7 @@ def main():
     parser.add_argument("--hidden-dim", type=int)
     parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=False,
                         help="XLA (measured slower on CPU: see benchmarks/results/all_cpu2.md)")
+    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_float16", "mixed_bfloat16"])
     parser.add_argument("--replicas", type=int, default=1, help="logical CPU replicas (MirroredStrategy when > 1)")
     parser.add_argument("--steps-per-execution", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=1)
