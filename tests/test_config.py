@@ -73,3 +73,19 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("model: [unclosed")
     with pytest.raises(config_lib.ConfigError, match="not valid YAML"):
         config_lib.load(bad)
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "barlow_twins", "simsiam"])
+def test_from_model_config_hands_every_temperature_option_to_the_loss(method):
+    import amcl_keras as amcl
+
+    cfg = config_lib.load(None, [f"model.method={method}", "model.beta=0.3", "model.temperature_min=0.01",
+                             "model.temperature_max=1.5", "model.temperature_hidden_dim=7", "model.top_k=9",
+                             "model.negatives=hardest", "model.projection_dim=8", "model.hidden_dim=8",
+                             "model.queue_size=512", "data.batch_size=16"]).model
+    model = amcl.methods.get(method).from_model_config(amcl.encoders.small_convnet((8, 8, 1), width=4), cfg, 16)
+    loss = model.contrastive_loss
+    assert (loss.beta, loss.temperature.temperature_min, loss.temperature.temperature_max,
+            loss.temperature.hidden_dim) == (0.3, 0.01, 1.5, 7)
+    if method in ("simclr", "moco"):
+        assert (loss.negatives, loss.top_k) == ("hardest", 9)

@@ -7,7 +7,7 @@ import tensorflow as tf
 from amcl_keras.heads import MultiHeadProjector
 from amcl_keras.losses import AMCLBarlowTwinsLoss, BarlowTwinsLoss
 from amcl_keras.losses.barlow_twins import cross_correlation
-from amcl_keras.methods.base import ContrastiveTrainer, _split_pairs
+from amcl_keras.methods.base import ContrastiveTrainer, _split_pairs, temperature_options
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -52,9 +52,7 @@ class BarlowTwins(ContrastiveTrainer):
     def from_model_config(cls, encoder, cfg, global_batch, **kwargs):
         """Build from a `ModelConfig` (the YAML `model:` section); AMCL uses the fixed global batch."""
         loss = AMCLBarlowTwinsLoss(
-            cfg.projection_dim, global_batch, lambda_=cfg.lambda_, beta=cfg.beta,
-            temperature_hidden_dim=cfg.temperature_hidden_dim, temperature_min=cfg.temperature_min,
-            temperature_max=cfg.temperature_max,
+            cfg.projection_dim, global_batch, lambda_=cfg.lambda_, **temperature_options(cfg)
         ) if cfg.amcl else BarlowTwinsLoss(cfg.lambda_)
         return cls(
             encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, global_batch, loss=loss, **kwargs

@@ -10,6 +10,16 @@ import keras
 import tensorflow as tf
 
 
+def temperature_options(cfg, negatives=False):
+    """The AMCL loss arguments every method takes from a `ModelConfig` (with `negatives`: also
+    the negative-selection form and top-k of SimCLR and MoCo)."""
+    options = dict(beta=cfg.beta, temperature_hidden_dim=cfg.temperature_hidden_dim,
+                   temperature_min=cfg.temperature_min, temperature_max=cfg.temperature_max)
+    if negatives:
+        options.update(negatives=cfg.negatives, top_k=cfg.top_k)
+    return options
+
+
 def _split_pairs(matrices, off_diagonal, with_negatives=True):
     """`{name: [C, n, n]}` → `{name_pos: diagonal [C, n], name_neg: off-diagonal [C, n(n-1)]}` (NumPy)."""
     out = {}

@@ -6,7 +6,7 @@ import tensorflow as tf
 from amcl_keras.heads import MultiHeadProjector
 from amcl_keras.losses import AMCLInfoNCELoss, InfoNCELoss
 from amcl_keras.losses.distributed import gather_global_batch
-from amcl_keras.methods.base import ContrastiveTrainer
+from amcl_keras.methods.base import ContrastiveTrainer, temperature_options
 
 
 def _normalized_normal(shape, dtype=None):
@@ -56,11 +56,8 @@ class MoCo(ContrastiveTrainer):
     @classmethod
     def from_model_config(cls, encoder, cfg, global_batch, **kwargs):
         """Build from a `ModelConfig` (the YAML `model:` section)."""
-        loss = AMCLInfoNCELoss(
-            cfg.projection_dim, beta=cfg.beta, negatives=cfg.negatives, top_k=cfg.top_k,
-            temperature_hidden_dim=cfg.temperature_hidden_dim, temperature_min=cfg.temperature_min,
-            temperature_max=cfg.temperature_max,
-        ) if cfg.amcl else InfoNCELoss(cfg.temperature)
+        loss = AMCLInfoNCELoss(cfg.projection_dim, **temperature_options(cfg, negatives=True)) if cfg.amcl \
+            else InfoNCELoss(cfg.temperature)
         return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, cfg.queue_size,
                    cfg.momentum, loss=loss, **kwargs)
 

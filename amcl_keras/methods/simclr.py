@@ -4,7 +4,7 @@ import keras
 
 from amcl_keras.heads import MultiHeadProjector
 from amcl_keras.losses import AMCLNTXentLoss, NTXentLoss
-from amcl_keras.methods.base import ContrastiveTrainer
+from amcl_keras.methods.base import ContrastiveTrainer, temperature_options
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -42,11 +42,8 @@ class SimCLR(ContrastiveTrainer):
     @classmethod
     def from_model_config(cls, encoder, cfg, global_batch, **kwargs):
         """Build from a `ModelConfig` (the YAML `model:` section)."""
-        loss = AMCLNTXentLoss(
-            cfg.projection_dim, beta=cfg.beta, negatives=cfg.negatives, top_k=cfg.top_k,
-            temperature_hidden_dim=cfg.temperature_hidden_dim, temperature_min=cfg.temperature_min,
-            temperature_max=cfg.temperature_max,
-        ) if cfg.amcl else NTXentLoss(cfg.temperature)
+        loss = AMCLNTXentLoss(cfg.projection_dim, **temperature_options(cfg, negatives=True)) if cfg.amcl \
+            else NTXentLoss(cfg.temperature)
         return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, loss=loss, **kwargs)
 
     def compute_loss_and_stats(self, z1, z2, views):

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from amcl_keras.heads import MultiHeadPredictor, MultiHeadProjector
 from amcl_keras.losses import AMCLSimSiamLoss, SimSiamLoss
-from amcl_keras.methods.base import ContrastiveTrainer
+from amcl_keras.methods.base import ContrastiveTrainer, temperature_options
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -41,11 +41,7 @@ class SimSiam(ContrastiveTrainer):
     @classmethod
     def from_model_config(cls, encoder, cfg, global_batch, **kwargs):
         """Build from a `ModelConfig` (the YAML `model:` section)."""
-        loss = AMCLSimSiamLoss(
-            cfg.projection_dim, beta=cfg.beta,
-            temperature_hidden_dim=cfg.temperature_hidden_dim, temperature_min=cfg.temperature_min,
-            temperature_max=cfg.temperature_max,
-        ) if cfg.amcl else SimSiamLoss()
+        loss = AMCLSimSiamLoss(cfg.projection_dim, **temperature_options(cfg)) if cfg.amcl else SimSiamLoss()
         return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, cfg.predictor_hidden_dim,
                    loss=loss, **kwargs)
 
