@@ -12,7 +12,7 @@ import typing
 import yaml
 
 from amcl_keras.augment import parse_preset
-from amcl_keras.losses.adaptive import NEGATIVE_FORMS
+from amcl_keras.losses.adaptive import NEGATIVE_FORMS, OBJECTIVES
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -56,6 +56,10 @@ class ModelConfig:
     temperature_hidden_dim: int = 128
     temperature_min: float = 1e-5
     temperature_max: float = 2.0
+    # How the temperatures enter the AMCL loss: "authors" (the paper's form, unbounded below: τ
+    # collapses to temperature_min), "normalized" or "rectified" (bounded; docs/METHOD.md)
+    objective: str = "authors"
+    temperature_center: typing.Optional[float] = None  # bounded objectives: τ the regulariser prefers (None: 2/d)
     synchronized_batch_norm: bool = False  # encoder batch norm over the global batch (all replicas)
     queue_size: int = 4096  # MoCo
     momentum: float = 0.99  # MoCo
@@ -271,6 +275,10 @@ def validate(config):
     _require(model.lambda_ >= 0, "model.lambda_", model.lambda_, "it must be >= 0 (Barlow Twins uses 5e-3)")
     _require(model.predictor_hidden_dim >= 1, "model.predictor_hidden_dim", model.predictor_hidden_dim, "a positive integer")
     _require(model.beta >= 0, "model.beta", model.beta, "it must be >= 0 (the authors use 1e-4)")
+    _require(model.objective in OBJECTIVES, "model.objective", model.objective,
+             f"one of {OBJECTIVES} ('authors': the paper's form; 'normalized', 'rectified': bounded, docs/METHOD.md)")
+    _require(model.temperature_center is None or model.temperature_center > 0, "model.temperature_center",
+             model.temperature_center, "None (2/projection_dim) or > 0")
     _require(model.negatives in NEGATIVE_FORMS, "model.negatives", model.negatives, f"one of {NEGATIVE_FORMS}")
     _require(
         0 < model.temperature_min < model.temperature_max,

@@ -23,6 +23,25 @@ def omega(tau, dim):
     return 0.5 * float(dim) * tf.math.log(tau) + 1.0 / tau
 
 
+def bounded_omega(tau, dim, center=None):
+    """The regulariser of the bounded objectives: Ω shifted and re-centred so that it is ≥ 0.
+
+        R_c(τ) = (dim/2) · [log(τ/c) + c/τ − 1],   c = `center` (None: 2/dim)
+
+    R_c ≥ 0 with its minimum 0 at τ = c. With c = 2/dim it is exactly Ω(τ) − min Ω, the
+    authors' regulariser made non-negative; another c moves the temperature it prefers
+    (e.g. the baseline's fixed τ) without changing its shape. Entered with a PLUS sign for
+    every temperature (positive and negative pairs), it keeps the objective bounded below.
+
+    Example:
+    ```python
+    bounded_omega(tf.constant([2.0 / 128]), 128)   # 0.0: the minimum
+    ```
+    """
+    center = 2.0 / float(dim) if center is None else float(center)
+    return 0.5 * float(dim) * (tf.math.log(tau / center) + center / tau - 1.0)
+
+
 def check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")

@@ -183,3 +183,129 @@ def simsiam(p1, p2, z1, z2, weights=None, beta=0.0, t_min=1e-5, t_max=2.0):
                 values.append(-(a @ b) / (2 * t1) - (e @ f) / (2 * t2) + beta * (omega(t1, dim) + omega(t2, dim)))
         total += np.mean(values)
     return total
+
+
+# --- the bounded objectives (docs/METHOD.md, "Bounded objectives"), pair by pair -----------------
+
+
+def bounded_omega(tau, dim, center=None):
+    """R_c(τ) = (d/2)·(log(τ/c) + c/τ − 1), c = 2/d by default."""
+    c = 2.0 / dim if center is None else center
+    return 0.5 * dim * (np.log(tau / c) + c / tau - 1.0)
+
+
+def softplus(x):
+    return np.log1p(np.exp(-abs(x))) + max(x, 0.0)
+
+
+def amcl_ntxent_bounded(z1, z2, weights, beta, objective, negatives="topk", top_k=100, t_min=1e-5, t_max=2.0,
+                        center=None):
+    """'normalized': per-pair-τ NT-Xent over all negatives; 'rectified': softplus of the authors'
+    terms over the top-k / hardest negatives; both + β·[R(τ⁺) + mean_n R(τ_n)]."""
+    heads = 1 if np.ndim(z1) == 2 else np.shape(z1)[1]
+    total = 0.0
+    for head in range(heads):
+        views, n, _ = _views(z1, z2, head)
+        dim = views.shape[1]
+        losses = []
+        for i in range(2 * n):
+            partner = (i + n) % (2 * n)
+            tau_p = temperature(weights, views[i], views[partner], t_min, t_max)
+            s_p = views[i] @ views[partner]
+            negs = [j for j in range(2 * n) if j not in (i, partner)]
+            if objective == "normalized":
+                chosen = negs
+            else:
+                sims = np.array([views[i] @ views[j] for j in negs])
+                order = np.argsort(-sims, kind="stable")
+                chosen = [negs[o] for o in order[: 1 if negatives == "hardest" else min(top_k, len(negs))]]
+            taus = np.array([temperature(weights, views[i], views[j], t_min, t_max) for j in chosen])
+            s = np.array([views[i] @ views[j] for j in chosen])
+            if objective == "normalized":
+                logits = np.concatenate([[s_p / tau_p], s / taus])
+                top = logits.max()
+                loss = top + np.log(np.sum(np.exp(logits - top))) - s_p / tau_p
+            else:
+                loss = softplus(-s_p / tau_p) + np.mean([softplus(x) for x in s / taus])
+            loss += beta * (bounded_omega(tau_p, dim, center) + np.mean([bounded_omega(t, dim, center) for t in taus]))
+            losses.append(loss)
+        total += np.mean(losses)
+    return total
+
+
+def amcl_infonce_bounded(query, key, queue, weights, beta, objective, negatives="topk", top_k=100, t_min=1e-5,
+                         t_max=2.0, center=None):
+    q, k = _heads(query), _heads(key)
+    queue = _queue(queue, q.shape[1])
+    dim = q.shape[-1]
+    total = 0.0
+    for c in range(q.shape[1]):
+        bank = normalize(queue[c])
+        losses = []
+        for i in range(q.shape[0]):
+            qi, ki = normalize(q[i, c]), normalize(k[i, c])
+            tau_p = temperature(weights, qi, ki, t_min, t_max)
+            s_p = qi @ ki
+            sims = bank @ qi
+            if objective == "normalized":
+                chosen = np.arange(len(bank))
+            else:
+                order = np.argsort(-sims, kind="stable")
+                chosen = order[:1] if negatives == "hardest" else order[: min(top_k, len(bank))]
+            taus = np.array([temperature(weights, qi, bank[j], t_min, t_max) for j in chosen])
+            if objective == "normalized":
+                logits = np.concatenate([[s_p / tau_p], sims[chosen] / taus])
+                top = logits.max()
+                loss = top + np.log(np.sum(np.exp(logits - top))) - s_p / tau_p
+            else:
+                loss = softplus(-s_p / tau_p) + np.mean([softplus(x) for x in sims[chosen] / taus])
+            loss += beta * (bounded_omega(tau_p, dim, center) + np.mean([bounded_omega(t, dim, center) for t in taus]))
+            losses.append(loss)
+        total += np.mean(losses)
+    return total
+
+
+def simsiam_bounded(p1, p2, z1, z2, weights, beta, objective, t_min=1e-5, t_max=2.0, center=None):
+    p1, p2, z1, z2 = (_heads(x) for x in (p1, p2, z1, z2))
+    n, dim = p1.shape[0], p1.shape[-1]
+    total = 0.0
+    for c in range(p1.shape[1]):
+        s1, s2, t1, t2 = [], [], [], []
+        for i in range(n):
+            a, b = normalize(p1[i, c]), normalize(z2[i, c])
+            e, f = normalize(p2[i, c]), normalize(z1[i, c])
+            s1.append(a @ b), s2.append(e @ f)
+            t1.append(temperature(weights, a, b, t_min, t_max)), t2.append(temperature(weights, e, f, t_min, t_max))
+        s1, s2, t1, t2 = map(np.array, (s1, s2, t1, t2))
+        if objective == "normalized":  # Σ_i s_i/τ_i / Σ_j 1/τ_j per direction
+            similarity = -0.5 * np.sum(s1 / t1) / np.sum(1 / t1) - 0.5 * np.sum(s2 / t2) / np.sum(1 / t2)
+        else:
+            similarity = np.mean([0.5 * softplus(-x) + 0.5 * softplus(-y) for x, y in zip(s1 / t1, s2 / t2)])
+        regularizer = np.mean([beta * (bounded_omega(x, dim, center) + bounded_omega(y, dim, center))
+                               for x, y in zip(t1, t2)])
+        total += similarity + regularizer
+    return total
+
+
+def barlow_twins_bounded(z1, z2, weights, beta, lambda_, objective, t_min=1e-5, t_max=2.0, center=None):
+    z1, z2 = _heads(z1), _heads(z2)
+    total = 0.0
+    for c in range(z1.shape[1]):
+        corr = _correlation(z1[:, c], z2[:, c])
+        d = corr.shape[0]
+        tau = np.array([[temperature(weights, z1[:, c, l], z2[:, c, m], t_min, t_max) for m in range(d)]
+                        for l in range(d)])
+        inv = 1.0 / tau
+        if objective == "normalized":
+            diag_mean = np.mean([inv[l, l] for l in range(d)])
+            off_mean = np.mean([inv[l, m] for l in range(d) for m in range(d) if l != m])
+        else:
+            diag_mean = off_mean = 1.0
+        for l in range(d):
+            for m in range(d):
+                if l == m:
+                    total += (1 - corr[l, l] * inv[l, l] / diag_mean) ** 2
+                else:
+                    total += lambda_ * corr[l, m] ** 2 * inv[l, m] / off_mean
+                total += beta * bounded_omega(tau[l, m], d, center)
+    return total

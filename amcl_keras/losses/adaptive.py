@@ -3,9 +3,28 @@
 import keras
 import tensorflow as tf
 
-from amcl_keras.temperature import AdaptiveTemperature, check_positive_int, omega
+from amcl_keras.temperature import AdaptiveTemperature, bounded_omega, check_positive_int, omega
 
 NEGATIVE_FORMS = ("topk", "hardest")
+
+# How the per-pair temperatures enter the objective (docs/METHOD.md, "Bounded objectives"):
+#   "authors":    the paper's / authors' code's form (linear sim/τ terms, −βΩ on negatives);
+#                 unbounded below, so τ collapses to temperature_min with their β.
+#   "normalized": τ inside a normalised objective: per-pair τ inside NT-Xent's / InfoNCE's
+#                 log-sum-exp; for SimSiam and Barlow Twins, inverse temperatures normalised to
+#                 mean one over the pairs of a term (they re-weight pairs, cannot rescale the loss).
+#   "rectified":  each of the authors' terms made bounded on its own: ±sim/τ through softplus
+#                 (a per-pair logistic likelihood); Barlow Twins' squared terms are kept as they are.
+# Both bounded forms regularise EVERY temperature with +β·R_c(τ) ≥ 0 (temperature.bounded_omega).
+OBJECTIVES = ("authors", "normalized", "rectified")
+
+
+def check_objective(objective):
+    if objective not in OBJECTIVES:
+        raise ValueError(
+            f"`objective` must be one of {OBJECTIVES} ('authors': the paper's form, unbounded below; "
+            f"'normalized' / 'rectified': bounded forms, see docs/METHOD.md), got {objective!r}."
+        )
 
 
 def check_negatives(negatives):
@@ -48,6 +67,17 @@ def anchor_objective(sim_positive, tau_positive, sim_negative, tau_negative, bet
     return value - beta * tf.reduce_sum(tf.math.log(tau_negative) + 1.0 / tau_negative, axis=-1)
 
 
+def rectified_anchor_objective(sim_positive, tau_positive, sim_negative, tau_negative):
+    """Per-anchor similarity part of the "rectified" objective (≥ 0):
+
+        softplus(−sim⁺/τ⁺) + mean_k softplus(sim_k/τ_k)
+
+    each of the authors' linear terms −sim⁺/τ⁺ and +sim_k/τ_k passed through softplus, i.e. the
+    negative log-likelihood of a logistic "is this pair positive?" classifier with logit sim/τ.
+    """
+    return tf.nn.softplus(-sim_positive / tau_positive) + tf.reduce_mean(tf.nn.softplus(sim_negative / tau_negative), -1)
+
+
 class AdaptiveTemperatureLoss(keras.layers.Layer):
     """Base of every AMCL loss: owns β and the one `AdaptiveTemperature` all heads share.
 
@@ -64,11 +94,21 @@ class AdaptiveTemperatureLoss(keras.layers.Layer):
         temperature_min=1e-5,
         temperature_max=2.0,
         temperature_input_dim=None,
+        objective="authors",
+        temperature_center=None,
         **kwargs,
     ):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         check_positive_int("projection_dim", projection_dim)
+        check_objective(objective)
+        if temperature_center is not None and not float(temperature_center) > 0.0:
+            raise ValueError(
+                f"`temperature_center` must be > 0 or None (None: 2/projection_dim, the minimum of the authors' Ω), "
+                f"got {temperature_center!r}."
+            )
+        self.objective = objective
+        self.temperature_center = None if temperature_center is None else float(temperature_center)
         if not float(beta) >= 0.0:
             raise ValueError(f"`beta` must be >= 0, got {beta!r}. The authors use 1e-4 (1e-6 for Barlow Twins).")
         self.projection_dim = projection_dim
@@ -85,9 +125,15 @@ class AdaptiveTemperatureLoss(keras.layers.Layer):
     def build(self, *args, **kwargs):
         self.built = True
 
+    def regularizer(self, tau):
+        """β·R_c(τ) elementwise, the bounded objectives' regulariser (≥ 0, minimum at τ = c)."""
+        return self.beta * bounded_omega(tau, self.projection_dim, self.temperature_center)
+
     def get_config(self):
         config = super().get_config()
         config.update(
+            objective=self.objective,
+            temperature_center=self.temperature_center,
             projection_dim=self.projection_dim,
             beta=self.beta,
             temperature_hidden_dim=self.temperature.hidden_dim,
@@ -109,9 +155,14 @@ class AMCLContrastiveLoss(AdaptiveTemperatureLoss):
         temperature_hidden_dim=128,
         temperature_min=1e-5,
         temperature_max=2.0,
+        objective="authors",
+        temperature_center=None,
         **kwargs,
     ):
-        super().__init__(projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max, **kwargs)
+        super().__init__(
+            projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
+            objective=objective, temperature_center=temperature_center, **kwargs,
+        )
         check_negatives(negatives)
         check_positive_int("top_k", top_k)
         self.negatives = negatives

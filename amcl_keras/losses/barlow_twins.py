@@ -72,13 +72,21 @@ class BarlowTwinsLoss(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
-    """AMCL Eq. 2.3: temperatures over pairs of CHANNELS, per head, summed over heads.
+    """AMCL for Barlow Twins: temperatures over pairs of CHANNELS, per head, summed over heads.
 
-        Σ_l (1 − C_ll/τ_ll)² + λ·Σ_{l≠m} C_lm²/τ_lm + β·Σ_l Ω(τ_ll) − β·Σ_{l≠m} Ω(τ_lm)
+    τ_lm = τ(φ(channel l of view 1), φ(channel m of view 2)) on the batch-wise channel vectors
+    (length = the global batch), so φ is R^B → R^B and the global batch size is fixed:
+    `batch_size` must equal it (drop the remainder). C is the cross-correlation matrix.
+    `objective` (docs/METHOD.md, "Bounded objectives"):
 
-    τ_lm = τ(φ(channel l of view 1), φ(channel m of view 2)) on the raw batch-wise channel
-    vectors (length = the global batch), so φ is R^B → R^B and the global batch size is fixed:
-    `batch_size` must equal it (drop the remainder). Ω(τ) = (d/2)·log τ + 1/τ, d = projection_dim.
+    - `"authors"` (Eq. 2.3): Σ_l (1 − C_ll/τ_ll)² + λ·Σ_{l≠m} C_lm²/τ_lm + β·Σ_l Ω(τ_ll) − β·Σ_{l≠m} Ω(τ_lm);
+      the −βΩ term makes it unbounded below as τ_lm → 0.
+    - `"rectified"`: the same squared terms (already ≥ 0) with +β·Σ R(τ) on every channel pair.
+    - `"normalized"`: Σ_l (1 − w_ll·C_ll)² + λ·Σ_{l≠m} w_lm·C_lm² + β·Σ R(τ), where w = 1/τ normalised
+      to mean one over the diagonal and over the off-diagonal pairs separately: the temperatures
+      re-weight channel pairs, their overall scale cannot blow the loss up (exactly Barlow Twins
+      when all τ are equal).
+    Ω(τ) = (d/2)·log τ + 1/τ; R(τ) = (d/2)·[log(τ/c) + c/τ − 1] ≥ 0, d = projection_dim.
 
     Example:
     ```python
@@ -97,6 +105,8 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
         temperature_hidden_dim=128,
         temperature_min=1e-5,
         temperature_max=2.0,
+        objective="authors",
+        temperature_center=None,
         **kwargs,
     ):
         check_positive_int("batch_size", batch_size)
@@ -104,7 +114,7 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
             raise ValueError(f"`batch_size` must be at least 2 (batch statistics), got {batch_size}.")
         super().__init__(
             projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
-            temperature_input_dim=batch_size, **kwargs,
+            temperature_input_dim=batch_size, objective=objective, temperature_center=temperature_center, **kwargs,
         )
         self.batch_size = batch_size
         self.lambda_ = _check_lambda(lambda_)
@@ -119,16 +129,29 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
                 "(drop_remainder=True) or build the loss with batch_size equal to your global batch."
             )
         correlation = cross_correlation(z1, z2)
-        # φ on the raw channel vectors: [C, d, B] → τ over channel pairs [C, d, d]
+        # φ on the channel vectors: [C, d, B] → τ over channel pairs [C, d, d]
         tau = self.temperature.pairwise(tf.transpose(z1, [0, 2, 1]), tf.transpose(z2, [0, 2, 1]))
         dim = self.projection_dim
-        eye = tf.eye(dim, dtype=tf.float32)
+        off = 1.0 - tf.eye(dim, dtype=tf.float32)
         diagonal, tau_diagonal = tf.linalg.diag_part(correlation), tf.linalg.diag_part(tau)
-        positive = tf.reduce_sum(tf.square(1.0 - diagonal / tau_diagonal) + self.beta * omega(tau_diagonal, dim), axis=1)
-        off = 1.0 - eye
-        negative = tf.reduce_sum(
-            off * (self.lambda_ * tf.square(correlation) / tau - self.beta * omega(tau, dim)), axis=[1, 2]
-        )
+        if self.objective == "authors":
+            positive = tf.reduce_sum(
+                tf.square(1.0 - diagonal / tau_diagonal) + self.beta * omega(tau_diagonal, dim), axis=1
+            )
+            negative = tf.reduce_sum(
+                off * (self.lambda_ * tf.square(correlation) / tau - self.beta * omega(tau, dim)), axis=[1, 2]
+            )
+        else:
+            inverse_diagonal, inverse = 1.0 / tau_diagonal, 1.0 / tau
+            if self.objective == "normalized":  # mean-one weights on the diagonal and off it
+                inverse_diagonal /= tf.reduce_mean(inverse_diagonal, axis=1, keepdims=True)
+                inverse /= (tf.reduce_sum(off * inverse, axis=[1, 2]) / float(max(dim * (dim - 1), 1)))[:, None, None]
+            positive = tf.reduce_sum(
+                tf.square(1.0 - diagonal * inverse_diagonal) + self.regularizer(tau_diagonal), axis=1
+            )
+            negative = tf.reduce_sum(
+                off * (self.lambda_ * tf.square(correlation) * inverse + self.regularizer(tau)), axis=[1, 2]
+            )
         loss = tf.reduce_sum(positive + negative)
         if not return_stats:
             return loss

@@ -8,7 +8,9 @@ into them. Mean over the anchors, SUM over heads, float32. MoCo calls it once pe
 import keras
 import tensorflow as tf
 
-from amcl_keras.losses.adaptive import AMCLContrastiveLoss, anchor_objective, select_negatives
+from amcl_keras.losses.adaptive import (
+    AMCLContrastiveLoss, anchor_objective, rectified_anchor_objective, select_negatives,
+)
 from amcl_keras.losses.common import FixedTemperatureLoss, as_heads, sum_over_heads
 
 
@@ -63,10 +65,14 @@ class InfoNCELoss(FixedTemperatureLoss):
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class AMCLInfoNCELoss(AMCLContrastiveLoss):
-    """AMCL's MoCo loss: the top-k (or hardest) form of Eq. 2.1 with negatives from the queue.
+    """AMCL's MoCo loss: Eq. 2.1 (top-k or hardest) with negatives from the queue, or a bounded form.
 
     Same options and conventions as `AMCLNTXentLoss`; the negatives of each query are the
-    queue's keys of its head, the k most similar by cosine (k = min(top_k, queue size)).
+    queue's keys of its head. `objective="authors"`: the k most similar by cosine
+    (k = min(top_k, queue size)) in the authors' linear form; `"normalized"`: InfoNCE with a
+    temperature per pair over the whole queue, −log(exp(q·k/τ⁺) / (exp(q·k/τ⁺) + Σ_j exp(q·u_j/τ_j)))
+    + β·[R(τ⁺) + mean_j R(τ_j)]; `"rectified"`: softplus(−q·k/τ⁺) + mean_k softplus(q·u_k/τ_k)
+    + β·[R(τ⁺) + mean_k R(τ_k)] over the top-k / hardest keys.
 
     Example:
     ```python
@@ -83,12 +89,28 @@ class AMCLInfoNCELoss(AMCLContrastiveLoss):
         tau_positive = self.temperature.from_scores(tf.reduce_sum(phi_query * self.temperature.embed(k), -1))
         tau = self.temperature.from_scores(tf.matmul(phi_query, self.temperature.embed(queue), transpose_b=True))
         similarity = tf.matmul(q, queue, transpose_b=True)  # [C, b, M]
-        queue_size = queue.shape[1] if queue.shape[1] is not None else tf.shape(queue)[1]
-        sim_negative, tau_negative = select_negatives(similarity, tau, self.negatives, self.top_k, queue_size)
-        per_anchor = anchor_objective(
-            tf.reduce_sum(q * k, axis=-1), tau_positive, sim_negative, tau_negative,
-            self.beta, self.projection_dim, self.negatives,
-        )
+        sim_positive = tf.reduce_sum(q * k, axis=-1)
+        if self.objective == "normalized":
+            positive_logit = sim_positive / tau_positive
+            logits = tf.concat([positive_logit[..., None], similarity / tau], axis=-1)
+            per_anchor = (
+                tf.reduce_logsumexp(logits, axis=-1) - positive_logit
+                + self.regularizer(tau_positive) + tf.reduce_mean(self.regularizer(tau), -1)
+            )
+            tau_negative = tau
+        else:
+            queue_size = queue.shape[1] if queue.shape[1] is not None else tf.shape(queue)[1]
+            sim_negative, tau_negative = select_negatives(similarity, tau, self.negatives, self.top_k, queue_size)
+            if self.objective == "authors":
+                per_anchor = anchor_objective(
+                    sim_positive, tau_positive, sim_negative, tau_negative,
+                    self.beta, self.projection_dim, self.negatives,
+                )
+            else:
+                per_anchor = (
+                    rectified_anchor_objective(sim_positive, tau_positive, sim_negative, tau_negative)
+                    + self.regularizer(tau_positive) + tf.reduce_mean(self.regularizer(tau_negative), -1)
+                )
         loss = sum_over_heads(per_anchor)
         if not return_stats:
             return loss

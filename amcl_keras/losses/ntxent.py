@@ -1,4 +1,4 @@
-"""SimCLR's NT-Xent loss and its AMCL variant (AMCL_METHOD.md §2 and §4, paper Eqs. 1.1 and 2.1).
+"""SimCLR's NT-Xent loss and its AMCL variant (docs/METHOD.md, paper Eqs. 1.1 and 2.1).
 
 Both take the two views' raw head outputs, `[batch, d]` (one head) or `[batch, C, d]`
 (C heads), L2-normalise them, compute in float32, and use as negatives of each anchor the
@@ -10,7 +10,9 @@ strategy with R replicas, the mean over replicas of the returned values is the g
 import keras
 import tensorflow as tf
 
-from amcl_keras.losses.adaptive import AMCLContrastiveLoss, anchor_objective, select_negatives
+from amcl_keras.losses.adaptive import (
+    AMCLContrastiveLoss, anchor_objective, rectified_anchor_objective, select_negatives,
+)
 from amcl_keras.losses.common import FixedTemperatureLoss, as_heads, sum_over_heads
 from amcl_keras.losses.distributed import gather_global_batch
 
@@ -88,25 +90,31 @@ class NTXentLoss(FixedTemperatureLoss):
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class AMCLNTXentLoss(AMCLContrastiveLoss):
-    """AMCL's SimCLR loss (paper Eq. 2.1, and the authors' top-k form, paper Eq. 5).
+    """AMCL's SimCLR loss (paper Eq. 2.1, the authors' top-k form, and two bounded forms).
 
-    For each head c and anchor i, with τ from the shared `AdaptiveTemperature` (`.temperature`):
+    For each head c and anchor i, with τ from the shared `AdaptiveTemperature` (`.temperature`),
+    `objective` chooses how the per-pair temperatures enter (docs/METHOD.md):
 
-        −sim⁺/τ⁺ + β·Ω(τ⁺) + [negative term]
+    - `"authors"` (the paper and the authors' code; unbounded below):
+      −sim⁺/τ⁺ + β·Ω(τ⁺) + [negative term], where `negatives="topk"` (the authors' default) takes
+      the k negatives most similar by cosine (k = min(top_k, 2B − 2)), negative term =
+      mean_k(sim_k/τ_k) − β·Σ_k(log τ_k + 1/τ_k); `negatives="hardest"` (Eq. 2.1) takes the most
+      similar negative n*, negative term = sim_n*/τ_n* − β·Ω(τ_n*). Ω(τ) = (d/2)·log τ + 1/τ.
+    - `"normalized"`: NT-Xent with a temperature per pair, over ALL 2B − 2 negatives,
+      −log( exp(sim⁺/τ⁺) / (exp(sim⁺/τ⁺) + Σ_n exp(sim_n/τ_n)) ) + β·[R(τ⁺) + mean_n R(τ_n)]
+      (≥ 0; equals NT-Xent when every τ is the same constant and β = 0).
+    - `"rectified"`: softplus(−sim⁺/τ⁺) + mean_k softplus(sim_k/τ_k) + β·[R(τ⁺) + mean_k R(τ_k)]
+      over the same top-k / hardest negatives as "authors" (≥ 0).
 
-    `negatives="topk"` (the authors' default): the k negatives most similar by cosine
-    (k = min(top_k, 2B − 2)); negative term = mean_k(sim_k/τ_k) − β·Σ_k(log τ_k + 1/τ_k).
-    `negatives="hardest"` (Eq. 2.1): the most similar negative n*; negative term =
-    sim_n*/τ_n* − β·Ω(τ_n*). Ω(τ) = (d/2)·log τ + 1/τ.
-
+    R(τ) = (d/2)·[log(τ/c) + c/τ − 1] ≥ 0 (`temperature_center` c, default 2/d: Ω − min Ω).
     Mean over anchors of both views, SUM over heads, float32 whatever the inputs' dtype.
     `call(z1, z2, return_stats=True)` also returns the per-head mean τ⁺ and τ⁻ of the
-    selected negatives, as `{"tau_pos": [C], "tau_neg": [C]}`.
+    negatives used, as `{"tau_pos": [C], "tau_neg": [C]}`.
 
     Example:
     ```python
     import tensorflow as tf, amcl_keras as amcl
-    loss = amcl.losses.AMCLNTXentLoss(projection_dim=16, top_k=5)
+    loss = amcl.losses.AMCLNTXentLoss(projection_dim=16, top_k=5, objective="normalized")
     value = loss(tf.random.normal([8, 3, 16]), tf.random.normal([8, 3, 16]))
     ```
     """
@@ -120,12 +128,22 @@ class AMCLNTXentLoss(AMCLContrastiveLoss):
         tau_positive = self.temperature.from_scores(tf.reduce_sum(phi_anchors * embed(pairs.partners), -1))
         sim_positive = tf.reduce_sum(pairs.anchors * pairs.partners, axis=-1)  # [C, 2b]
 
-        sim_negative, tau_negative = select_negatives(
-            pairs.similarity, tau, self.negatives, self.top_k, pairs.num_negatives, pairs.negative_mask
-        )
-        per_anchor = anchor_objective(
-            sim_positive, tau_positive, sim_negative, tau_negative, self.beta, self.projection_dim, self.negatives
-        )
+        if self.objective == "normalized":
+            per_anchor, tau_negative = self._normalized(pairs, tau, sim_positive, tau_positive)
+        else:
+            sim_negative, tau_negative = select_negatives(
+                pairs.similarity, tau, self.negatives, self.top_k, pairs.num_negatives, pairs.negative_mask
+            )
+            if self.objective == "authors":
+                per_anchor = anchor_objective(
+                    sim_positive, tau_positive, sim_negative, tau_negative, self.beta, self.projection_dim,
+                    self.negatives,
+                )
+            else:
+                per_anchor = (
+                    rectified_anchor_objective(sim_positive, tau_positive, sim_negative, tau_negative)
+                    + self.regularizer(tau_positive) + tf.reduce_mean(self.regularizer(tau_negative), -1)
+                )
         loss = sum_over_heads(per_anchor)
         if not return_stats:
             return loss
@@ -134,3 +152,18 @@ class AMCLNTXentLoss(AMCLContrastiveLoss):
             "tau_neg": tf.reduce_mean(tau_negative, axis=[1, 2]),
         }
         return loss, stats
+
+    def _normalized(self, pairs, tau, sim_positive, tau_positive):
+        """Per-anchor NT-Xent with per-pair τ over all negatives + β·[R(τ⁺) + mean_n R(τ_n)];
+        also each anchor's mean negative τ, `[C, 2b, 1]`, for the statistics."""
+        # the positive's logit uses τ⁺ computed pair-wise (equal to the partner column of `tau`)
+        logits = tf.where(pairs.negative_mask, pairs.similarity / tau, -1e9)  # float32: a large constant is safe
+        positive_logit = sim_positive / tau_positive
+        all_logits = tf.concat([positive_logit[..., None], logits], axis=-1)
+        per_anchor = tf.reduce_logsumexp(all_logits, axis=-1) - positive_logit
+        negatives = tf.cast(pairs.negative_mask, tf.float32)
+        count = tf.reduce_sum(negatives, axis=-1)  # [2b]
+        negative_regularizer = tf.reduce_sum(self.regularizer(tau) * negatives, -1) / count
+        per_anchor += self.regularizer(tau_positive) + negative_regularizer
+        mean_negative_tau = tf.reduce_sum(tau * negatives, -1, keepdims=True) / count[:, None]  # [C, 2b, 1]
+        return per_anchor, mean_negative_tau

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
 from amcl_keras.losses.common import as_heads, sum_over_heads
+from amcl_keras.losses.distributed import gather_global_batch
 from amcl_keras.temperature import omega
 
 
@@ -45,10 +46,30 @@ class SimSiamLoss(keras.layers.Layer):
         return (loss, {}) if return_stats else loss
 
 
+def mean_one_weights(tau):
+    """Inverse temperatures normalised to mean one over the GLOBAL batch: `[C, b]` → `[C, b]`.
+
+    w_i = (1/τ_i) / mean_j(1/τ_j), the mean over every replica's rows, so the mean over replicas
+    of each replica's local mean of w·x is the global Σ_i x_i/τ_i / Σ_j 1/τ_j.
+    """
+    inverse = 1.0 / tau
+    (everything,), _ = gather_global_batch(tf.transpose(inverse))  # [B, C]
+    return inverse / tf.reduce_mean(everything, axis=0)[:, None]
+
+
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
-    """AMCL Eq. 2.2: Σ_c [−sim(p1, sg z2)/(2τ₁) − sim(p2, sg z1)/(2τ₂) + β·Ω(τ₁) + β·Ω(τ₂)],
-    τ₁ = τ(p1, sg z2), τ₂ = τ(p2, sg z1) from the shared `AdaptiveTemperature`; mean over the batch.
+    """AMCL's SimSiam loss, τ₁ = τ(p1, sg z2), τ₂ = τ(p2, sg z1) from the shared `AdaptiveTemperature`.
+
+    `objective` (docs/METHOD.md, "Bounded objectives"):
+    - `"authors"` (Eq. 2.2): −sim(p1, sg z2)/(2τ₁) − sim(p2, sg z1)/(2τ₂) + β·Ω(τ₁) + β·Ω(τ₂),
+      mean over the batch; unbounded below (τ → τ_min multiplies the similarity by 1/τ_min).
+    - `"normalized"`: −½·w₁·sim(p1, sg z2) − ½·w₂·sim(p2, sg z1) + β·R(τ₁) + β·R(τ₂), where
+      w = (1/τ)/mean_batch(1/τ) over the global batch: the temperatures re-weight the pairs but
+      cannot scale the loss (similarity part ≥ −1; exactly SimSiam when all τ are equal).
+    - `"rectified"`: ½·softplus(−sim₁/τ₁) + ½·softplus(−sim₂/τ₂) + β·R(τ₁) + β·R(τ₂) (≥ 0): the
+      negative log-likelihood of a logistic "aligned" classifier with logit sim/τ.
+    R(τ) = (d/2)·[log(τ/c) + c/τ − 1] ≥ 0, c = `temperature_center` (default 2/d). SUM over heads.
 
     Example:
     ```python
@@ -59,19 +80,26 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
     """
 
     def __init__(self, projection_dim, beta=1e-4, temperature_hidden_dim=128, temperature_min=1e-5,
-                 temperature_max=2.0, **kwargs):
-        super().__init__(projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max, **kwargs)
+                 temperature_max=2.0, objective="authors", temperature_center=None, **kwargs):
+        super().__init__(projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
+                         objective=objective, temperature_center=temperature_center, **kwargs)
 
     def call(self, p1, p2, z1, z2, return_stats=False):
         a, b, c, d = _pairs(p1, p2, z1, z2)
         self.temperature._check_last_dim(a)
         tau1, tau2 = self.temperature(a, b), self.temperature(c, d)
-        dim = self.projection_dim
-        per_sample = (
-            -tf.reduce_sum(a * b, -1) / (2.0 * tau1)
-            - tf.reduce_sum(c * d, -1) / (2.0 * tau2)
-            + self.beta * (omega(tau1, dim) + omega(tau2, dim))
-        )
+        sim1, sim2 = tf.reduce_sum(a * b, -1), tf.reduce_sum(c * d, -1)
+        if self.objective == "authors":
+            dim = self.projection_dim
+            per_sample = (
+                -sim1 / (2.0 * tau1) - sim2 / (2.0 * tau2) + self.beta * (omega(tau1, dim) + omega(tau2, dim))
+            )
+        else:
+            if self.objective == "normalized":
+                similarity = -0.5 * mean_one_weights(tau1) * sim1 - 0.5 * mean_one_weights(tau2) * sim2
+            else:
+                similarity = 0.5 * tf.nn.softplus(-sim1 / tau1) + 0.5 * tf.nn.softplus(-sim2 / tau2)
+            per_sample = similarity + self.regularizer(tau1) + self.regularizer(tau2)
         loss = sum_over_heads(per_sample)
         if not return_stats:
             return loss

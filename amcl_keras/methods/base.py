@@ -14,7 +14,8 @@ def temperature_options(cfg, negatives=False):
     """The AMCL loss arguments every method takes from a `ModelConfig` (with `negatives`: also
     the negative-selection form and top-k of SimCLR and MoCo)."""
     options = dict(beta=cfg.beta, temperature_hidden_dim=cfg.temperature_hidden_dim,
-                   temperature_min=cfg.temperature_min, temperature_max=cfg.temperature_max)
+                   temperature_min=cfg.temperature_min, temperature_max=cfg.temperature_max,
+                   objective=cfg.objective, temperature_center=cfg.temperature_center)
     if negatives:
         options.update(negatives=cfg.negatives, top_k=cfg.top_k)
     return options

@@ -1,3 +1,5 @@
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -49,13 +51,22 @@ def test_plain_simclr_is_one_head_ntxent():
 
 
 def test_non_finite_input_stops_at_its_step_naming_the_encoder_and_the_last_temperatures():
+    # Which downstream parts a NaN reaches (heads, φ) depends on the CPU's kernels (AVX2 vs
+    # AVX-512 oneDNN paths differ), so only what must hold everywhere is asserted: the step,
+    # the encoder named first as the origin of both the outputs and the gradients, and the
+    # last finite temperatures.
     v1, v2 = _views(2)
     bad = v1.copy()
     bad[0, 0, 0, 0] = np.nan
     model = _model(tf.distribute.get_strategy(), True)
     dataset = tf.data.Dataset.from_tensor_slices(([v1, bad], [v2, v2]))
-    with pytest.raises(NonFiniteLossError, match=r"epoch 1, step 2 .*non-finite outputs in encoder; non-finite gradients in encoder, head 0, head 1\. .*\(after epoch 1, step 1\): \{'tau_neg_0'"):
+    with pytest.raises(NonFiniteLossError) as raised:
         model.fit(dataset, epochs=1, verbose=0, callbacks=[NonFiniteLossGuard()])
+    message = str(raised.value)
+    assert "epoch 1, step 2 " in message
+    assert re.search(r"non-finite outputs in encoder[,;]", message), message
+    assert re.search(r"non-finite gradients in encoder[,.]", message), message
+    assert re.search(r"\(after epoch 1, step 1\): \{'tau_neg_0'", message), message
 
 
 def test_a_head_gone_non_finite_is_named():
@@ -65,8 +76,11 @@ def test_a_head_gone_non_finite_is_named():
     last = head.blocks[-1]  # the output Dense
     last.kernel.assign(np.full(last.kernel.shape, np.inf, "float32"))
     dataset = tf.data.Dataset.from_tensors((v1, v2)).repeat(2)
-    with pytest.raises(NonFiniteLossError, match=r"step 1 \(loss nan\): non-finite outputs in head 1; non-finite gradients in encoder, head 1, other\. "):
+    with pytest.raises(NonFiniteLossError) as raised:
         model.fit(dataset, epochs=1, verbose=0, callbacks=[NonFiniteLossGuard()])
+    message = str(raised.value)
+    assert "step 1 (loss nan): non-finite outputs in head 1;" in message, message  # head 1 alone is the origin
+    assert "head 1" in message.split("non-finite gradients in ")[1], message
 
 
 def test_fit_on_wrong_data_explains_what_is_expected():

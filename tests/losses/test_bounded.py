@@ -1,0 +1,168 @@
+"""The bounded AMCL objectives ("normalized", "rectified") of every method against NumPy
+references written pair by pair from their definitions (tests/reference.py), plus the analytic
+facts that make them what they claim: bounded below, the baseline when every τ is equal, and
+the authors' regulariser recovered by R with its default centre."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from amcl_keras.losses import (
+    AMCLBarlowTwinsLoss, AMCLInfoNCELoss, AMCLNTXentLoss, AMCLSimSiamLoss, BarlowTwinsLoss, InfoNCELoss, NTXentLoss,
+    SimSiamLoss,
+)
+from amcl_keras.temperature import bounded_omega, omega
+from tests import reference
+
+BOUNDED = ["normalized", "rectified"]
+
+
+def _constant_temperature(loss):
+    """φ's output layer zeroed: every pair scores 0, so τ = τ_min + (τ_max − τ_min)/2 for all pairs."""
+    w1, b1, w2, b2 = loss.temperature.get_weights()
+    loss.temperature.set_weights([w1, b1, np.zeros_like(w2), np.zeros_like(b2)])
+    return loss.temperature.temperature_min + 0.5 * (loss.temperature.temperature_max - loss.temperature.temperature_min)
+
+
+def _steep(loss, scale=50.0):
+    """φ scaled up so that most pair scores are large: temperatures pushed towards both bounds."""
+    loss.temperature.set_weights([w * scale for w in loss.temperature.get_weights()])
+
+
+@pytest.mark.parametrize("objective", BOUNDED)
+@pytest.mark.parametrize("negatives", ["topk", "hardest"])
+@pytest.mark.parametrize("batch,heads,dim,top_k", [(2, 1, 4, 100), (5, 3, 8, 3), (8, 2, 16, 100)])
+def test_ntxent_bounded_matches_numpy(rng, objective, negatives, batch, heads, dim, top_k):
+    z1, z2 = (rng.normal(size=(batch, heads, dim)).astype("float32") for _ in range(2))
+    loss = AMCLNTXentLoss(dim, beta=0.05, negatives=negatives, top_k=top_k, temperature_hidden_dim=16,
+                          objective=objective, temperature_center=0.3)
+    expected = reference.amcl_ntxent_bounded(z1, z2, loss.temperature.get_weights(), 0.05, objective, negatives,
+                                             top_k, center=0.3)
+    np.testing.assert_allclose(float(loss(z1, z2)), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", BOUNDED)
+@pytest.mark.parametrize("negatives", ["topk", "hardest"])
+def test_infonce_bounded_matches_numpy(rng, objective, negatives):
+    query, key = (rng.normal(size=(6, 2, 8)).astype("float32") for _ in range(2))
+    queue = rng.normal(size=(2, 20, 8)).astype("float32")
+    loss = AMCLInfoNCELoss(8, beta=0.05, negatives=negatives, top_k=5, temperature_hidden_dim=16, objective=objective)
+    expected = reference.amcl_infonce_bounded(query, key, queue, loss.temperature.get_weights(), 0.05, objective,
+                                              negatives, 5)
+    np.testing.assert_allclose(float(loss(query, key, queue)), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", BOUNDED)
+def test_simsiam_bounded_matches_numpy(rng, objective):
+    p1, p2, z1, z2 = (rng.normal(size=(7, 3, 8)).astype("float32") for _ in range(4))
+    loss = AMCLSimSiamLoss(8, beta=0.05, temperature_hidden_dim=16, objective=objective, temperature_center=0.5)
+    expected = reference.simsiam_bounded(p1, p2, z1, z2, loss.temperature.get_weights(), 0.05, objective, center=0.5)
+    np.testing.assert_allclose(float(loss(p1, p2, z1, z2)), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", BOUNDED)
+def test_barlow_twins_bounded_matches_numpy(rng, objective):
+    z1, z2 = (rng.normal(size=(10, 2, 6)).astype("float32") for _ in range(2))
+    loss = AMCLBarlowTwinsLoss(6, 10, beta=0.01, temperature_hidden_dim=8, objective=objective, temperature_min=0.05)
+    expected = reference.barlow_twins_bounded(z1, z2, loss.temperature.get_weights(), 0.01, 5e-3, objective,
+                                              t_min=0.05)
+    np.testing.assert_allclose(float(loss(z1, z2)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_regulariser_is_the_authors_omega_shifted_to_zero_at_its_minimum():
+    tau = tf.constant([1e-5, 1e-3, 2.0 / 128, 0.1, 2.0])
+    minimum = float(omega(tf.constant(2.0 / 128), 128))
+    np.testing.assert_allclose(bounded_omega(tau, 128).numpy(), omega(tau, 128).numpy() - minimum, rtol=1e-5)
+    centred = bounded_omega(tf.constant([0.01, 0.5, 1.5]), 128, center=0.5).numpy()
+    assert centred[1] == pytest.approx(0.0, abs=1e-6) and (centred > -1e-6).all()
+
+
+# --- equal temperatures and β = 0: the "normalized" forms are exactly the baselines -------------
+
+
+def test_normalized_ntxent_with_equal_temperatures_is_ntxent(rng):
+    z1, z2 = (rng.normal(size=(6, 2, 8)).astype("float32") for _ in range(2))
+    loss = AMCLNTXentLoss(8, beta=0.0, objective="normalized", temperature_min=0.2, temperature_max=0.8)
+    tau = _constant_temperature(loss)
+    np.testing.assert_allclose(float(loss(z1, z2)), float(NTXentLoss(tau)(z1, z2)), rtol=1e-5)
+
+
+def test_normalized_infonce_with_equal_temperatures_is_infonce(rng):
+    query, key = (rng.normal(size=(6, 2, 8)).astype("float32") for _ in range(2))
+    queue = rng.normal(size=(2, 16, 8)).astype("float32")
+    loss = AMCLInfoNCELoss(8, beta=0.0, objective="normalized", temperature_min=0.05, temperature_max=0.15)
+    tau = _constant_temperature(loss)
+    np.testing.assert_allclose(float(loss(query, key, queue)), float(InfoNCELoss(tau)(query, key, queue)), rtol=1e-5)
+
+
+def test_normalized_simsiam_and_barlow_twins_with_equal_temperatures_are_the_baselines(rng):
+    p1, p2, z1, z2 = (rng.normal(size=(6, 2, 8)).astype("float32") for _ in range(4))
+    simsiam = AMCLSimSiamLoss(8, beta=0.0, objective="normalized")
+    _constant_temperature(simsiam)
+    np.testing.assert_allclose(float(simsiam(p1, p2, z1, z2)), float(SimSiamLoss()(p1, p2, z1, z2)), rtol=1e-5)
+    barlow = AMCLBarlowTwinsLoss(8, 6, beta=0.0, objective="normalized")
+    _constant_temperature(barlow)
+    np.testing.assert_allclose(float(barlow(z1, z2)), float(BarlowTwinsLoss()(z1, z2)), rtol=1e-5)
+
+
+# --- bounded below where the authors' form is not ---------------------------------------------------
+
+
+def _aligned_views(rng, batch=8, heads=2, dim=16):
+    """Two views whose positives are almost identical: the authors' form rewards τ⁺ → τ_min."""
+    z1 = rng.normal(size=(batch, heads, dim)).astype("float32")
+    return z1, z1 + 0.01 * rng.normal(size=z1.shape).astype("float32")
+
+
+def test_authors_form_runs_unbounded_as_phi_steepens_while_the_bounded_forms_stay_at_or_above_zero(rng):
+    z1, z2 = _aligned_views(rng)
+    values = {}
+    for objective in ["authors", *BOUNDED]:
+        loss = AMCLNTXentLoss(16, beta=1e-4, top_k=5, objective=objective)
+        # φ ≡ a constant large score: every τ sits at τ_min (the collapsed state)
+        w1, b1, w2, b2 = loss.temperature.get_weights()
+        loss.temperature.set_weights([w1, np.zeros_like(b1), np.zeros_like(w2), np.full_like(b2, 10.0)])
+        values[objective] = float(loss(z1, z2))
+    assert values["authors"] < -1e4  # ≈ 1e5·(top-k negative cosine − positive cosine) per head
+    for objective in BOUNDED:
+        assert values[objective] >= 0.0
+
+
+@pytest.mark.parametrize("objective", BOUNDED)
+def test_bounded_objectives_are_never_negative_for_random_phi(rng, objective):
+    for trial in range(5):
+        z1, z2 = _aligned_views(rng)
+        for loss in (AMCLNTXentLoss(16, beta=1e-4, top_k=5, objective=objective),
+                     AMCLInfoNCELoss(16, beta=1e-4, top_k=5, objective=objective)):
+            _steep(loss, scale=3.0 + 10 * trial)
+            args = (z1, z2) if isinstance(loss, AMCLNTXentLoss) else (z1, z2, rng.normal(size=(2, 32, 16)))
+            assert float(loss(*args)) >= 0.0
+        barlow = AMCLBarlowTwinsLoss(16, 8, beta=1e-6, objective=objective)
+        _steep(barlow, scale=3.0 + 10 * trial)
+        assert float(barlow(z1, z2)) >= 0.0
+        simsiam = AMCLSimSiamLoss(16, beta=1e-4, objective=objective)
+        _steep(simsiam, scale=3.0 + 10 * trial)
+        # SimSiam's similarity part is ≥ −1 per head ("normalized") or ≥ 0 ("rectified"), R ≥ 0
+        assert float(simsiam(z1, z1, z2, z2)) >= (-2.0 if objective == "normalized" else 0.0)
+
+
+@pytest.mark.parametrize("objective", BOUNDED)
+def test_bounded_forms_hold_the_temperatures_off_the_floor(objective):
+    """The derivative argument, measured: on aligned positives, gradient descent on φ alone drives
+    the authors' τ⁺ to τ_min, while the bounded forms' regulariser holds it above (docs/METHOD.md)."""
+    rng = np.random.default_rng(3)
+    z1, z2 = _aligned_views(rng, batch=16, heads=1, dim=16)
+    results = {}
+    for form in ("authors", objective):
+        loss = AMCLNTXentLoss(16, beta=1e-4, top_k=5, objective=form, temperature_hidden_dim=16)
+        optimizer = keras.optimizers.SGD(0.05, momentum=0.9, global_clipnorm=1.0)
+        for _ in range(60):
+            with tf.GradientTape() as tape:
+                value = loss(z1, z2)
+            gradients = tape.gradient(value, loss.trainable_variables)
+            optimizer.apply(gradients, loss.trainable_variables)
+        _, stats = loss(z1, z2, return_stats=True)
+        results[form] = float(stats["tau_pos"][0])
+    assert results["authors"] < 1e-3  # collapsing to τ_min = 1e-5
+    assert results[objective] > 10 * results["authors"]
