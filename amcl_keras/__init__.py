@@ -6,7 +6,9 @@ import os
 # the progress bars; errors still show. Set TF_CPP_MIN_LOG_LEVEL yourself to see them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from amcl_keras import augment, callbacks, config, data, encoders, evaluation, export, losses, methods  # noqa: E402
+from amcl_keras import (  # noqa: E402
+    augment, callbacks, config, data, encoders, evaluation, export, losses, methods, optimizers,
+)
 from amcl_keras.heads import MultiHeadPredictor, MultiHeadProjector, ProjectionHead
 from amcl_keras.methods import BarlowTwins, ContrastiveTrainer, MoCo, SimCLR, SimSiam
 from amcl_keras.temperature import AdaptiveTemperature, omega
@@ -32,4 +34,5 @@ __all__ = [
     "losses",
     "methods",
     "omega",
+    "optimizers",
 ]

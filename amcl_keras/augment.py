@@ -1,4 +1,4 @@
-"""SimCLR-style view augmentations (AMCL_METHOD.md §6), on batches of float images in [0, 1].
+"""SimCLR-style view augmentations (docs/METHOD.md §6), on batches of float images in [0, 1].
 
 The five families, by letter: (a) random resized crop, (b) Gaussian blur, (c) random
 grayscale, (d) colour jitter, (e) horizontal flip; and for the stronger multiple-augmentation

@@ -1,11 +1,14 @@
 """Training callbacks: the per-epoch JSON-lines history, the non-finite-loss guard and the
-monitors (online linear probe, kNN, per-head temperature/similarity telemetry)."""
+monitors (online linear probe, kNN, per-head temperature/similarity telemetry, the warning when
+AMCL's temperatures collapse to their floor)."""
 
 import json
 import math
 import os
 import pathlib
+import sys
 import time
+import warnings
 
 import keras
 import numpy as np
@@ -271,6 +274,151 @@ class PairTelemetry(keras.callbacks.Callback):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class TemperatureCollapseWarning(UserWarning):
+    """AMCL's adaptive temperatures sit at `temperature_min`: they no longer adapt (docs/METHOD.md §8)."""
+
+
+def floor_fractions(stats, temperature_min, margin=0.1):
+    """Per head, the fraction of pairs whose temperature is at the floor, τ ≤ τ_min · (1 + margin).
+
+    `stats`: `model.pair_statistics(...)` (NumPy `tau_pos [C, n]`, and `tau_neg [C, m]` where the
+    method has negatives). Returns `{"tau_pos": [C], "tau_neg": [C]}` (the kinds present), floats.
+    """
+    limit = float(temperature_min) * (1.0 + margin)
+    return {kind: [float(np.mean(np.asarray(head) <= limit)) for head in stats[kind]]
+            for kind in ("tau_pos", "tau_neg") if kind in stats}
+
+
+class TemperatureSaturationWarning(keras.callbacks.Callback):
+    """Say so, once, when AMCL's per-pair temperatures have collapsed to `temperature_min`.
+
+    At each epoch end (and every `every_steps` steps when given) it measures, on the fixed batch
+    of two views (`view1`, `view2`; `model.pair_statistics`, inference mode), per head the
+    fraction of positive and of negative pairs whose τ is within `margin` (relative) of
+    `temperature_min`, and adds the largest of them to the epoch's logs as `tau_floor` (0: no
+    pair at the floor, 1: every pair of some head) — the Keras progress line and the history
+    show it. The first time more than `fraction` of the positive or of the negative pairs of any
+    head are at the floor it emits ONE `TemperatureCollapseWarning` (`warnings.warn`) plus a
+    line on stderr, both placed after that epoch's progress line, explaining that the loss is
+    then ~1/τ_min times a margin of cosines (large negative values are expected, not divergence)
+    and which options change it. Never repeated by this callback; does nothing for a baseline
+    (`amcl=False`) model. Per-head fractions are in `history_fields` (`{"tau_floor_per_head": ...}`).
+
+    Example:
+    ```python
+    view1, view2 = next(iter(views))
+    model.fit(views, epochs=20, callbacks=[amcl_keras.callbacks.TemperatureSaturationWarning(view1, view2)])
+    ```
+    """
+
+    def __init__(self, view1, view2, every_steps=None, fraction=0.5, margin=0.1):
+        super().__init__()
+        if every_steps is not None and every_steps < 1:
+            raise ValueError(f"`every_steps` must be None (epoch ends only) or >= 1, got {every_steps}.")
+        if not 0.0 <= fraction < 1.0 or not margin > 0.0:
+            raise ValueError(f"Need 0 <= fraction < 1 and margin > 0, got fraction={fraction!r}, margin={margin!r}.")
+        self.view1, self.view2 = tf.convert_to_tensor(view1), tf.convert_to_tensor(view2)
+        self.every_steps, self.fraction, self.margin = every_steps, fraction, margin
+        self.warned = False  # once per callback, i.e. per training run (a resumed fit reuses it)
+        self.history_fields = None
+        self._pending, self._loss, self._step = None, None, 0
+
+    def _temperature(self):
+        if not getattr(self.model, "amcl", False):
+            return None
+        return getattr(getattr(self.model, "contrastive_loss", None), "temperature", None)
+
+    def _measure(self, when):
+        """Fractions at the floor now; queue the warning if they cross the threshold."""
+        temperature = self._temperature()
+        fractions = floor_fractions(self.model.pair_statistics(self.view1, self.view2),
+                                    temperature.temperature_min, self.margin)
+        if not self.warned and self._pending is None:
+            worst = max(((kind, head, share) for kind, shares in fractions.items() for head, share in enumerate(shares)),
+                        key=lambda item: item[2])
+            if worst[2] > self.fraction:
+                self._pending = (when, fractions)
+        return fractions
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self.every_steps and self._step % self.every_steps == 0 and not self.warned and self._temperature():
+            self._measure(f"step {self._step}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._emit()  # a collapse found in the previous epoch: now below its progress line
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.history_fields = None
+        if self._temperature() is None:
+            return
+        self._loss = (logs or {}).get("loss")
+        fractions = self._measure(f"epoch {epoch + 1}")
+        self.history_fields = {"tau_floor_per_head": {
+            kind: {f"head{c}": share for c, share in enumerate(shares)} for kind, shares in fractions.items()}}
+        if logs is not None:
+            logs["tau_floor"] = max(max(shares) for shares in fractions.values())
+
+    def on_train_end(self, logs=None):
+        self._emit()
+
+    def message(self, when, fractions, short=False):
+        """The warning's text: what was measured, what it means, what changes it (`short`: the stderr line)."""
+        temperature = self._temperature()
+        tau_min = temperature.temperature_min
+        names = {"tau_pos": "positive", "tau_neg": "negative"}
+        heads = ", ".join(
+            f"head {c}: " + " and ".join(f"{fractions[kind][c]:.0%} of {names[kind]}" for kind in fractions)
+            for c in range(len(next(iter(fractions.values()))))
+        )
+        objective = getattr(self.model.contrastive_loss, "objective", "authors")
+        try:
+            from amcl_keras.losses.adaptive import OBJECTIVES
+            bounded = [name for name in OBJECTIVES if name != "authors"]
+        except ImportError:
+            bounded = []
+        fixes = []
+        if objective == "authors" and bounded:
+            fixes.append(f"model.objective: {' or '.join(bounded)} (a bounded objective, which keeps the "
+                         "temperatures off the floor)")
+        beta = getattr(self.model.contrastive_loss, "beta", None)
+        fixes.append("a larger model.beta" + (f" (now {beta:g})" if beta is not None else ""))
+        fixes.append(f"a larger model.temperature_min (now {tau_min:g})")
+        if short:
+            worst = max(max(shares) for shares in fractions.values())
+            options = "|".join(bounded) if objective == "authors" and bounded else ""
+            return (f"{when}: AMCL's temperatures collapsed to temperature_min={tau_min:g} (tau_floor {worst:.2f}). "
+                    f"The loss now reads ~{1 / tau_min:.0e} x a margin of cosines: large negative values are "
+                    "expected, not divergence; τ no longer adapts. Options: "
+                    + (f"model.objective={options}, " if options else "")
+                    + "model.beta, model.temperature_min (docs/METHOD.md §8). Details in the "
+                    "TemperatureCollapseWarning below.")
+        return (
+            f"AMCL's adaptive temperatures have collapsed to their floor ({when}): pairs with "
+            f"τ within {self.margin:.0%} of temperature_min = {tau_min:g}, on a fixed training batch — {heads} pairs. "
+            f"What it means: the loss is now about 1/temperature_min = {1 / tau_min:.3g} times a margin of "
+            "cosine similarities (SimCLR/MoCo: mean top-k negative cosine − positive cosine, summed over heads, "
+            "plus a constant from the regulariser), so large negative loss values "
+            + (f"(this epoch: {float(self._loss):.4g}) " if self._loss is not None else "")
+            + "are expected and are NOT divergence; gradient clipping keeps the steps bounded. The sigmoid that maps φ's "
+            "scores to τ is saturated, φ gets almost no gradient, and the per-pair temperature no longer adapts: "
+            "training continues as a fixed-temperature margin loss. This follows from the objective "
+            f"(objective={objective!r}) and its settings, not from a bug of this run. To change it: "
+            + "; ".join(fixes) + ". See docs/METHOD.md §8 (the collapse of τ) and the section "
+            "'Bounded objectives (model.objective)'. This warning is shown once per run."
+        )
+
+    def _emit(self):
+        if self._pending is None or self.warned:
+            return
+        when, fractions = self._pending
+        self._pending, self.warned = None, True
+        # The stderr line shows even where Python warnings are filtered; the warning carries the details.
+        print(f"amcl: WARNING: {self.message(when, fractions, short=True)}", file=sys.stderr, flush=True)
+        warnings.warn(TemperatureCollapseWarning(self.message(when, fractions)), stacklevel=2)
 
 
 class RunBackup(keras.callbacks.Callback):

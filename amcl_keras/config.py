@@ -13,6 +13,7 @@ import yaml
 
 from amcl_keras.augment import parse_preset
 from amcl_keras.losses.adaptive import NEGATIVE_FORMS, OBJECTIVES
+from amcl_keras.optimizers import WEIGHT_DECAY_MODES
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -56,23 +57,35 @@ class ModelConfig:
     temperature_hidden_dim: int = 128
     temperature_min: float = 1e-5
     temperature_max: float = 2.0
-    # How the temperatures enter the AMCL loss: "authors" (the paper's form, unbounded below: τ
-    # collapses to temperature_min), "normalized" or "rectified" (bounded; docs/METHOD.md)
-    objective: str = "authors"
+    # How the temperatures enter the AMCL loss: "normalized" (bounded: per-pair τ inside NT-Xent's /
+    # InfoNCE's log-sum-exp; chosen on a validation split, docs/METHOD.md §9), "rectified" (bounded),
+    # or "authors" (the paper's form, unbounded below: τ collapses to temperature_min)
+    objective: str = "normalized"
     temperature_center: typing.Optional[float] = None  # bounded objectives: τ the regulariser prefers (None: 2/d)
     synchronized_batch_norm: bool = False  # encoder batch norm over the global batch (all replicas)
     queue_size: int = 4096  # MoCo
     momentum: float = 0.99  # MoCo
     lambda_: float = 5e-3  # Barlow Twins' off-diagonal weight
     predictor_hidden_dim: int = 512  # SimSiam
+    # The authors' pipeline (docs/METHOD.md §7); each default is theirs:
+    encoder_forward: str = "per_view"  # each view through the encoder and heads on its own (batch-norm statistics
+    # per view), or "concatenated": both views in one batch (fewer, larger kernels)
+    projector_output_bn: typing.Optional[bool] = None  # Barlow Twins/SimSiam: heads end in a non-affine batch norm
+    # (None: the method's default, true for those two; SimCLR/MoCo heads have no batch norm, true is refused)
+    moco_form: str = "asymmetric"  # MoCo: queries from view 1, keys from view 2, B keys enqueued per step;
+    # or "symmetric": both views as queries and keys, 2B keys enqueued
 
 
-# The authors' per-method settings (AMCL_METHOD.md §5), used where a config leaves a value None.
+# The authors' per-method settings (docs/METHOD.md §5), used where a config leaves a value None.
 METHOD_DEFAULTS = {
-    "simclr": {"projection_dim": 128, "hidden_dim": 512, "beta": 1e-4, "temperature": 0.5, "learning_rate": 0.06},
-    "moco": {"projection_dim": 128, "hidden_dim": 512, "beta": 1e-4, "temperature": 0.1, "learning_rate": 0.08},
-    "barlow_twins": {"projection_dim": 2048, "hidden_dim": 2048, "beta": 1e-6, "temperature": None, "learning_rate": 0.11},
-    "simsiam": {"projection_dim": 2048, "hidden_dim": 2048, "beta": 1e-4, "temperature": None, "learning_rate": 0.05},
+    "simclr": {"projection_dim": 128, "hidden_dim": 512, "beta": 1e-4, "temperature": 0.5, "learning_rate": 0.06,
+               "projector_output_bn": False},
+    "moco": {"projection_dim": 128, "hidden_dim": 512, "beta": 1e-4, "temperature": 0.1, "learning_rate": 0.08,
+             "projector_output_bn": False},
+    "barlow_twins": {"projection_dim": 2048, "hidden_dim": 2048, "beta": 1e-6, "temperature": None, "learning_rate": 0.11,
+                     "projector_output_bn": True},
+    "simsiam": {"projection_dim": 2048, "hidden_dim": 2048, "beta": 1e-4, "temperature": None, "learning_rate": 0.05,
+                "projector_output_bn": True},
 }
 
 
@@ -83,6 +96,8 @@ class TrainConfig:
     learning_rate: typing.Optional[float] = None  # SGD, momentum, cosine decay to 0; None: the method's
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    weight_decay_mode: str = "coupled"  # "coupled": added to the gradient before momentum, as PyTorch's SGD (the
+    # authors'); "decoupled": Keras's SGD(weight_decay=...), w -= lr·wd·w outside the momentum (~10x weaker at m=0.9)
     clipnorm: float = 1.0  # global gradient-norm clipping (the authors' 1.0)
     strategy: str = "mirrored"  # "auto": Mirrored over GPUs, else default; "mirrored": always; "multi_worker": TF_CONFIG
     cpu_replicas: int = 1  # with "mirrored" and no GPU: logical CPU devices to mirror over
@@ -208,7 +223,7 @@ def resolve_method_defaults(config):
     defaults = METHOD_DEFAULTS.get(config.model.method)
     if defaults is None:
         return config  # validate() names the unknown method
-    for key in ("projection_dim", "hidden_dim", "beta", "temperature"):
+    for key in ("projection_dim", "hidden_dim", "beta", "temperature", "projector_output_bn"):
         if getattr(config.model, key) is None:
             setattr(config.model, key, defaults[key])
     if config.train.learning_rate is None:
@@ -269,8 +284,17 @@ def validate(config):
         _require(value >= 1, f"model.{key}", value, "it must be a positive integer")
     _require(model.temperature is None or model.temperature > 0, "model.temperature", model.temperature,
              "it must be > 0 (SimCLR uses 0.5, MoCo 0.1)")
-    _require(model.method != "moco" or model.queue_size >= 2 * data.batch_size, "model.queue_size", model.queue_size,
-             f"MoCo enqueues 2 × batch = {2 * data.batch_size} keys per step; use at least that")
+    _require(model.encoder_forward in methods.ENCODER_FORWARDS, "model.encoder_forward", model.encoder_forward,
+             f"one of {methods.ENCODER_FORWARDS}")
+    _require(model.moco_form in methods.MOCO_FORMS, "model.moco_form", model.moco_form, f"one of {methods.MOCO_FORMS}")
+    with_output_bn = [name for name, defaults in METHOD_DEFAULTS.items() if defaults["projector_output_bn"]]
+    _require(not model.projector_output_bn or model.method in with_output_bn, "model.projector_output_bn",
+             model.projector_output_bn, f"false for {model.method}: only the heads of {with_output_bn} end in a "
+             "batch norm (SimCLR and MoCo heads have none); remove the key or set it to false")
+    keys_per_step = (2 if model.moco_form == "symmetric" else 1) * data.batch_size
+    _require(model.method != "moco" or model.queue_size >= keys_per_step, "model.queue_size", model.queue_size,
+             f"MoCo ({model.moco_form}) enqueues {keys_per_step} keys per step (batch {data.batch_size}"
+             f"{' × 2 views' if model.moco_form == 'symmetric' else ''}); use at least that")
     _require(0 <= model.momentum < 1, "model.momentum", model.momentum, "0 <= momentum < 1 (MoCo uses 0.99)")
     _require(model.lambda_ >= 0, "model.lambda_", model.lambda_, "it must be >= 0 (Barlow Twins uses 5e-3)")
     _require(model.predictor_hidden_dim >= 1, "model.predictor_hidden_dim", model.predictor_hidden_dim, "a positive integer")
@@ -291,6 +315,8 @@ def validate(config):
     _require(train.learning_rate > 0, "train.learning_rate", train.learning_rate, "it must be > 0")
     _require(0 <= train.momentum < 1, "train.momentum", train.momentum, "0 <= momentum < 1")
     _require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "it must be >= 0")
+    _require(train.weight_decay_mode in WEIGHT_DECAY_MODES, "train.weight_decay_mode", train.weight_decay_mode,
+             f"one of {WEIGHT_DECAY_MODES} ('coupled': PyTorch's SGD, the authors'; 'decoupled': Keras's SGD)")
     _require(train.clipnorm > 0, "train.clipnorm", train.clipnorm, "it must be > 0")
     from amcl_keras.distribute import STRATEGIES
 

@@ -8,10 +8,15 @@ from amcl_keras.temperature import check_positive_int
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class ProjectionHead(keras.layers.Layer):
-    """An MLP head: for each hidden width a block Dense → (BatchNorm) → activation, then Dense.
+    """An MLP head: for each hidden width a block Dense → (BatchNorm) → activation, then Dense
+    (→ a non-affine BatchNorm with `output_batch_norm`).
 
     The SimCLR/MoCo head of the paper is `ProjectionHead(hidden_dims=(512,), output_dim=128)`
-    (512 → 512 → 128 on a ResNet-18 feature).
+    (512 → 512 → 128 on a ResNet-18 feature). `output_batch_norm=True` ends the head in
+    `BatchNormalization(center=False, scale=False)` after the last Dense (PyTorch's
+    `BatchNorm1d(affine=False)`, with its epsilon 1e-5 and momentum 0.1, i.e. Keras momentum
+    0.9), as the authors' SimSiam and Barlow Twins heads: in training mode every output
+    channel is standardised over the batch; the last Dense then has no bias (the norm removes it).
 
     Example:
     ```python
@@ -23,7 +28,7 @@ class ProjectionHead(keras.layers.Layer):
 
     def __init__(
         self, hidden_dims=(512,), output_dim=128, batch_norm=False, activation="relu", synchronized_batch_norm=False,
-        **kwargs,
+        output_batch_norm=False, **kwargs,
     ):
         super().__init__(**kwargs)
         hidden_dims = tuple(int(h) for h in hidden_dims)
@@ -35,6 +40,7 @@ class ProjectionHead(keras.layers.Layer):
         self.batch_norm = bool(batch_norm)
         self.activation = activation
         self.synchronized_batch_norm = bool(synchronized_batch_norm)
+        self.output_batch_norm = bool(output_batch_norm)
         self.blocks = []
         for index, width in enumerate(hidden_dims):
             self.blocks.append(keras.layers.Dense(width, use_bias=not batch_norm, name=f"dense_{index}"))
@@ -43,7 +49,12 @@ class ProjectionHead(keras.layers.Layer):
                     keras.layers.BatchNormalization(synchronized=synchronized_batch_norm, name=f"batch_norm_{index}")
                 )
             self.blocks.append(keras.layers.Activation(activation, name=f"activation_{index}"))
-        self.blocks.append(keras.layers.Dense(output_dim, name="output"))
+        self.blocks.append(keras.layers.Dense(output_dim, use_bias=not output_batch_norm, name="output"))
+        if output_batch_norm:
+            self.blocks.append(keras.layers.BatchNormalization(
+                center=False, scale=False, epsilon=1e-5, momentum=0.9, synchronized=synchronized_batch_norm,
+                name="output_batch_norm",
+            ))
 
     def build(self, input_shape):
         shape = tuple(input_shape)
@@ -68,6 +79,7 @@ class ProjectionHead(keras.layers.Layer):
             batch_norm=self.batch_norm,
             activation=self.activation,
             synchronized_batch_norm=self.synchronized_batch_norm,
+            output_batch_norm=self.output_batch_norm,
         )
         return config
 
@@ -86,23 +98,25 @@ class MultiHeadProjector(keras.layers.Layer):
 
     def __init__(
         self, num_heads=3, hidden_dims=(512,), output_dim=128, batch_norm=False, activation="relu",
-        synchronized_batch_norm=False, **kwargs,
+        synchronized_batch_norm=False, output_batch_norm=False, **kwargs,
     ):
         super().__init__(**kwargs)
         check_positive_int("num_heads", num_heads)
         self.num_heads = num_heads
         self.heads = [
-            ProjectionHead(hidden_dims, output_dim, batch_norm, activation, synchronized_batch_norm, name=f"head_{index}")
+            ProjectionHead(hidden_dims, output_dim, batch_norm, activation, synchronized_batch_norm,
+                           output_batch_norm, name=f"head_{index}")
             for index in range(num_heads)
         ]
 
     @classmethod
-    def batch_norm_mlp(cls, num_heads, hidden_dim, output_dim, name="projector"):
+    def batch_norm_mlp(cls, num_heads, hidden_dim, output_dim, output_batch_norm=True, name="projector"):
         """The Barlow Twins / SimSiam heads of the paper: 3 layers (hidden, hidden, output) with
-        batch norm, synchronized across replicas so a multi-replica step equals one device."""
+        batch norm, ending in a non-affine batch norm (`output_batch_norm`, the authors'), all
+        synchronized across replicas so a multi-replica step equals one device."""
         return cls(
             num_heads, hidden_dims=(hidden_dim, hidden_dim), output_dim=output_dim, batch_norm=True,
-            synchronized_batch_norm=True, name=name,
+            synchronized_batch_norm=True, output_batch_norm=output_batch_norm, name=name,
         )
 
     def build(self, input_shape):
@@ -126,6 +140,7 @@ class MultiHeadProjector(keras.layers.Layer):
             batch_norm=head.batch_norm,
             activation=head.activation,
             synchronized_batch_norm=head.synchronized_batch_norm,
+            output_batch_norm=head.output_batch_norm,
         )
         return config
 

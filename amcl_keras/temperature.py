@@ -1,4 +1,4 @@
-"""The adaptive temperature of AMCL (AMCL_METHOD.md §3): one small network φ shared by all heads.
+"""The adaptive temperature of AMCL (docs/METHOD.md §3): one small network φ shared by all heads.
 
 A pair (a, b) of L2-normalised head outputs gets the score r = φ(a)·φ(b) and the temperature
 

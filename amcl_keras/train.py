@@ -24,6 +24,7 @@ from amcl_keras.callbacks import (
     JSONLinesHistory, KNNMonitor, NonFiniteLossGuard, OnlineLinearProbe, PairTelemetry, RunBackup,
 )
 from amcl_keras.distribute import is_chief, make_strategy
+from amcl_keras.optimizers import CoupledWeightDecaySGD
 
 
 DISPLAY_NAMES = {"simclr": "SimCLR", "moco": "MoCo", "barlow_twins": "Barlow Twins", "simsiam": "SimSiam"}
@@ -43,13 +44,15 @@ def build_model(config, input_shape, augmenter=None):
 
 
 def build_optimizer(config, total_steps):
+    """SGD with momentum, cosine decay over `total_steps` and global-norm clipping; weight decay
+    coupled into the gradient as PyTorch's SGD (`train.weight_decay_mode: coupled`, the authors')
+    or decoupled as Keras's SGD (`decoupled`)."""
     cfg = config.train
     learning_rate = cfg.learning_rate
     if total_steps:
         learning_rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total_steps)
-    return keras.optimizers.SGD(
-        learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay, global_clipnorm=cfg.clipnorm
-    )
+    optimizer = CoupledWeightDecaySGD if cfg.weight_decay_mode == "coupled" else keras.optimizers.SGD
+    return optimizer(learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay, global_clipnorm=cfg.clipnorm)
 
 
 def _flatten(values, prefix=""):
@@ -303,14 +306,21 @@ def monitoring_callbacks(config, run_dir, model, views, train_split, test_split,
     if labelled and ev.knn_every:
         callbacks.append(KNNMonitor(train_split, test_split, ev.knn_every, ev.knn_k, ev.knn_temperature, image_size))
     extras = []
-    if ev.telemetry_every:
+    if ev.telemetry_every or model.amcl:
         sample = next(iter(views.take(1)))  # one fixed training batch
         view1, view2 = (model.augmenter(sample), model.augmenter(sample)) if model.augmenter is not None else sample
+    if ev.telemetry_every:
         log_dir = run_dir / "tensorboard" / "telemetry" if ev.tensorboard else None
         extras.append(PairTelemetry(view1, view2, ev.telemetry_every, log_dir))
+    if model.amcl:  # `tau_floor` in the epoch logs (placed before TensorBoard), one warning if τ collapses
+        from amcl_keras.callbacks import TemperatureSaturationWarning
+
+        saturation = TemperatureSaturationWarning(view1, view2)
+        callbacks.append(saturation)
     if ev.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False))
-    return callbacks + extras + [JSONLinesHistory(run_dir / "history.jsonl", extras, resumed)]
+    recorded = extras + ([saturation] if model.amcl else [])
+    return callbacks + extras + [JSONLinesHistory(run_dir / "history.jsonl", recorded, resumed)]
 
 
 def _write_results(run_dir, results):

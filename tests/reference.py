@@ -1,4 +1,4 @@
-"""NumPy references written from AMCL_METHOD.md §2–§4, pair by pair, in float64.
+"""NumPy references written from docs/METHOD.md §2–§4, pair by pair, in float64.
 
 Deliberately loop-based and independent of the library's vectorised code.
 """

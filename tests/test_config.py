@@ -55,7 +55,15 @@ def test_round_trip_through_yaml(tmp_path):
         (["train.cpu_replicas=3"], "divide evenly"),
         (["train.strategy=tpu"], "'auto', 'default', 'mirrored'"),
         (["data.crop_scale=[0.5]"], "list of 2 numbers"),
-        (["model.method=moco", "model.queue_size=100"], "enqueues 2 × batch = 512"),
+        (["model.method=moco", "model.queue_size=100"], r"MoCo \(asymmetric\) enqueues 256 keys per step"),
+        (["model.method=moco", "model.moco_form=symmetric", "model.queue_size=300"],
+         r"model.queue_size=300 .*MoCo \(symmetric\) enqueues 512 keys per step \(batch 256 × 2 views\)"),
+        (["model.moco_form=both"], r"model.moco_form='both' .*'asymmetric', 'symmetric'"),
+        (["model.encoder_forward=joint"], r"model.encoder_forward='joint' .*'per_view', 'concatenated'"),
+        (["model.projector_output_bn=true"], r"model.projector_output_bn=True .*false for simclr.*'barlow_twins', "),
+        (["model.method=moco", "model.projector_output_bn=true"], "false for moco"),
+        (["model.projector_output_bn=1"], "model.projector_output_bn must be true or false"),
+        (["train.weight_decay_mode=adamw"], r"train.weight_decay_mode='adamw' .*'coupled', 'decoupled'"),
         (["model.momentum=1.0"], "model.momentum"),
         (["model.lambda_=-1.0"], "model.lambda_"),
         (["epochs=3"], "section.key=value"),
@@ -89,3 +97,43 @@ def test_from_model_config_hands_every_temperature_option_to_the_loss(method):
             loss.temperature.hidden_dim) == (0.3, 0.01, 1.5, 7)
     if method in ("simclr", "moco"):
         assert (loss.negatives, loss.top_k) == ("hardest", 9)
+
+
+@pytest.mark.parametrize("method", sorted(config_lib.METHOD_DEFAULTS))
+def test_the_authors_pipeline_is_the_default_and_stated_in_their_configs(method):
+    """coupled weight decay, per-view encoder forward, output batch norm on Barlow Twins/SimSiam
+    heads, asymmetric MoCo: the defaults, and written out in configs/<method>_amcl_cifar10.yaml."""
+    output_bn = method in ("barlow_twins", "simsiam")
+    for config in (config_lib.load(None, [f"model.method={method}"]),
+                   config_lib.load(pathlib.Path(__file__).parents[1] / "configs" / f"{method}_amcl_cifar10.yaml")):
+        assert config.train.weight_decay_mode == "coupled"
+        assert (config.model.encoder_forward, config.model.moco_form) == ("per_view", "asymmetric")
+        assert config.model.projector_output_bn is output_bn
+    text = (pathlib.Path(__file__).parents[1] / "configs" / f"{method}_amcl_cifar10.yaml").read_text()
+    for key in ("weight_decay_mode:", "encoder_forward:", "projector_output_bn:") + (("moco_form:",) if method == "moco" else ()):
+        assert key in text, key
+
+
+def test_moco_queue_needs_one_batch_asymmetric_and_two_symmetric():
+    config_lib.load(None, ["model.method=moco", "model.queue_size=256"])
+    config_lib.load(None, ["model.method=moco", "model.moco_form=symmetric", "model.queue_size=512"])
+    with pytest.raises(config_lib.ConfigError, match="enqueues 512"):
+        config_lib.load(None, ["model.method=moco", "model.moco_form=symmetric", "model.queue_size=256"])
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco", "barlow_twins", "simsiam"])
+def test_from_model_config_hands_the_pipeline_options_to_the_model(method):
+    import amcl_keras as amcl
+
+    overrides = [f"model.method={method}", "model.encoder_forward=concatenated", "model.moco_form=symmetric",
+                 "model.projection_dim=8", "model.hidden_dim=8", "model.queue_size=512", "data.batch_size=16"]
+    if method in ("barlow_twins", "simsiam"):
+        overrides.append("model.projector_output_bn=false")
+    cfg = config_lib.load(None, overrides).model
+    model = amcl.methods.get(method).from_model_config(amcl.encoders.small_convnet((8, 8, 1), width=4), cfg, 16)
+    assert model.encoder_forward == "concatenated"
+    if method == "moco":
+        assert model.moco_form == "symmetric"
+    if method in ("barlow_twins", "simsiam"):
+        assert model.projector_output_bn is False
+        assert all(head.blocks[-1].name == "output" for head in model.projector.heads)

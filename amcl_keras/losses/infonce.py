@@ -14,10 +14,12 @@ from amcl_keras.losses.adaptive import (
 from amcl_keras.losses.common import FixedTemperatureLoss, as_heads, sum_over_heads
 
 
-def _queries_keys_queue(query, key, queue):
-    """Heads-first, L2-normalised: q, k `[C, b, d]`, queue `[C, M, d]` (key and queue stop-gradient)."""
+def _queries_keys_queue(query, key, queue, key_gradient=False):
+    """Heads-first, L2-normalised: q, k `[C, b, d]`, queue `[C, M, d]` (queue stop-gradient; key too
+    unless `key_gradient`)."""
     query = as_heads(query, "query")
-    key = tf.stop_gradient(as_heads(key, "key"))
+    key = as_heads(key, "key")
+    key = key if key_gradient else tf.stop_gradient(key)
     queue = tf.stop_gradient(tf.cast(tf.convert_to_tensor(queue), tf.float32))
     if queue.shape.rank == 2:
         queue = queue[None]
@@ -74,6 +76,10 @@ class AMCLInfoNCELoss(AMCLContrastiveLoss):
     + β·[R(τ⁺) + mean_j R(τ_j)]; `"rectified"`: softplus(−q·k/τ⁺) + mean_k softplus(q·u_k/τ_k)
     + β·[R(τ⁺) + mean_k R(τ_k)] over the top-k / hardest keys.
 
+    The queue never gets a gradient; the key neither, unless `key_gradient=True` (the authors'
+    dir(k, q): a momentum key as the anchor and the online query as its positive, whose gradient
+    flows through the positive pair).
+
     Example:
     ```python
     import tensorflow as tf, amcl_keras as amcl
@@ -82,8 +88,8 @@ class AMCLInfoNCELoss(AMCLContrastiveLoss):
     ```
     """
 
-    def call(self, query, key, queue, return_stats=False):
-        q, k, queue = _queries_keys_queue(query, key, queue)
+    def call(self, query, key, queue, return_stats=False, key_gradient=False):
+        q, k, queue = _queries_keys_queue(query, key, queue, key_gradient)
         self.temperature._check_last_dim(q)
         phi_query = self.temperature.embed(q)
         tau_positive = self.temperature.from_scores(tf.reduce_sum(phi_query * self.temperature.embed(k), -1))

@@ -4,8 +4,8 @@ One file per method, each only what is specific to it, on the shared `Contrastiv
 """
 
 from amcl_keras.methods.barlow_twins import BarlowTwins
-from amcl_keras.methods.base import ContrastiveTrainer
-from amcl_keras.methods.moco import MoCo
+from amcl_keras.methods.base import ENCODER_FORWARDS, ContrastiveTrainer
+from amcl_keras.methods.moco import MOCO_FORMS, MoCo
 from amcl_keras.methods.simclr import SimCLR
 from amcl_keras.methods.simsiam import SimSiam
 
@@ -19,4 +19,5 @@ def get(name):
     return METHODS[name]
 
 
-__all__ = ["BarlowTwins", "ContrastiveTrainer", "MoCo", "SimCLR", "SimSiam", "METHODS", "get"]
+__all__ = ["BarlowTwins", "ContrastiveTrainer", "MoCo", "SimCLR", "SimSiam", "METHODS", "ENCODER_FORWARDS",
+           "MOCO_FORMS", "get"]

@@ -12,7 +12,9 @@ from amcl_keras.methods.base import ContrastiveTrainer, _split_pairs, temperatur
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class BarlowTwins(ContrastiveTrainer):
-    """Barlow Twins with C heads (3-layer MLPs with batch norm, 2048 wide by default).
+    """Barlow Twins with C heads (3-layer MLPs with batch norm, 2048 wide by default, ending in a
+    non-affine batch norm with `projector_output_bn`, as the authors' and the original paper's:
+    for AMCL, φ then sees standardised channel vectors).
 
     AMCL's temperature network acts on batch-wise channel vectors, so AMCL needs the fixed
     GLOBAL `batch_size` (all replicas together); a different batch is refused with both sizes
@@ -29,10 +31,11 @@ class BarlowTwins(ContrastiveTrainer):
 
     baseline_loss = BarlowTwinsLoss
     amcl_loss = AMCLBarlowTwinsLoss
-    config_args = ("num_heads", "projection_dim", "hidden_dim", "batch_size")
+    config_args = ("num_heads", "projection_dim", "hidden_dim", "batch_size", "projector_output_bn")
 
     def __init__(
-        self, encoder, num_heads=3, amcl=True, projection_dim=2048, hidden_dim=2048, batch_size=None, loss=None, **kwargs
+        self, encoder, num_heads=3, amcl=True, projection_dim=2048, hidden_dim=2048, batch_size=None, loss=None,
+        projector_output_bn=True, **kwargs
     ):
         if loss is None:
             if amcl and batch_size is None:
@@ -45,7 +48,8 @@ class BarlowTwins(ContrastiveTrainer):
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim
         self.batch_size = getattr(loss, "batch_size", batch_size)
-        projector = MultiHeadProjector.batch_norm_mlp(num_heads, hidden_dim, projection_dim)
+        self.projector_output_bn = bool(projector_output_bn)
+        projector = MultiHeadProjector.batch_norm_mlp(num_heads, hidden_dim, projection_dim, self.projector_output_bn)
         super().__init__(encoder, projector, loss, amcl, **kwargs)
 
     @classmethod
@@ -55,7 +59,8 @@ class BarlowTwins(ContrastiveTrainer):
             cfg.projection_dim, global_batch, lambda_=cfg.lambda_, **temperature_options(cfg)
         ) if cfg.amcl else BarlowTwinsLoss(cfg.lambda_)
         return cls(
-            encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, global_batch, loss=loss, **kwargs
+            encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, global_batch, loss=loss,
+            projector_output_bn=cfg.projector_output_bn, encoder_forward=cfg.encoder_forward, **kwargs
         )
 
     def compute_loss_and_stats(self, z1, z2, views):

@@ -1,13 +1,17 @@
 """The trainer every method shares: one `train_step` from two views to an optimizer step.
 
-(view1, view2) → encoder(concat) → projector → z [2b, C, d] → split → method loss
-→ ÷ replicas (the optimizer sums replica gradients) → gradients → clip globally → apply
+(view1, view2) → encoder → projector, each view on its own (`encoder_forward="per_view"`, the
+authors': batch-norm statistics per view) or both in one batch ("concatenated") → z1, z2 [b, C, d]
+→ method loss → ÷ replicas (the optimizer sums replica gradients) → gradients → clip globally → apply
 → the method's after-step update (MoCo: momentum encoder, queue) → metrics.
 A method subclass supplies its heads, its losses and `compute_loss_and_stats`.
 """
 
 import keras
 import tensorflow as tf
+
+# How the two views go through the online encoder and heads (and SimSiam's predictor, MoCo's key encoder).
+ENCODER_FORWARDS = ("per_view", "concatenated")
 
 
 def temperature_options(cfg, negatives=False):
@@ -45,8 +49,15 @@ class ContrastiveTrainer(keras.Model):
     amcl_loss = None
     config_args = ()
 
-    def __init__(self, encoder, projector, loss, amcl, augmenter=None, **kwargs):
+    def __init__(self, encoder, projector, loss, amcl, augmenter=None, encoder_forward="per_view", **kwargs):
         super().__init__(**kwargs)
+        if encoder_forward not in ENCODER_FORWARDS:
+            raise ValueError(
+                f"`encoder_forward` must be one of {ENCODER_FORWARDS} ('per_view': each view through the encoder and "
+                f"heads on its own, batch-norm statistics per view, the authors'; 'concatenated': both views in one "
+                f"batch), got {encoder_forward!r}."
+            )
+        self.encoder_forward = encoder_forward
         if isinstance(augmenter, dict):
             augmenter = keras.saving.deserialize_keras_object(augmenter)
         if augmenter is not None and not callable(augmenter):
@@ -81,8 +92,9 @@ class ContrastiveTrainer(keras.Model):
     def compute_loss_and_stats(self, z1, z2, views):
         """Return `(loss, stats)`: a float32 scalar and a dict of `[C]` per-head tensors.
 
-        Entries whose key starts with "_" are not logged; they are passed to
-        `after_optimizer_step` as keyword arguments.
+        z1, z2: the online heads' outputs `[b, C, d]` for view 1 and view 2 (z2 is None when
+        `embeds_both_views` is False); `views`: the two image batches. Entries whose key starts
+        with "_" are not logged; they are passed to `after_optimizer_step` as keyword arguments.
         """
         raise NotImplementedError
 
@@ -260,17 +272,42 @@ class ContrastiveTrainer(keras.Model):
             iterator = None
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
+    embeds_both_views = True  # MoCo's asymmetric form embeds only view 1 with the online encoder
+
+    def through_views(self, function, first, second):
+        """`function` on two equal-sized batches (one per view): each batch on its own
+        (`encoder_forward="per_view"`, so batch norm sees one view at a time) or both as one
+        concatenated batch, split back ("concatenated"). Returns `(function(first), function(second))`."""
+        if self.encoder_forward == "per_view":
+            return function(first), function(second)
+        batch = tf.shape(first)[0]
+        both = function(tf.concat([first, second], axis=0))
+        return tf.nest.map_structure(lambda t: t[:batch], both), tf.nest.map_structure(lambda t: t[batch:], both)
+
+    def embed_views(self, view1, view2=None, training=True):
+        """The online encoder and heads: `(features [n·b, F], z1, z2)` with z `[b, C, d]` per view
+        (`view2=None`: view 1 only, z2 None)."""
+
+        def online(images):
+            features = self.encoder(images, training=training)
+            return features, self.projector(features, training=training)
+
+        if view2 is None:
+            features, z1 = online(view1)
+            return features, z1, None
+        (features1, z1), (features2, z2) = self.through_views(online, view1, view2)
+        return tf.concat([features1, features2], axis=0), z1, z2
+
     def train_step(self, data):
         view1, view2 = self._views(data)
-        batch = tf.shape(view1)[0]
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            features = self.encoder(tf.concat([view1, view2], axis=0), training=True)
-            z = self.projector(features, training=True)
-            loss, stats = self.compute_loss_and_stats(z[:batch], z[batch:], (view1, view2))
+            features, z1, z2 = self.embed_views(view1, view2 if self.embeds_both_views else None)
+            loss, stats = self.compute_loss_and_stats(z1, z2, (view1, view2))
             # Each replica returns its share of the global mean; the optimizer sums replicas.
             scaled = self.optimizer.scale_loss(loss / replicas)
         gradients = tape.gradient(scaled, self.trainable_variables)
+        z = z1 if z2 is None else tf.concat([z1, z2], axis=0)
         # A NaN feature can leave a head's ReLU as 0 and the loss finite, and a finite loss can
         # have a non-finite gradient: any of these makes the step's loss NaN, so the guard stops
         # the run there, and the part it came from is counted for the guard's message.
@@ -300,6 +337,7 @@ class ContrastiveTrainer(keras.Model):
             "name": self.name,
             "encoder": keras.saving.serialize_keras_object(self.encoder),
             "amcl": self.amcl,
+            "encoder_forward": self.encoder_forward,
             "loss": keras.saving.serialize_keras_object(self.contrastive_loss),
         }
         config.update({name: getattr(self, name) for name in self.config_args})

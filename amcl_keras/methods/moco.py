@@ -8,6 +8,9 @@ from amcl_keras.losses import AMCLInfoNCELoss, InfoNCELoss
 from amcl_keras.losses.distributed import gather_global_batch
 from amcl_keras.methods.base import ContrastiveTrainer, temperature_options
 
+# "asymmetric": the authors' (queries from view 1, keys from view 2); "symmetric": both views both ways.
+MOCO_FORMS = ("asymmetric", "symmetric")
+
 
 def _normalized_normal(shape, dtype=None):
     return tf.math.l2_normalize(tf.random.normal(shape, dtype=dtype or "float32"), axis=-1)
@@ -15,13 +18,26 @@ def _normalized_normal(shape, dtype=None):
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class MoCo(ContrastiveTrainer):
-    """MoCo (symmetric loss) with C heads, a momentum key encoder and projector, and a FIFO queue
-    of L2-normalised keys per head (`queue_size` keys, stored as non-trainable weights so that
-    checkpoints keep them).
+    """MoCo with C heads, a momentum key encoder and projector, and a FIFO queue of L2-normalised
+    keys per head (`queue_size` keys, stored as non-trainable weights so that checkpoints keep them).
 
-    After each optimizer step the key weights move as w_k ← m·w_k + (1 − m)·w_q and the keys of
-    both views of the GLOBAL batch (all replicas, in replica order: view-1 keys, then view-2
-    keys) enter the queue. Baseline: per-head InfoNCE, τ = 0.1. AMCL: `AMCLInfoNCELoss`.
+    `moco_form="asymmetric"` (the authors', read in LeiWangR/cl `amcl/models.py` `MoCo.forward`
+    and `amcl/losses.py` `AMCLMoCoLoss`): queries q from view 1 (online encoder, the only view it
+    sees), keys k from view 2 (momentum encoder, training mode, no gradient). AMCL: per head
+    ½·[dir(q, k) + dir(k, q)], both against that head's queue, summed over heads, where
+    dir(anchor, positive) is Eq. 2.1 (top-k form) for `anchor`, negatives = the queue ranked by
+    cosine with `anchor`. In dir(k, q) the anchor is the key: no gradient reaches k, its top-k
+    negatives and their temperatures come from φ(k)·φ(queue) (φ trained by them), and the
+    positive term −sim(k, q)/τ(k, q) + βΩ(τ(k, q)) carries gradient into q (and φ). Baseline
+    (their `MoCo.loss` with `amcl=False`): dir(q, k) only, InfoNCE τ = 0.1. B keys (view 2, the
+    GLOBAL batch in single-device order) enter the queue per step, so `queue_size` >= B.
+    `moco_form="symmetric"`: both views are queries and keys, the mean of (q1, k2) and (q2, k1)
+    (baseline and AMCL), 2B keys enqueued (view-1 keys, then view-2 keys), `queue_size` >= 2B.
+
+    After each optimizer step the key weights move as w_k ← m·w_k + (1 − m)·w_q (trainable
+    weights; the key encoder's batch-norm statistics follow its own forward passes), then the
+    keys enter the queue. The authors make the same momentum update at the start of the next
+    step, before computing its keys: the same sequence of key weights.
 
     Example:
     ```python
@@ -33,18 +49,24 @@ class MoCo(ContrastiveTrainer):
 
     baseline_loss = InfoNCELoss
     amcl_loss = AMCLInfoNCELoss
-    config_args = ("num_heads", "projection_dim", "hidden_dim", "queue_size", "momentum")
+    config_args = ("num_heads", "projection_dim", "hidden_dim", "queue_size", "momentum", "moco_form")
 
     def __init__(
         self, encoder, num_heads=3, amcl=True, projection_dim=128, hidden_dim=512, queue_size=4096, momentum=0.99,
-        loss=None, **kwargs,
+        loss=None, moco_form="asymmetric", **kwargs,
     ):
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError(f"`queue_size` must be a positive integer, got {queue_size!r}. MoCo uses 4096.")
         if not 0.0 <= float(momentum) < 1.0:
             raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}. MoCo uses 0.99.")
+        if moco_form not in MOCO_FORMS:
+            raise ValueError(
+                f"`moco_form` must be one of {MOCO_FORMS} ('asymmetric': queries from view 1, keys from view 2, "
+                f"the authors'; 'symmetric': both views both ways), got {moco_form!r}."
+            )
         if loss is None:
             loss = AMCLInfoNCELoss(projection_dim) if amcl else InfoNCELoss(0.1)
+        self.moco_form = moco_form
         self.num_heads = num_heads
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim
@@ -59,7 +81,11 @@ class MoCo(ContrastiveTrainer):
         loss = AMCLInfoNCELoss(cfg.projection_dim, **temperature_options(cfg, negatives=True)) if cfg.amcl \
             else InfoNCELoss(cfg.temperature)
         return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, cfg.queue_size,
-                   cfg.momentum, loss=loss, **kwargs)
+                   cfg.momentum, loss=loss, moco_form=cfg.moco_form, encoder_forward=cfg.encoder_forward, **kwargs)
+
+    @property
+    def embeds_both_views(self):
+        return self.moco_form == "symmetric"  # asymmetric: the online encoder sees view 1 only
 
     def create_method_state(self):
         try:
@@ -90,25 +116,38 @@ class MoCo(ContrastiveTrainer):
         queries = self.encoder.weights + self.projector.weights
         return [(k, q) for k, q in zip(keys, queries) if q.trainable]
 
+    def _keys(self, images):
+        """The momentum encoder's L2-normalised keys `[b, C, d]` (training mode, no gradient)."""
+        keys = self.key_projector(self.key_encoder(images, training=True), training=True)
+        return tf.stop_gradient(tf.math.l2_normalize(tf.cast(keys, tf.float32), axis=-1))
+
     def compute_loss_and_stats(self, z1, z2, views):
-        batch = tf.shape(z1)[0]
-        keys = self.key_projector(self.key_encoder(tf.concat(views, axis=0), training=True), training=True)
-        keys = tf.stop_gradient(tf.math.l2_normalize(tf.cast(keys, tf.float32), axis=-1))
-        k1, k2 = keys[:batch], keys[batch:]
         queue = tf.convert_to_tensor(self.queue)
-        loss12, stats12 = self.contrastive_loss(z1, k2, queue, return_stats=True)
-        loss21, stats21 = self.contrastive_loss(z2, k1, queue, return_stats=True)
-        stats = {name: 0.5 * (stats12[name] + stats21[name]) for name in stats12}
-        stats["_keys"] = (k1, k2)
-        return 0.5 * (loss12 + loss21), stats
+        if self.moco_form == "symmetric":
+            k1, k2 = self.through_views(self._keys, *views)
+            loss12, stats12 = self.contrastive_loss(z1, k2, queue, return_stats=True)
+            loss21, stats21 = self.contrastive_loss(z2, k1, queue, return_stats=True)
+            stats = {name: 0.5 * (stats12[name] + stats21[name]) for name in stats12}
+            stats["_keys"] = (k1, k2)
+            return 0.5 * (loss12 + loss21), stats
+        k2 = self._keys(views[1])
+        loss_qk, stats = self.contrastive_loss(z1, k2, queue, return_stats=True)
+        if self.amcl:  # the authors' AMCLMoCoLoss: ½·[dir(q, k) + dir(k, q)]; in dir(k, q) q gets gradient
+            loss_kq, stats_kq = self.contrastive_loss(k2, z1, queue, return_stats=True, key_gradient=True)
+            stats = {name: 0.5 * (stats[name] + stats_kq[name]) for name in stats}
+            loss_qk = 0.5 * (loss_qk + loss_kq)
+        stats["_keys"] = (k2,)
+        return loss_qk, stats
 
     def after_optimizer_step(self, keys):
-        """Momentum update of the key encoder/projector, then enqueue the global batch's keys."""
-        (k1, k2), _ = gather_global_batch(*keys)
-        new_keys = tf.transpose(tf.concat([k1, k2], axis=0), [1, 0, 2])  # [C, 2B, d], single-device order
+        """Momentum update of the key encoder/projector, then enqueue the global batch's keys
+        (asymmetric: view 2's B keys; symmetric: view 1's, then view 2's)."""
+        gathered, _ = gather_global_batch(*keys)
+        new_keys = tf.transpose(tf.concat(gathered, axis=0), [1, 0, 2])  # [C, n, d], single-device order
         if new_keys.shape[1] is not None and new_keys.shape[1] > self.queue_size:
+            per_step = "2 × the global batch" if self.moco_form == "symmetric" else "the global batch"
             raise ValueError(
-                f"MoCo enqueues 2 × the global batch = {new_keys.shape[1]} keys per step, more than "
+                f"MoCo ({self.moco_form}) enqueues {per_step} = {new_keys.shape[1]} keys per step, more than "
                 f"queue_size={self.queue_size}. Use queue_size >= {new_keys.shape[1]}."
             )
         pairs = [(k.value if isinstance(k, keras.Variable) else k, q.value if isinstance(q, keras.Variable) else q)

@@ -44,7 +44,8 @@ class SimCLR(ContrastiveTrainer):
         """Build from a `ModelConfig` (the YAML `model:` section)."""
         loss = AMCLNTXentLoss(cfg.projection_dim, **temperature_options(cfg, negatives=True)) if cfg.amcl \
             else NTXentLoss(cfg.temperature)
-        return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, loss=loss, **kwargs)
+        return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, loss=loss,
+                   encoder_forward=cfg.encoder_forward, **kwargs)
 
     def compute_loss_and_stats(self, z1, z2, views):
         return self.contrastive_loss(z1, z2, return_stats=True)

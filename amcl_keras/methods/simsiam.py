@@ -10,8 +10,10 @@ from amcl_keras.methods.base import ContrastiveTrainer, temperature_options
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class SimSiam(ContrastiveTrainer):
-    """SimSiam with C heads (3-layer MLPs with batch norm) and a predictor per head
-    (d → predictor_hidden_dim → d, batch norm); the targets z are stop-gradient.
+    """SimSiam with C heads (3-layer MLPs with batch norm, ending in a non-affine batch norm with
+    `projector_output_bn`, as the authors' and the original paper's) and a predictor per head
+    (d → predictor_hidden_dim → d, batch norm); the targets z are stop-gradient. With
+    `encoder_forward="per_view"` the predictor, like the encoder and heads, sees one view at a time.
 
     Example:
     ```python
@@ -23,11 +25,11 @@ class SimSiam(ContrastiveTrainer):
 
     baseline_loss = SimSiamLoss
     amcl_loss = AMCLSimSiamLoss
-    config_args = ("num_heads", "projection_dim", "hidden_dim", "predictor_hidden_dim")
+    config_args = ("num_heads", "projection_dim", "hidden_dim", "predictor_hidden_dim", "projector_output_bn")
 
     def __init__(
         self, encoder, num_heads=3, amcl=True, projection_dim=2048, hidden_dim=2048, predictor_hidden_dim=512,
-        loss=None, **kwargs,
+        loss=None, projector_output_bn=True, **kwargs,
     ):
         if loss is None:
             loss = AMCLSimSiamLoss(projection_dim) if amcl else SimSiamLoss()
@@ -35,7 +37,8 @@ class SimSiam(ContrastiveTrainer):
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim
         self.predictor_hidden_dim = predictor_hidden_dim
-        projector = MultiHeadProjector.batch_norm_mlp(num_heads, hidden_dim, projection_dim)
+        self.projector_output_bn = bool(projector_output_bn)
+        projector = MultiHeadProjector.batch_norm_mlp(num_heads, hidden_dim, projection_dim, self.projector_output_bn)
         super().__init__(encoder, projector, loss, amcl, **kwargs)
 
     @classmethod
@@ -43,7 +46,8 @@ class SimSiam(ContrastiveTrainer):
         """Build from a `ModelConfig` (the YAML `model:` section)."""
         loss = AMCLSimSiamLoss(cfg.projection_dim, **temperature_options(cfg)) if cfg.amcl else SimSiamLoss()
         return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, cfg.predictor_hidden_dim,
-                   loss=loss, **kwargs)
+                   loss=loss, projector_output_bn=cfg.projector_output_bn, encoder_forward=cfg.encoder_forward,
+                   **kwargs)
 
     uses_negatives = False
 
@@ -64,6 +68,5 @@ class SimSiam(ContrastiveTrainer):
         return self.predictor(tf.concat([z1, z2], axis=0), training=False)[: tf.shape(z1)[0]], z2
 
     def compute_loss_and_stats(self, z1, z2, views):
-        batch = tf.shape(z1)[0]
-        p = self.predictor(tf.concat([z1, z2], axis=0), training=True)
-        return self.contrastive_loss(p[:batch], p[batch:], z1, z2, return_stats=True)
+        p1, p2 = self.through_views(lambda z: self.predictor(z, training=True), z1, z2)
+        return self.contrastive_loss(p1, p2, z1, z2, return_stats=True)

@@ -166,3 +166,26 @@ def test_bounded_forms_hold_the_temperatures_off_the_floor(objective):
         results[form] = float(stats["tau_pos"][0])
     assert results["authors"] < 1e-3  # collapsing to τ_min = 1e-5
     assert results[objective] > 10 * results["authors"]
+
+
+@pytest.mark.parametrize("objective", ["authors", *BOUNDED])
+def test_key_gradient_flows_through_the_positive_only_when_asked(rng, objective):
+    """MoCo's dir(k, q): the key is the anchor's positive and may receive the gradient; the
+    gradient then equals a central finite difference of the loss's value in the key."""
+    query = tf.constant(rng.normal(size=(4, 2, 8)), tf.float32)
+    key = tf.Variable(rng.normal(size=(4, 2, 8)).astype("float32"))
+    queue = tf.constant(rng.normal(size=(2, 16, 8)), tf.float32)
+    loss = AMCLInfoNCELoss(8, beta=0.05, top_k=4, temperature_min=0.05, objective=objective)
+    with tf.GradientTape(persistent=True) as tape:
+        stopped = loss(query, key, queue)
+        flowing = loss(query, key, queue, key_gradient=True)
+    assert tape.gradient(stopped, key) is None
+    gradient = tape.gradient(flowing, key).numpy()
+    assert float(flowing) == pytest.approx(float(stopped))
+    base = key.numpy()
+    for index in [(0, 0, 0), (1, 1, 3), (3, 0, 7)]:
+        step = np.zeros_like(base)
+        step[index] = 1e-2
+        up = float(loss(query, base + step, queue))
+        down = float(loss(query, base - step, queue))
+        assert gradient[index] == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=2e-3)

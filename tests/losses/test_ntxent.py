@@ -65,7 +65,7 @@ def test_amcl_ntxent_steep_temperatures_stay_accurate(rng):
 
 
 def test_top_k_one_is_hardest_up_to_the_regulariser_factor(rng):
-    """k = 1 gives Eq. 2.1 except the negative regulariser's d/2 factor (AMCL_METHOD.md §4)."""
+    """k = 1 gives Eq. 2.1 except the negative regulariser's d/2 factor (docs/METHOD.md §4)."""
     z1 = rng.normal(size=(5, 2, 8)).astype("float32")
     z2 = rng.normal(size=(5, 2, 8)).astype("float32")
     top1 = AMCLNTXentLoss(8, beta=0.0, negatives="topk", top_k=1)

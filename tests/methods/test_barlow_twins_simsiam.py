@@ -4,14 +4,20 @@ import pytest
 import amcl_keras as amcl
 from tests import reference
 from tests.methods.helpers import GLOBAL_BATCH, build, one_step, views
+from tests.methods.test_encoder_forward import embed
 
 
-def test_barlow_twins_step_loss_matches_numpy_on_the_model_embeddings():
+@pytest.mark.parametrize("encoder_forward", ["per_view", "concatenated"])
+def test_barlow_twins_step_loss_matches_numpy_on_the_model_embeddings(encoder_forward):
+    """Per view, the heads' batch norms (hidden and output) see one view at a time."""
     view1, view2 = views(6)
-    model = build("barlow_twins", False, clipnorm=None)
-    z = model.projector(model.encoder(np.concatenate([view1, view2]), training=True), training=True).numpy()
-    expected = reference.barlow_twins(z[:GLOBAL_BATCH], z[GLOBAL_BATCH:], 5e-3)
-    np.testing.assert_allclose(one_step(model, view1, view2)["loss"][0], expected, rtol=1e-5)
+    model = build("barlow_twins", False, clipnorm=None, encoder_forward=encoder_forward)
+    expected = {form: reference.barlow_twins(*embed(model, view1, view2, form == "per_view"), 5e-3)
+                for form in ("per_view", "concatenated")}
+    loss = one_step(model, view1, view2)["loss"][0]
+    np.testing.assert_allclose(loss, expected[encoder_forward], rtol=1e-5)
+    other = expected["concatenated" if encoder_forward == "per_view" else "per_view"]
+    assert abs(loss - other) > 1e-3 * abs(other), (loss, other)
 
 
 def test_amcl_barlow_twins_refuses_a_different_batch():
@@ -26,28 +32,57 @@ def test_amcl_barlow_twins_needs_the_batch_size():
         amcl.BarlowTwins(amcl.encoders.small_convnet((8, 8, 1), width=4), projection_dim=8, hidden_dim=8)
 
 
-def test_simsiam_step_loss_matches_numpy_and_has_one_predictor_per_head():
+@pytest.mark.parametrize("encoder_forward", ["per_view", "concatenated"])
+def test_simsiam_step_loss_matches_numpy_and_has_one_predictor_per_head(encoder_forward):
+    """Per view, the predictor (with batch norm) also sees one view at a time."""
     view1, view2 = views(7)
-    model = build("simsiam", True, clipnorm=None)
+    model = build("simsiam", True, clipnorm=None, encoder_forward=encoder_forward)
     assert len(model.predictor.heads) == 2
-    z = model.projector(model.encoder(np.concatenate([view1, view2]), training=True), training=True)
-    p = model.predictor(z, training=True).numpy()
-    z = z.numpy()
-    b = GLOBAL_BATCH
     weights = model.contrastive_loss.temperature.get_weights()
-    expected = reference.simsiam(p[:b], p[b:], z[:b], z[b:], weights, 0.01)
-    np.testing.assert_allclose(one_step(model, view1, view2)["loss"][0], expected, rtol=1e-5, atol=1e-6)
+    expected = {}
+    for form in ("per_view", "concatenated"):
+        z1, z2 = embed(model, view1, view2, form == "per_view")
+        if form == "per_view":
+            p1, p2 = (model.predictor(z, training=True).numpy() for z in (z1, z2))
+        else:
+            p = model.predictor(np.concatenate([z1, z2]), training=True).numpy()
+            p1, p2 = p[:GLOBAL_BATCH], p[GLOBAL_BATCH:]
+        expected[form] = reference.simsiam(p1, p2, z1, z2, weights, 0.01)
+    loss = one_step(model, view1, view2)["loss"][0]
+    np.testing.assert_allclose(loss, expected[encoder_forward], rtol=1e-5, atol=1e-6)
+    other = expected["concatenated" if encoder_forward == "per_view" else "per_view"]
+    assert abs(loss - other) > 1e-3 * abs(other), (loss, other)
     assert "tau_neg_0" not in [m.name for m in model.metrics]
+
+
+@pytest.mark.parametrize("method", ["barlow_twins", "simsiam"])
+def test_projector_output_bn_standardises_the_heads_by_default(method):
+    """The authors' heads end in BatchNorm1d(affine=False): z per view has channel mean 0, variance 1."""
+    view1, _ = views(10)
+    model = build(method, True)
+    assert model.projector_output_bn and model.get_config()["projector_output_bn"] is True
+    z = model.projector(model.encoder(view1, training=True), training=True).numpy().astype(np.float64)
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(z.var(0), 1.0, rtol=1e-2)  # batch of 8: var/(var + 1e-5)
+    assert all(head.blocks[-1].trainable_weights == [] for head in model.projector.heads)
+    off = build(method, True, projector_output_bn=False)
+    assert all(head.blocks[-1].name == "output" for head in off.projector.heads)
+    z = off.projector(off.encoder(view1, training=True), training=True).numpy()
+    assert np.abs(z.var(0) - 1.0).max() > 0.1
+    assert type(off).from_config(off.get_config()).projector_output_bn is False
 
 
 @pytest.mark.parametrize("method", ["simclr", "moco", "barlow_twins", "simsiam"])
 def test_model_round_trip_through_get_config(method, tmp_path):
-    model = build(method, True)
+    options = {"moco": {"moco_form": "symmetric"}, "barlow_twins": {"projector_output_bn": False},
+               "simsiam": {"projector_output_bn": False}}.get(method, {})
+    model = build(method, True, encoder_forward="concatenated", **options)  # the non-default forms
     config = model.get_config()
-    for key in ("encoder", "amcl", "loss", *type(model).config_args):
+    for key in ("encoder", "amcl", "loss", "encoder_forward", *type(model).config_args):
         assert key in config
     clone = type(model).from_config(config)
     assert clone.get_config()["loss"] == config["loss"]
+    assert clone.encoder_forward == "concatenated" and all(getattr(clone, k) == v for k, v in options.items())
     path = str(tmp_path / "m.weights.h5")
     model.save_weights(path)
     clone.load_weights(path)

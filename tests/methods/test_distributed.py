@@ -7,20 +7,28 @@ import tensorflow as tf
 from tests.methods.helpers import build, one_step, views
 
 METHODS = ["simclr", "moco", "barlow_twins", "simsiam"]
+# (method, options): every method with each encoder_forward; MoCo's asymmetric form (the default)
+# embeds one view per encoder, so encoder_forward changes nothing there: its symmetric form takes both.
+FORMS = [(method, {"encoder_forward": forward}) for method in ("simclr", "barlow_twins", "simsiam")
+         for forward in ("per_view", "concatenated")] + [
+    ("moco", {"moco_form": "asymmetric"}),
+    ("moco", {"moco_form": "symmetric", "encoder_forward": "per_view"}),
+    ("moco", {"moco_form": "symmetric", "encoder_forward": "concatenated"}),
+]
 
 
 @pytest.mark.parametrize("amcl_on", [True, False], ids=["amcl", "baseline"])
-@pytest.mark.parametrize("method", METHODS)
-def test_two_replicas_equal_one_device(method, amcl_on, two_replicas):
+@pytest.mark.parametrize("method,options", FORMS, ids=lambda v: "-".join(v.values()) if isinstance(v, dict) else v)
+def test_two_replicas_equal_one_device(method, options, amcl_on, two_replicas):
     """Loss, logged temperatures and every weight after one clipped SGD step (so the gradients),
     and for MoCo the momentum encoder and the queue, match one device to 1e-5."""
     view1, view2 = views()
-    single = build(method, amcl_on)
-    mirrored = build(method, amcl_on, two_replicas)
+    single = build(method, amcl_on, **options)
+    mirrored = build(method, amcl_on, two_replicas, **options)
     assert two_replicas.num_replicas_in_sync == 2
     before = [w.copy() for w in single.get_weights()]
     mirrored.set_weights(before)
-    unclipped = build(method, amcl_on, clipnorm=None)
+    unclipped = build(method, amcl_on, clipnorm=None, **options)
     unclipped.set_weights(before)
 
     single_logs = one_step(single, view1, view2)
@@ -38,7 +46,8 @@ def test_two_replicas_equal_one_device(method, amcl_on, two_replicas):
     clipping_acted = any(not np.allclose(s, u) for s, u in zip(single.get_weights(), unclipped.get_weights()))
     assert clipping_acted, "global-norm clipping should act in this step, so that it is compared too"
     if method == "moco":
-        assert int(single.queue_pointer.numpy()) == int(mirrored.queue_pointer.numpy()) == 16
+        keys = 16 if options["moco_form"] == "symmetric" else 8  # the global batch's keys, 1 or 2 views
+        assert int(single.queue_pointer.numpy()) == int(mirrored.queue_pointer.numpy()) == keys
         np.testing.assert_allclose(mirrored.queue.numpy(), single.queue.numpy(), rtol=1e-5, atol=1e-6)
 
 

@@ -1,13 +1,25 @@
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import amcl_keras as amcl
 from tests import reference
-from tests.methods.helpers import GLOBAL_BATCH, build, one_step, views
+from tests.methods.helpers import GLOBAL_BATCH, build, one_step, tiny_encoder, views
+
+FORMS = ["asymmetric", "symmetric"]
+
+
+def keys_of(model, images):
+    """The momentum encoder's keys in training mode, L2-normalised (float64)."""
+    return reference.normalize(
+        model.key_projector(model.key_encoder(images, training=True), training=True).numpy().astype(np.float64)
+    )
 
 
 def test_queue_starts_normalised_and_key_encoder_starts_equal():
     model = build("moco", True)
+    assert model.moco_form == "asymmetric"  # the authors'
     assert model.queue.shape == (2, 32, 8)
     np.testing.assert_allclose(np.linalg.norm(model.queue.numpy(), axis=-1), 1.0, rtol=1e-6)
     for k, q in zip(model.key_encoder.get_weights(), model.encoder.get_weights()):
@@ -16,14 +28,18 @@ def test_queue_starts_normalised_and_key_encoder_starts_equal():
     assert not any(v is model.queue for v in model.trainable_variables)
 
 
-def test_momentum_update_and_queue_order_are_exact():
+@pytest.mark.parametrize("moco_form", FORMS)
+def test_momentum_update_and_queue_order_are_exact(moco_form):
     view1, view2 = views(4)
-    model = build("moco", True, clipnorm=None)
+    model = build("moco", True, clipnorm=None, moco_form=moco_form)
     old_keys = [w.copy() for w in model.key_encoder.get_weights() + model.key_projector.get_weights()]
     old_queue = model.queue.numpy().copy()
-    # the keys the step will enqueue: the key encoder (training mode) before its momentum update
-    keys = model.key_projector(model.key_encoder(np.concatenate([view1, view2]), training=True), training=True).numpy()
-    keys = reference.normalize(keys.astype(np.float64))
+    # the keys the step will enqueue: the key encoder (training mode, each view on its own) before
+    # its momentum update; asymmetric: view 2's B keys only, symmetric: view 1's then view 2's
+    keys = keys_of(model, view2) if moco_form == "asymmetric" else np.concatenate(
+        [keys_of(model, view1), keys_of(model, view2)])
+    per_step = len(keys)
+    assert per_step == (GLOBAL_BATCH if moco_form == "asymmetric" else 2 * GLOBAL_BATCH)
     one_step(model, view1, view2)
     # w_k ← m·w_k + (1 − m)·w_q with the query weights AFTER the optimizer step (trainable weights)
     key_vars = model.key_encoder.weights + model.key_projector.weights
@@ -31,38 +47,121 @@ def test_momentum_update_and_queue_order_are_exact():
     for old, k_var, q_var in zip(old_keys, key_vars, query_vars):
         if q_var.trainable:
             np.testing.assert_allclose(k_var.numpy(), 0.9 * old + 0.1 * q_var.numpy(), rtol=1e-6, atol=1e-7)
-    # FIFO: slots 0..15 now hold [view-1 keys, view-2 keys] per head; the rest is untouched
+    # FIFO: the first slots now hold the step's keys per head, in order; the rest is untouched
     queue = model.queue.numpy()
-    expected = np.transpose(keys, (1, 0, 2))  # [C, 2B, d]
-    np.testing.assert_allclose(queue[:, : 2 * GLOBAL_BATCH], expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(queue[:, 2 * GLOBAL_BATCH :], old_queue[:, 2 * GLOBAL_BATCH :])
-    assert int(model.queue_pointer.numpy()) == 16
-    one_step(model, view1, view2)
-    one_step(model, view1, view2)  # 48 keys into 32 slots: the pointer wraps
-    assert int(model.queue_pointer.numpy()) == 48 % 32
+    np.testing.assert_allclose(queue[:, :per_step], np.transpose(keys, (1, 0, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(queue[:, per_step:], old_queue[:, per_step:])
+    assert int(model.queue_pointer.numpy()) == per_step
+    for _ in range(4):
+        one_step(model, view1, view2)  # 5 steps: more keys than the 32 slots, the pointer wraps
+    assert int(model.queue_pointer.numpy()) == 5 * per_step % 32
 
 
-def test_loss_is_the_symmetric_queue_loss():
+@pytest.mark.parametrize("amcl_on", [True, False], ids=["amcl", "baseline"])
+@pytest.mark.parametrize("moco_form", FORMS)
+def test_loss_is_the_queue_loss_of_the_form(moco_form, amcl_on):
+    """asymmetric (the authors'): AMCL ½·[dir(q1, k2) + dir(k2, q1)], baseline dir(q1, k2);
+    symmetric: ½·[dir(q1, k2) + dir(q2, k1)]. NumPy references on the model's embeddings."""
     view1, view2 = views(5)
-    model = build("moco", False, clipnorm=None)
-    z = model.projector(model.encoder(np.concatenate([view1, view2]), training=True)).numpy()
-    k = model.key_projector(model.key_encoder(np.concatenate([view1, view2]), training=True)).numpy()
+    model = build("moco", amcl_on, clipnorm=None, moco_form=moco_form)
+    q1, q2 = (model.projector(model.encoder(v, training=True), training=True).numpy() for v in (view1, view2))
+    k1, k2 = keys_of(model, view1), keys_of(model, view2)
     queue = model.queue.numpy()
-    b = GLOBAL_BATCH
-    expected = 0.5 * (reference.infonce(z[:b], k[b:], queue, 0.1) + reference.infonce(z[b:], k[:b], queue, 0.1))
-    np.testing.assert_allclose(one_step(model, view1, view2)["loss"][0], expected, rtol=1e-5)
+    if amcl_on:
+        weights = model.contrastive_loss.temperature.get_weights()
+        direction = lambda a, b: reference.amcl_infonce(a, b, queue, weights, 0.01, "topk", 5)  # noqa: E731
+    else:
+        direction = lambda a, b: reference.infonce(a, b, queue, 0.1)  # noqa: E731
+    if moco_form == "symmetric":
+        expected = 0.5 * (direction(q1, k2) + direction(q2, k1))
+    else:
+        expected = 0.5 * (direction(q1, k2) + direction(k2, q1)) if amcl_on else direction(q1, k2)
+    np.testing.assert_allclose(one_step(model, view1, view2)["loss"][0], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_queue_smaller_than_two_batches_is_refused():
+def authors_asymmetric_loss(q, k, queue, phi_weights, beta, top_k, objective, t_min=1e-5, t_max=2.0):
+    """LeiWangR/cl amcl/losses.py AMCLMoCoLoss.forward (and _direction) written out in TF: per head
+    ½·[dir(q, k) + dir(k, q)] against that head's queue, summed over heads; k (computed under
+    no_grad there) has no gradient. "rectified" / "normalized": this project's bounded forms of the
+    same directions, softplus(−s⁺/τ⁺) + mean_k softplus(s_k/τ_k) + β·[R(τ⁺) + mean_k R(τ_k)] /
+    −log softmax of s⁺/τ⁺ among [s⁺/τ⁺, s_j/τ_j over the queue] + β·[R(τ⁺) + mean_j R(τ_j)]."""
+    w1, b1, w2, b2 = phi_weights
+    dim = q.shape[-1]
+
+    def phi(x):
+        return tf.nn.relu(x @ w1 + b1) @ w2 + b2
+
+    def tau_of(score):
+        return t_min + (t_max - t_min) * tf.sigmoid(-score)
+
+    def bounded(tau, center=2.0 / dim):
+        return 0.5 * dim * (tf.math.log(tau / center) + center / tau - 1.0)
+
+    def direction(anchor, positive, bank):
+        anchor, positive, bank = (tf.math.l2_normalize(x, axis=-1) for x in (anchor, positive, bank))
+        pos_sim = tf.reduce_sum(anchor * positive, -1)
+        tau_pos = tau_of(tf.reduce_sum(phi(anchor) * phi(positive), -1))
+        tau_neg = tau_of(phi(anchor) @ tf.transpose(phi(bank)))
+        sim_neg = anchor @ tf.transpose(bank)
+        vals, idx = tf.math.top_k(sim_neg, k=min(top_k, bank.shape[0]))
+        tau_top = tf.gather(tau_neg, idx, batch_dims=1)
+        if objective == "normalized":
+            logits = tf.concat([(pos_sim / tau_pos)[:, None], sim_neg / tau_neg], axis=1)
+            value = (tf.reduce_logsumexp(logits, 1) - pos_sim / tau_pos
+                     + beta * (bounded(tau_pos) + tf.reduce_mean(bounded(tau_neg), 1)))
+        elif objective == "authors":
+            value = (-pos_sim / tau_pos + tf.reduce_mean(vals / tau_top, 1)
+                     + beta * (0.5 * dim * tf.math.log(tau_pos) + 1.0 / tau_pos)
+                     - beta * tf.reduce_sum(tf.math.log(tau_top) + 1.0 / tau_top, 1))
+        else:
+            value = (tf.nn.softplus(-pos_sim / tau_pos) + tf.reduce_mean(tf.nn.softplus(vals / tau_top), 1)
+                     + beta * (bounded(tau_pos) + tf.reduce_mean(bounded(tau_top), 1)))
+        return tf.reduce_mean(value)
+
+    k = tf.stop_gradient(k)
+    return tf.add_n([0.5 * (direction(q[:, h], k[:, h], queue[h]) + direction(k[:, h], q[:, h], queue[h]))
+                     for h in range(q.shape[1])])
+
+
+@pytest.mark.parametrize("objective", ["authors", "rectified", "normalized"])
+def test_asymmetric_step_follows_the_gradient_of_the_authors_loss(objective):
+    """Every trainable weight after one plain SGD step equals w − lr·∇ of the authors' loss, written
+    out above: in dir(k, q) the query is the positive and gets gradient, the key does not."""
+    view1, view2 = views(11)
+    loss = amcl.losses.AMCLInfoNCELoss(8, beta=0.01, top_k=5, temperature_hidden_dim=8, objective=objective)
+    model = amcl.MoCo(tiny_encoder(), num_heads=2, projection_dim=8, hidden_dim=16, queue_size=32, momentum=0.9,
+                      loss=loss)
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    keys = model.key_projector(model.key_encoder(view2, training=True), training=True)
+    queue = tf.convert_to_tensor(model.queue)
+    phi = model.contrastive_loss.temperature.weights
+    assert [w.path.rsplit("/", 1)[-1] for w in phi] == ["kernel", "bias", "kernel", "bias"]
+    with tf.GradientTape() as tape:
+        q = model.projector(model.encoder(view1, training=True), training=True)
+        expected_loss = authors_asymmetric_loss(q, keys, queue, phi, 0.01, 5, objective)
+    gradients = tape.gradient(expected_loss, model.trainable_variables)
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    logs = one_step(model, view1, view2)
+    np.testing.assert_allclose(logs["loss"][0], expected_loss.numpy(), rtol=1e-5, atol=1e-6)
+    for variable, old, gradient in zip(model.trainable_variables, before, gradients):
+        assert gradient is not None, variable.path
+        expected = old - 0.5 * gradient.numpy()
+        np.testing.assert_allclose(variable.numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max() + 1e-6,
+                                   err_msg=variable.path)
+
+
+@pytest.mark.parametrize("moco_form,queue_size,needed", [("asymmetric", 4, 8), ("symmetric", 8, 16)])
+def test_queue_smaller_than_the_keys_of_one_step_is_refused(moco_form, queue_size, needed):
     model = amcl.MoCo(amcl.encoders.small_convnet((8, 8, 1), width=4), num_heads=1, projection_dim=8,
-                      hidden_dim=8, queue_size=8)
+                      hidden_dim=8, queue_size=queue_size, moco_form=moco_form)
     model.compile(optimizer="sgd")
     view1, view2 = views()
-    with pytest.raises(ValueError, match="queue_size >= 16"):
+    with pytest.raises(ValueError, match=f"queue_size >= {needed}"):
         one_step(model, view1, view2)
 
 
-@pytest.mark.parametrize("kwargs,message", [({"queue_size": 0}, "queue_size"), ({"momentum": 1.0}, "momentum")])
+@pytest.mark.parametrize("kwargs,message", [({"queue_size": 0}, "queue_size"), ({"momentum": 1.0}, "momentum"),
+                                            ({"moco_form": "both"}, "'asymmetric', 'symmetric'")])
 def test_bad_moco_options(kwargs, message):
     with pytest.raises(ValueError, match=message):
         amcl.MoCo(amcl.encoders.small_convnet((8, 8, 1), width=4), **kwargs)
@@ -76,4 +175,4 @@ def test_checkpoint_keeps_the_queue(tmp_path):
     clone = build("moco", True)
     clone.load_weights(path)
     np.testing.assert_array_equal(clone.queue.numpy(), model.queue.numpy())
-    assert int(clone.queue_pointer.numpy()) == 16
+    assert int(clone.queue_pointer.numpy()) == GLOBAL_BATCH
