@@ -12,7 +12,7 @@ import typing
 import yaml
 
 from amcl_keras.augment import parse_preset
-from amcl_keras.losses.adaptive import NEGATIVE_FORMS, OBJECTIVES
+from amcl_keras.losses.adaptive import DEFAULT_OBJECTIVE, NEGATIVE_FORMS, OBJECTIVES
 from amcl_keras.optimizers import WEIGHT_DECAY_MODES
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -60,7 +60,7 @@ class ModelConfig:
     # How the temperatures enter the AMCL loss: "normalized" (bounded: per-pair τ inside NT-Xent's /
     # InfoNCE's log-sum-exp; chosen on a validation split, docs/METHOD.md §9), "rectified" (bounded),
     # or "authors" (the paper's form, unbounded below: τ collapses to temperature_min)
-    objective: str = "normalized"
+    objective: str = DEFAULT_OBJECTIVE
     temperature_center: typing.Optional[float] = None  # bounded objectives: τ the regulariser prefers (None: 2/d)
     synchronized_batch_norm: bool = False  # encoder batch norm over the global batch (all replicas)
     queue_size: int = 4096  # MoCo

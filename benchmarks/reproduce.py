@@ -57,6 +57,9 @@ ARMS = {
     "rectified-beta1e-2": (True, ["model.objective=rectified", "model.beta=0.01"]),
     "normalized-beta1": (True, ["model.objective=normalized", "model.beta=1.0"]),
     "normalized-tmin1e-2": (True, ["model.objective=normalized", "model.temperature_min=0.01"]),
+    "normalized-center1": (True, ["model.objective=normalized", "model.temperature_center=1.0"]),
+    "normalized-center1-tmin1e-2": (True, ["model.objective=normalized", "model.temperature_center=1.0",
+                                           "model.temperature_min=0.01"]),
 }
 
 

@@ -17,6 +17,10 @@ NEGATIVE_FORMS = ("topk", "hardest")
 #                 (a per-pair logistic likelihood); Barlow Twins' squared terms are kept as they are.
 # Both bounded forms regularise EVERY temperature with +β·R_c(τ) ≥ 0 (temperature.bounded_omega).
 OBJECTIVES = ("authors", "normalized", "rectified")
+# What the methods (`SimCLR(encoder)` without `loss=`) and `amcl train` use: the bounded form chosen
+# on a validation split (README "Reproduction"). The loss classes themselves default to "authors",
+# so `AMCLNTXentLoss(d)` is the paper's Eq. 2.1 / top-k form.
+DEFAULT_OBJECTIVE = "normalized"
 
 
 def check_objective(objective):

@@ -7,6 +7,7 @@ import tensorflow as tf
 from amcl_keras.heads import MultiHeadProjector
 from amcl_keras.losses import AMCLBarlowTwinsLoss, BarlowTwinsLoss
 from amcl_keras.losses.barlow_twins import cross_correlation
+from amcl_keras.losses.adaptive import DEFAULT_OBJECTIVE
 from amcl_keras.methods.base import ContrastiveTrainer, _split_pairs, temperature_options
 
 
@@ -43,7 +44,7 @@ class BarlowTwins(ContrastiveTrainer):
                     "AMCL Barlow Twins needs the fixed global batch size: pass batch_size=<global batch> "
                     "(the temperature network maps channel vectors of that length), or amcl=False."
                 )
-            loss = AMCLBarlowTwinsLoss(projection_dim, batch_size) if amcl else BarlowTwinsLoss()
+            loss = AMCLBarlowTwinsLoss(projection_dim, batch_size, objective=DEFAULT_OBJECTIVE) if amcl else BarlowTwinsLoss()
         self.num_heads = num_heads
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim

@@ -6,6 +6,7 @@ import tensorflow as tf
 from amcl_keras.heads import MultiHeadProjector
 from amcl_keras.losses import AMCLInfoNCELoss, InfoNCELoss
 from amcl_keras.losses.distributed import gather_global_batch
+from amcl_keras.losses.adaptive import DEFAULT_OBJECTIVE
 from amcl_keras.methods.base import ContrastiveTrainer, temperature_options
 
 # "asymmetric": the authors' (queries from view 1, keys from view 2); "symmetric": both views both ways.
@@ -65,7 +66,7 @@ class MoCo(ContrastiveTrainer):
                 f"the authors'; 'symmetric': both views both ways), got {moco_form!r}."
             )
         if loss is None:
-            loss = AMCLInfoNCELoss(projection_dim) if amcl else InfoNCELoss(0.1)
+            loss = AMCLInfoNCELoss(projection_dim, objective=DEFAULT_OBJECTIVE) if amcl else InfoNCELoss(0.1)
         self.moco_form = moco_form
         self.num_heads = num_heads
         self.projection_dim = projection_dim

@@ -4,6 +4,7 @@ import keras
 
 from amcl_keras.heads import MultiHeadProjector
 from amcl_keras.losses import AMCLNTXentLoss, NTXentLoss
+from amcl_keras.losses.adaptive import DEFAULT_OBJECTIVE
 from amcl_keras.methods.base import ContrastiveTrainer, temperature_options
 
 
@@ -12,8 +13,10 @@ class SimCLR(ContrastiveTrainer):
     """SimCLR with AMCL: `num_heads` projection heads (512 → 512 → 128) and the adaptive-temperature loss.
 
     `amcl=False, num_heads=1` is plain SimCLR (NT-Xent, τ = 0.5). Loss options go through
-    `loss=` (an `AMCLNTXentLoss` or `NTXentLoss`); by default `AMCLNTXentLoss(projection_dim)`
-    with the authors' settings, or `NTXentLoss(0.5)` when `amcl=False`.
+    `loss=` (an `AMCLNTXentLoss` or `NTXentLoss`); by default `AMCLNTXentLoss(projection_dim,
+    objective="normalized")` (the bounded objective, docs/METHOD.md §9; pass
+    `objective="authors"` for the paper's form), or `NTXentLoss(0.5)` when `amcl=False`.
+    Every method builds its default AMCL loss the same way.
 
     Example:
     ```python
@@ -32,7 +35,7 @@ class SimCLR(ContrastiveTrainer):
 
     def __init__(self, encoder, num_heads=3, amcl=True, projection_dim=128, hidden_dim=512, loss=None, **kwargs):
         if loss is None:
-            loss = AMCLNTXentLoss(projection_dim) if amcl else NTXentLoss(0.5)
+            loss = AMCLNTXentLoss(projection_dim, objective=DEFAULT_OBJECTIVE) if amcl else NTXentLoss(0.5)
         self.num_heads = num_heads
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim

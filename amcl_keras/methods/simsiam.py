@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from amcl_keras.heads import MultiHeadPredictor, MultiHeadProjector
 from amcl_keras.losses import AMCLSimSiamLoss, SimSiamLoss
+from amcl_keras.losses.adaptive import DEFAULT_OBJECTIVE
 from amcl_keras.methods.base import ContrastiveTrainer, temperature_options
 
 
@@ -32,7 +33,7 @@ class SimSiam(ContrastiveTrainer):
         loss=None, projector_output_bn=True, **kwargs,
     ):
         if loss is None:
-            loss = AMCLSimSiamLoss(projection_dim) if amcl else SimSiamLoss()
+            loss = AMCLSimSiamLoss(projection_dim, objective=DEFAULT_OBJECTIVE) if amcl else SimSiamLoss()
         self.num_heads = num_heads
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim
