@@ -193,8 +193,9 @@ def table(rows, args, data_name):
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        cell = lambda ms: f"{ms[0]:.1f} ± {ms[1]:.1f}"  # noqa: E731
-        delta = lambda ms: "–" if ms is None else f"{ms[0]:+.1f} ± {ms[1]:.1f}"  # noqa: E731
+        several = len(row["seeds"]) > 1  # one seed: no spread to show
+        cell = lambda ms: f"{ms[0]:.1f} ± {ms[1]:.1f}" if several else f"{ms[0]:.1f}"  # noqa: E731
+        delta = lambda ms: "–" if ms is None else (f"{ms[0]:+.1f} ± {ms[1]:.1f}" if several else f"{ms[0]:+.1f}")  # noqa: E731
         lines.append(
             f"| {DISPLAY[row['method']]} | {row['preset']} | {row['arm']} | {cell(row['linear_probe'])} | {cell(row['knn'])} "
             f"| {delta(row['delta_linear_probe'])} | {delta(row['delta_knn'])} | {_format_tau(row.get('temperatures'))} |"
