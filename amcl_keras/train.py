@@ -22,6 +22,7 @@ import tensorflow as tf
 from amcl_keras import augment, data, encoders, evaluation, export, methods
 from amcl_keras.callbacks import (
     JSONLinesHistory, KNNMonitor, NonFiniteLossGuard, OnlineLinearProbe, PairTelemetry, RunBackup,
+    TemperatureSaturationWarning,
 )
 from amcl_keras.distribute import is_chief, make_strategy
 from amcl_keras.optimizers import CoupledWeightDecaySGD
@@ -312,14 +313,13 @@ def monitoring_callbacks(config, run_dir, model, views, train_split, test_split,
     if ev.telemetry_every:
         log_dir = run_dir / "tensorboard" / "telemetry" if ev.tensorboard else None
         extras.append(PairTelemetry(view1, view2, ev.telemetry_every, log_dir))
+    recorded = list(extras)
     if model.amcl:  # `tau_floor` in the epoch logs (placed before TensorBoard), one warning if τ collapses
-        from amcl_keras.callbacks import TemperatureSaturationWarning
-
         saturation = TemperatureSaturationWarning(view1, view2)
         callbacks.append(saturation)
+        recorded.append(saturation)
     if ev.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False))
-    recorded = extras + ([saturation] if model.amcl else [])
     return callbacks + extras + [JSONLinesHistory(run_dir / "history.jsonl", recorded, resumed)]
 
 
