@@ -91,7 +91,8 @@ class AdaptiveTemperature(keras.layers.Layer):
     def build(self, *args, **kwargs):  # weights are created in __init__: the input size is projection_dim
         self.built = True
 
-    def _check_last_dim(self, x):
+    def check_input_dim(self, x):
+        """Raise a ValueError naming both sizes when `x`'s last axis is not `projection_dim`."""
         if x.shape[-1] is not None and x.shape[-1] != self.projection_dim:
             raise ValueError(
                 f"AdaptiveTemperature was built for vectors of size projection_dim={self.projection_dim}, "
@@ -101,7 +102,7 @@ class AdaptiveTemperature(keras.layers.Layer):
 
     def embed(self, x):
         """φ(x) for L2-normalised x of shape `[..., d]` (float32)."""
-        self._check_last_dim(x)
+        self.check_input_dim(x)
         return self.out(self.hidden(tf.cast(x, self.compute_dtype)))
 
     def from_scores(self, scores):

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from amcl_keras.losses.common import EmbeddingLoss
 from amcl_keras.temperature import AdaptiveTemperature, bounded_omega, check_positive_int, omega
 
 NEGATIVE_FORMS = ("topk", "hardest")
@@ -82,7 +83,7 @@ def rectified_anchor_objective(sim_positive, tau_positive, sim_negative, tau_neg
     return tf.nn.softplus(-sim_positive / tau_positive) + tf.reduce_mean(tf.nn.softplus(sim_negative / tau_negative), -1)
 
 
-class AdaptiveTemperatureLoss(keras.layers.Layer):
+class AdaptiveTemperatureLoss(EmbeddingLoss):
     """Base of every AMCL loss: owns β and the one `AdaptiveTemperature` all heads share.
 
     `temperature_input_dim` is φ's input size when it differs from `projection_dim`
@@ -102,7 +103,6 @@ class AdaptiveTemperatureLoss(keras.layers.Layer):
         temperature_center=None,
         **kwargs,
     ):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         check_positive_int("projection_dim", projection_dim)
         check_objective(objective)
@@ -125,9 +125,6 @@ class AdaptiveTemperatureLoss(keras.layers.Layer):
             dtype=self.dtype_policy,
             name="adaptive_temperature",
         )
-
-    def build(self, *args, **kwargs):
-        self.built = True
 
     def regularizer(self, tau):
         """β·R_c(τ) elementwise, the bounded objectives' regulariser (≥ 0, minimum at τ = c)."""

@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
-from amcl_keras.losses.common import as_heads
+from amcl_keras.losses.common import EmbeddingLoss, as_heads
 from amcl_keras.losses.distributed import gather_global_batch
 from amcl_keras.temperature import check_positive_int, omega
 
@@ -42,7 +42,7 @@ def _check_lambda(lambda_):
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
-class BarlowTwinsLoss(keras.layers.Layer):
+class BarlowTwinsLoss(EmbeddingLoss):
     """Σ_l (1 − C_ll)² + λ·Σ_{l≠m} C_lm², summed over heads.
 
     Example:
@@ -53,16 +53,15 @@ class BarlowTwinsLoss(keras.layers.Layer):
     """
 
     def __init__(self, lambda_=5e-3, **kwargs):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.lambda_ = _check_lambda(lambda_)
 
-    def call(self, z1, z2, return_stats=False):
+    def loss_and_stats(self, z1, z2):
         correlation = cross_correlation(*_global_views(z1, z2))
         diagonal = tf.linalg.diag_part(correlation)
         off_diagonal = tf.reduce_sum(tf.square(correlation), axis=[1, 2]) - tf.reduce_sum(tf.square(diagonal), axis=1)
         loss = tf.reduce_sum(tf.reduce_sum(tf.square(1.0 - diagonal), axis=1) + self.lambda_ * off_diagonal)
-        return (loss, {}) if return_stats else loss
+        return loss, {}
 
     def get_config(self):
         config = super().get_config()
@@ -119,7 +118,7 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
         self.batch_size = batch_size
         self.lambda_ = _check_lambda(lambda_)
 
-    def call(self, z1, z2, return_stats=False):
+    def loss_and_stats(self, z1, z2):
         z1, z2 = _global_views(z1, z2)
         global_batch = z1.shape[1]
         if global_batch is not None and global_batch != self.batch_size:
@@ -153,8 +152,6 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
                 off * (self.lambda_ * tf.square(correlation) * inverse + self.regularizer(tau)), axis=[1, 2]
             )
         loss = tf.reduce_sum(positive + negative)
-        if not return_stats:
-            return loss
         return loss, {
             "tau_pos": tf.reduce_mean(tau_diagonal, axis=1),
             "tau_neg": tf.reduce_sum(off * tau, axis=[1, 2]) / float(dim * (dim - 1) or 1),

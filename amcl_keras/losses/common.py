@@ -1,4 +1,4 @@
-"""Pieces every loss uses: the heads axis, float32, and the fixed-temperature base."""
+"""Pieces every loss uses: the base class, the heads axis, float32, and the fixed-temperature base."""
 
 import keras
 import tensorflow as tf
@@ -21,13 +21,35 @@ def sum_over_heads(per_anchor):
     return tf.reduce_sum(tf.reduce_mean(per_anchor, axis=1))
 
 
-class FixedTemperatureLoss(keras.layers.Layer):
+class EmbeddingLoss(keras.layers.Layer):
+    """Base of every loss: pure in the embeddings, computed in float32 unless a dtype is given.
+
+    One return type per entry point: `loss(*embeddings)` gives the scalar loss;
+    `loss.loss_and_stats(*embeddings)` gives `(scalar, stats)`, `stats` a dict of per-head `[C]`
+    tensors (the AMCL losses' mean τ⁺ / τ⁻; empty for the baselines). Subclasses implement
+    `loss_and_stats`.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def build(self, *args, **kwargs):  # no input-dependent weights (φ's are created in __init__)
+        self.built = True
+
+    def call(self, *embeddings, **options):
+        return self.loss_and_stats(*embeddings, **options)[0]
+
+    def loss_and_stats(self, *embeddings, **options):
+        raise NotImplementedError
+
+
+class FixedTemperatureLoss(EmbeddingLoss):
     """Base of the baselines with one fixed temperature τ (NT-Xent, InfoNCE); float32."""
 
     default_temperature = 0.5
 
     def __init__(self, temperature=None, **kwargs):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         temperature = self.default_temperature if temperature is None else temperature
         if not float(temperature) > 0.0:

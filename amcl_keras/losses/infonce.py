@@ -55,14 +55,14 @@ class InfoNCELoss(FixedTemperatureLoss):
     def __init__(self, temperature=0.1, **kwargs):
         super().__init__(temperature, **kwargs)
 
-    def call(self, query, key, queue, return_stats=False):
+    def loss_and_stats(self, query, key, queue):
         q, k, queue = _queries_keys_queue(query, key, queue)
         positive = tf.reduce_sum(q * k, axis=-1, keepdims=True)  # [C, b, 1]
         logits = tf.concat([positive, tf.matmul(q, queue, transpose_b=True)], axis=-1) / self.temperature
         labels = tf.zeros(tf.shape(logits)[:2], tf.int32)
         per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
         loss = sum_over_heads(per_anchor)
-        return (loss, {}) if return_stats else loss
+        return loss, {}
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -88,9 +88,9 @@ class AMCLInfoNCELoss(AMCLContrastiveLoss):
     ```
     """
 
-    def call(self, query, key, queue, return_stats=False, key_gradient=False):
+    def loss_and_stats(self, query, key, queue, key_gradient=False):
         q, k, queue = _queries_keys_queue(query, key, queue, key_gradient)
-        self.temperature._check_last_dim(q)
+        self.temperature.check_input_dim(q)
         phi_query = self.temperature.embed(q)
         tau_positive = self.temperature.from_scores(tf.reduce_sum(phi_query * self.temperature.embed(k), -1))
         tau = self.temperature.from_scores(tf.matmul(phi_query, self.temperature.embed(queue), transpose_b=True))
@@ -118,8 +118,6 @@ class AMCLInfoNCELoss(AMCLContrastiveLoss):
                     + self.regularizer(tau_positive) + tf.reduce_mean(self.regularizer(tau_negative), -1)
                 )
         loss = sum_over_heads(per_anchor)
-        if not return_stats:
-            return loss
         return loss, {
             "tau_pos": tf.reduce_mean(tau_positive, axis=1),
             "tau_neg": tf.reduce_mean(tau_negative, axis=[1, 2]),

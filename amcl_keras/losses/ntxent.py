@@ -77,7 +77,7 @@ class NTXentLoss(FixedTemperatureLoss):
     def __init__(self, temperature=0.5, **kwargs):
         super().__init__(temperature, **kwargs)
 
-    def call(self, z1, z2, return_stats=False):
+    def loss_and_stats(self, z1, z2):
         pairs = _ContrastivePairs(z1, z2)
         logits = pairs.similarity / self.temperature
         # float32 throughout: a large negative constant is safe here (never in float16).
@@ -85,7 +85,7 @@ class NTXentLoss(FixedTemperatureLoss):
         labels = tf.broadcast_to(pairs.partner_index[None, :], tf.shape(logits)[:2])
         per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
         loss = sum_over_heads(per_anchor)
-        return (loss, {}) if return_stats else loss
+        return loss, {}
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -108,7 +108,7 @@ class AMCLNTXentLoss(AMCLContrastiveLoss):
 
     R(τ) = (d/2)·[log(τ/c) + c/τ − 1] ≥ 0 (`temperature_center` c, default 2/d: Ω − min Ω).
     Mean over anchors of both views, SUM over heads, float32 whatever the inputs' dtype.
-    `call(z1, z2, return_stats=True)` also returns the per-head mean τ⁺ and τ⁻ of the
+    `loss.loss_and_stats(z1, z2)` returns `(loss, stats)`, stats the per-head mean τ⁺ and τ⁻ of the
     negatives used, as `{"tau_pos": [C], "tau_neg": [C]}`.
 
     Example:
@@ -119,9 +119,9 @@ class AMCLNTXentLoss(AMCLContrastiveLoss):
     ```
     """
 
-    def call(self, z1, z2, return_stats=False):
+    def loss_and_stats(self, z1, z2):
         pairs = _ContrastivePairs(z1, z2)
-        self.temperature._check_last_dim(pairs.anchors)
+        self.temperature.check_input_dim(pairs.anchors)
         embed = self.temperature.embed
         phi_anchors = embed(pairs.anchors)  # φ once per sample ...
         tau = self.temperature.from_scores(tf.matmul(phi_anchors, embed(pairs.candidates), transpose_b=True))
@@ -145,8 +145,6 @@ class AMCLNTXentLoss(AMCLContrastiveLoss):
                     + self.regularizer(tau_positive) + tf.reduce_mean(self.regularizer(tau_negative), -1)
                 )
         loss = sum_over_heads(per_anchor)
-        if not return_stats:
-            return loss
         stats = {
             "tau_pos": tf.reduce_mean(tau_positive, axis=1),
             "tau_neg": tf.reduce_mean(tau_negative, axis=[1, 2]),

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
-from amcl_keras.losses.common import as_heads, sum_over_heads
+from amcl_keras.losses.common import EmbeddingLoss, as_heads, sum_over_heads
 from amcl_keras.losses.distributed import gather_global_batch
 from amcl_keras.temperature import omega
 
@@ -24,7 +24,7 @@ def _pairs(p1, p2, z1, z2):
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
-class SimSiamLoss(keras.layers.Layer):
+class SimSiamLoss(EmbeddingLoss):
     """−½·cos(p1, sg z2) − ½·cos(p2, sg z1), mean over the batch, summed over heads.
 
     Example:
@@ -35,15 +35,11 @@ class SimSiamLoss(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-
-    def call(self, p1, p2, z1, z2, return_stats=False):
+    def loss_and_stats(self, p1, p2, z1, z2):
         a, b, c, d = _pairs(p1, p2, z1, z2)
         per_sample = -0.5 * tf.reduce_sum(a * b, -1) - 0.5 * tf.reduce_sum(c * d, -1)
         loss = sum_over_heads(per_sample)
-        return (loss, {}) if return_stats else loss
+        return loss, {}
 
 
 def mean_one_weights(tau):
@@ -84,9 +80,9 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
         super().__init__(projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
                          objective=objective, temperature_center=temperature_center, **kwargs)
 
-    def call(self, p1, p2, z1, z2, return_stats=False):
+    def loss_and_stats(self, p1, p2, z1, z2):
         a, b, c, d = _pairs(p1, p2, z1, z2)
-        self.temperature._check_last_dim(a)
+        self.temperature.check_input_dim(a)
         tau1, tau2 = self.temperature(a, b), self.temperature(c, d)
         sim1, sim2 = tf.reduce_sum(a * b, -1), tf.reduce_sum(c * d, -1)
         if self.objective == "authors":
@@ -101,6 +97,4 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
                 similarity = 0.5 * tf.nn.softplus(-sim1 / tau1) + 0.5 * tf.nn.softplus(-sim2 / tau2)
             per_sample = similarity + self.regularizer(tau1) + self.regularizer(tau2)
         loss = sum_over_heads(per_sample)
-        if not return_stats:
-            return loss
         return loss, {"tau_pos": 0.5 * (tf.reduce_mean(tau1, axis=1) + tf.reduce_mean(tau2, axis=1))}

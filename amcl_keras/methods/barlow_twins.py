@@ -65,7 +65,7 @@ class BarlowTwins(ContrastiveTrainer):
         )
 
     def compute_loss_and_stats(self, z1, z2, views):
-        return self.contrastive_loss(z1, z2, return_stats=True)
+        return self.contrastive_loss.loss_and_stats(z1, z2)
 
     def pair_statistics(self, view1, view2):
         """Barlow Twins' pairs are channels: `sim_pos` is the diagonal of each head's cross-correlation

@@ -126,15 +126,15 @@ class MoCo(ContrastiveTrainer):
         queue = tf.convert_to_tensor(self.queue)
         if self.moco_form == "symmetric":
             k1, k2 = self.through_views(self._keys, *views)
-            loss12, stats12 = self.contrastive_loss(z1, k2, queue, return_stats=True)
-            loss21, stats21 = self.contrastive_loss(z2, k1, queue, return_stats=True)
+            loss12, stats12 = self.contrastive_loss.loss_and_stats(z1, k2, queue)
+            loss21, stats21 = self.contrastive_loss.loss_and_stats(z2, k1, queue)
             stats = {name: 0.5 * (stats12[name] + stats21[name]) for name in stats12}
             stats["_keys"] = (k1, k2)
             return 0.5 * (loss12 + loss21), stats
         k2 = self._keys(views[1])
-        loss_qk, stats = self.contrastive_loss(z1, k2, queue, return_stats=True)
+        loss_qk, stats = self.contrastive_loss.loss_and_stats(z1, k2, queue)
         if self.amcl:  # the authors' AMCLMoCoLoss: ½·[dir(q, k) + dir(k, q)]; in dir(k, q) q gets gradient
-            loss_kq, stats_kq = self.contrastive_loss(k2, z1, queue, return_stats=True, key_gradient=True)
+            loss_kq, stats_kq = self.contrastive_loss.loss_and_stats(k2, z1, queue, key_gradient=True)
             stats = {name: 0.5 * (stats[name] + stats_kq[name]) for name in stats}
             loss_qk = 0.5 * (loss_qk + loss_kq)
         stats["_keys"] = (k2,)

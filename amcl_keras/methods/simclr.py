@@ -51,4 +51,4 @@ class SimCLR(ContrastiveTrainer):
                    encoder_forward=cfg.encoder_forward, **kwargs)
 
     def compute_loss_and_stats(self, z1, z2, views):
-        return self.contrastive_loss(z1, z2, return_stats=True)
+        return self.contrastive_loss.loss_and_stats(z1, z2)

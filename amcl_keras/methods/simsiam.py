@@ -70,4 +70,4 @@ class SimSiam(ContrastiveTrainer):
 
     def compute_loss_and_stats(self, z1, z2, views):
         p1, p2 = self.through_views(lambda z: self.predictor(z, training=True), z1, z2)
-        return self.contrastive_loss(p1, p2, z1, z2, return_stats=True)
+        return self.contrastive_loss.loss_and_stats(p1, p2, z1, z2)

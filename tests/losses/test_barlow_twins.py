@@ -40,7 +40,7 @@ def test_amcl_barlow_twins_temperatures_are_over_channel_pairs(rng):
     z = rng.normal(size=(8, 2, 5)).astype("float32")
     loss = AMCLBarlowTwinsLoss(5, batch_size=8, temperature_min=0.1, temperature_max=0.9)
     assert [w.shape for w in loss.temperature.get_weights()] == [(8, 128), (128,), (128, 8), (8,)]
-    _, stats = loss(z, z, return_stats=True)
+    _, stats = loss.loss_and_stats(z, z)
     assert stats["tau_pos"].shape == (2,) and stats["tau_neg"].shape == (2,)
     assert np.all((stats["tau_pos"].numpy() > 0.1) & (stats["tau_pos"].numpy() < 0.9))
 

@@ -162,7 +162,7 @@ def test_bounded_forms_hold_the_temperatures_off_the_floor(objective):
                 value = loss(z1, z2)
             gradients = tape.gradient(value, loss.trainable_variables)
             optimizer.apply(gradients, loss.trainable_variables)
-        _, stats = loss(z1, z2, return_stats=True)
+        _, stats = loss.loss_and_stats(z1, z2)
         results[form] = float(stats["tau_pos"][0])
     assert results["authors"] < 1e-3  # collapsing to τ_min = 1e-5
     assert results[objective] > 10 * results["authors"]

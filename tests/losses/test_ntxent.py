@@ -78,7 +78,7 @@ def test_amcl_stats_are_per_head_and_inside_bounds(rng):
     z1 = rng.normal(size=(6, 3, 8)).astype("float32")
     z2 = rng.normal(size=(6, 3, 8)).astype("float32")
     loss = AMCLNTXentLoss(8, top_k=4, temperature_min=0.1, temperature_max=0.9)
-    _, stats = loss(z1, z2, return_stats=True)
+    _, stats = loss.loss_and_stats(z1, z2)
     for key in ("tau_pos", "tau_neg"):
         values = stats[key].numpy()
         assert values.shape == (3,)
