@@ -101,7 +101,7 @@ class AdaptiveTemperature(keras.layers.Layer):
             )
 
     def embed(self, x):
-        """φ(x) for L2-normalised x of shape `[..., d]` (float32)."""
+        """φ(x) for L2-normalised x of shape `[..., d]`, in the layer's compute dtype (float32 unless given)."""
         self.check_input_dim(x)
         return self.out(self.hidden(tf.cast(x, self.compute_dtype)))
 

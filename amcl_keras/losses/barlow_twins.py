@@ -15,8 +15,8 @@ from amcl_keras.losses.distributed import gather_global_batch
 from amcl_keras.temperature import check_positive_int, omega
 
 
-def _global_views(z1, z2):
-    z1, z2 = as_heads(z1, "z1"), as_heads(z2, "z2")
+def _global_views(z1, z2, dtype):
+    z1, z2 = as_heads(z1, "z1", dtype), as_heads(z2, "z2", dtype)
     if z1.shape.is_fully_defined() and z2.shape.is_fully_defined() and z1.shape != z2.shape:
         raise ValueError(f"The two views must have the same shape, got z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)}.")
     (z1, z2), _ = gather_global_batch(z1, z2)
@@ -25,7 +25,7 @@ def _global_views(z1, z2):
 
 def cross_correlation(z1, z2):
     """`[C, B, d]` views → `[C, d, d]`: standardise over the batch (unbiased std + 1e-9), then aᵀc / B."""
-    batch = tf.cast(tf.shape(z1)[1], tf.float32)
+    batch = tf.cast(tf.shape(z1)[1], z1.dtype)
 
     def standardise(z):
         centred = z - tf.reduce_mean(z, axis=1, keepdims=True)
@@ -57,7 +57,7 @@ class BarlowTwinsLoss(EmbeddingLoss):
         self.lambda_ = _check_lambda(lambda_)
 
     def loss_and_stats(self, z1, z2):
-        correlation = cross_correlation(*_global_views(z1, z2))
+        correlation = cross_correlation(*_global_views(z1, z2, self.compute_dtype))
         diagonal = tf.linalg.diag_part(correlation)
         off_diagonal = tf.reduce_sum(tf.square(correlation), axis=[1, 2]) - tf.reduce_sum(tf.square(diagonal), axis=1)
         loss = tf.reduce_sum(tf.reduce_sum(tf.square(1.0 - diagonal), axis=1) + self.lambda_ * off_diagonal)
@@ -119,7 +119,7 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
         self.lambda_ = _check_lambda(lambda_)
 
     def loss_and_stats(self, z1, z2):
-        z1, z2 = _global_views(z1, z2)
+        z1, z2 = _global_views(z1, z2, self.compute_dtype)
         global_batch = z1.shape[1]
         if global_batch is not None and global_batch != self.batch_size:
             raise ValueError(
@@ -131,7 +131,7 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
         # φ on the channel vectors: [C, d, B] → τ over channel pairs [C, d, d]
         tau = self.temperature.pairwise(tf.transpose(z1, [0, 2, 1]), tf.transpose(z2, [0, 2, 1]))
         dim = self.projection_dim
-        off = 1.0 - tf.eye(dim, dtype=tf.float32)
+        off = 1.0 - tf.eye(dim, dtype=correlation.dtype)
         diagonal, tau_diagonal = tf.linalg.diag_part(correlation), tf.linalg.diag_part(tau)
         if self.objective == "authors":
             positive = tf.reduce_sum(

@@ -1,11 +1,12 @@
-"""Pieces every loss uses: the base class, the heads axis, float32, and the fixed-temperature base."""
+"""Pieces every loss uses: the base class, the heads axis, the compute dtype, and the fixed-temperature base."""
 
 import keras
 import tensorflow as tf
 
 
-def as_heads(z, name):
-    """Cast to float32 and give a `[batch, C, d]` view its heads axis (`[batch, d]` → C = 1)."""
+def as_heads(z, name, dtype):
+    """Cast to `dtype` (the loss's compute dtype) and give a `[batch, C, d]` view its heads axis
+    (`[batch, d]` → C = 1)."""
     z = tf.convert_to_tensor(z)
     if z.shape.rank == 2:
         z = z[:, None, :]
@@ -13,7 +14,7 @@ def as_heads(z, name):
         raise ValueError(
             f"`{name}` must have shape [batch, d] or [batch, num_heads, d], got shape {tuple(z.shape)}."
         )
-    return tf.cast(z, tf.float32)
+    return tf.cast(z, dtype)
 
 
 def sum_over_heads(per_anchor):
@@ -22,7 +23,8 @@ def sum_over_heads(per_anchor):
 
 
 class EmbeddingLoss(keras.layers.Layer):
-    """Base of every loss: pure in the embeddings, computed in float32 unless a dtype is given.
+    """Base of every loss: pure in the embeddings, computed in float32 unless a dtype is given
+    (e.g. `dtype="float64"`: every op, φ included, in float64; the inputs are cast to it).
 
     One return type per entry point: `loss(*embeddings)` gives the scalar loss;
     `loss.loss_and_stats(*embeddings)` gives `(scalar, stats)`, `stats` a dict of per-head `[C]`
@@ -45,7 +47,7 @@ class EmbeddingLoss(keras.layers.Layer):
 
 
 class FixedTemperatureLoss(EmbeddingLoss):
-    """Base of the baselines with one fixed temperature τ (NT-Xent, InfoNCE); float32."""
+    """Base of the baselines with one fixed temperature τ (NT-Xent, InfoNCE)."""
 
     default_temperature = 0.5
 

@@ -2,7 +2,8 @@
 
 `loss(query, key, queue)`: query and key `[batch, C, d]` (or `[batch, d]`), the queue
 `[C, M, d]` (or `[M, d]`), one queue per head. Keys and queue are targets: no gradient flows
-into them. Mean over the anchors, SUM over heads, float32. MoCo calls it once per direction.
+into them. Mean over the anchors, SUM over heads, in the loss's dtype (float32 unless given).
+MoCo calls it once per direction.
 """
 
 import keras
@@ -14,13 +15,13 @@ from amcl_keras.losses.adaptive import (
 from amcl_keras.losses.common import FixedTemperatureLoss, as_heads, sum_over_heads
 
 
-def _queries_keys_queue(query, key, queue, key_gradient=False):
+def _queries_keys_queue(query, key, queue, dtype, key_gradient=False):
     """Heads-first, L2-normalised: q, k `[C, b, d]`, queue `[C, M, d]` (queue stop-gradient; key too
-    unless `key_gradient`)."""
-    query = as_heads(query, "query")
-    key = as_heads(key, "key")
+    unless `key_gradient`), all cast to `dtype`."""
+    query = as_heads(query, "query", dtype)
+    key = as_heads(key, "key", dtype)
     key = key if key_gradient else tf.stop_gradient(key)
-    queue = tf.stop_gradient(tf.cast(tf.convert_to_tensor(queue), tf.float32))
+    queue = tf.stop_gradient(tf.cast(tf.convert_to_tensor(queue), dtype))
     if queue.shape.rank == 2:
         queue = queue[None]
     if queue.shape.rank != 3 or (query.shape[1] is not None and queue.shape[0] != query.shape[1]):
@@ -56,7 +57,7 @@ class InfoNCELoss(FixedTemperatureLoss):
         super().__init__(temperature, **kwargs)
 
     def loss_and_stats(self, query, key, queue):
-        q, k, queue = _queries_keys_queue(query, key, queue)
+        q, k, queue = _queries_keys_queue(query, key, queue, self.compute_dtype)
         positive = tf.reduce_sum(q * k, axis=-1, keepdims=True)  # [C, b, 1]
         logits = tf.concat([positive, tf.matmul(q, queue, transpose_b=True)], axis=-1) / self.temperature
         labels = tf.zeros(tf.shape(logits)[:2], tf.int32)
@@ -89,7 +90,7 @@ class AMCLInfoNCELoss(AMCLContrastiveLoss):
     """
 
     def loss_and_stats(self, query, key, queue, key_gradient=False):
-        q, k, queue = _queries_keys_queue(query, key, queue, key_gradient)
+        q, k, queue = _queries_keys_queue(query, key, queue, self.compute_dtype, key_gradient)
         self.temperature.check_input_dim(q)
         phi_query = self.temperature.embed(q)
         tau_positive = self.temperature.from_scores(tf.reduce_sum(phi_query * self.temperature.embed(k), -1))

@@ -1,10 +1,11 @@
 """SimCLR's NT-Xent loss and its AMCL variant (docs/METHOD.md, paper Eqs. 1.1 and 2.1).
 
 Both take the two views' raw head outputs, `[batch, d]` (one head) or `[batch, C, d]`
-(C heads), L2-normalise them, compute in float32, and use as negatives of each anchor the
-other 2B−2 views of the GLOBAL batch (all replicas). The value is the mean over the local
-anchors of both views (the two directions averaged) and the SUM over heads; under a
-strategy with R replicas, the mean over replicas of the returned values is the global loss.
+(C heads), L2-normalise them, compute in the loss's dtype (float32 unless given), and use
+as negatives of each anchor the other 2B−2 views of the GLOBAL batch (all replicas). The value
+is the mean over the local anchors of both views (the two directions averaged) and the SUM over
+heads; under a strategy with R replicas, the mean over replicas of the returned values is the
+global loss.
 """
 
 import keras
@@ -28,9 +29,9 @@ class _ContrastivePairs:
     negative_mask: [2b, 2B] True where the candidate is a negative of the anchor
     """
 
-    def __init__(self, z1, z2):
-        z1 = as_heads(z1, "z1")
-        z2 = as_heads(z2, "z2")
+    def __init__(self, z1, z2, dtype):
+        z1 = as_heads(z1, "z1", dtype)
+        z2 = as_heads(z2, "z2", dtype)
         if z1.shape.is_fully_defined() and z2.shape.is_fully_defined() and z1.shape != z2.shape:
             raise ValueError(
                 f"The two views must have the same shape, got z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)}."
@@ -78,9 +79,9 @@ class NTXentLoss(FixedTemperatureLoss):
         super().__init__(temperature, **kwargs)
 
     def loss_and_stats(self, z1, z2):
-        pairs = _ContrastivePairs(z1, z2)
+        pairs = _ContrastivePairs(z1, z2, self.compute_dtype)
         logits = pairs.similarity / self.temperature
-        # float32 throughout: a large negative constant is safe here (never in float16).
+        # float32 (or float64) throughout: a large negative constant is safe here (never in float16).
         logits = tf.where(pairs.self_mask, -1e9, logits)
         labels = tf.broadcast_to(pairs.partner_index[None, :], tf.shape(logits)[:2])
         per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
@@ -107,7 +108,8 @@ class AMCLNTXentLoss(AMCLContrastiveLoss):
       over the same top-k / hardest negatives as "authors" (≥ 0).
 
     R(τ) = (d/2)·[log(τ/c) + c/τ − 1] ≥ 0 (`temperature_center` c, default 2/d: Ω − min Ω).
-    Mean over anchors of both views, SUM over heads, float32 whatever the inputs' dtype.
+    Mean over anchors of both views, SUM over heads, float32 whatever the inputs' dtype
+    (unless the loss is given another dtype, e.g. `dtype="float64"`).
     `loss.loss_and_stats(z1, z2)` returns `(loss, stats)`, stats the per-head mean τ⁺ and τ⁻ of the
     negatives used, as `{"tau_pos": [C], "tau_neg": [C]}`.
 
@@ -120,7 +122,7 @@ class AMCLNTXentLoss(AMCLContrastiveLoss):
     """
 
     def loss_and_stats(self, z1, z2):
-        pairs = _ContrastivePairs(z1, z2)
+        pairs = _ContrastivePairs(z1, z2, self.compute_dtype)
         self.temperature.check_input_dim(pairs.anchors)
         embed = self.temperature.embed
         phi_anchors = embed(pairs.anchors)  # φ once per sample ...
@@ -155,11 +157,11 @@ class AMCLNTXentLoss(AMCLContrastiveLoss):
         """Per-anchor NT-Xent with per-pair τ over all negatives + β·[R(τ⁺) + mean_n R(τ_n)];
         also each anchor's mean negative τ, `[C, 2b, 1]`, for the statistics."""
         # the positive's logit uses τ⁺ computed pair-wise (equal to the partner column of `tau`)
-        logits = tf.where(pairs.negative_mask, pairs.similarity / tau, -1e9)  # float32: a large constant is safe
+        logits = tf.where(pairs.negative_mask, pairs.similarity / tau, -1e9)  # float32/64: a large constant is safe
         positive_logit = sim_positive / tau_positive
         all_logits = tf.concat([positive_logit[..., None], logits], axis=-1)
         per_anchor = tf.reduce_logsumexp(all_logits, axis=-1) - positive_logit
-        negatives = tf.cast(pairs.negative_mask, tf.float32)
+        negatives = tf.cast(pairs.negative_mask, tau.dtype)
         count = tf.reduce_sum(negatives, axis=-1)  # [2b]
         negative_regularizer = tf.reduce_sum(self.regularizer(tau) * negatives, -1) / count
         per_anchor += self.regularizer(tau_positive) + negative_regularizer

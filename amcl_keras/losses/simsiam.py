@@ -13,10 +13,10 @@ from amcl_keras.losses.distributed import gather_global_batch
 from amcl_keras.temperature import omega
 
 
-def _pairs(p1, p2, z1, z2):
-    """Normalised (p1, sg z2) and (p2, sg z1), heads first `[C, b, d]`."""
+def _pairs(p1, p2, z1, z2, dtype):
+    """Normalised (p1, sg z2) and (p2, sg z1), heads first `[C, b, d]`, cast to `dtype`."""
     def prepare(x, name, stop):
-        x = as_heads(x, name)
+        x = as_heads(x, name, dtype)
         x = tf.stop_gradient(x) if stop else x
         return tf.transpose(tf.math.l2_normalize(x, axis=-1), [1, 0, 2])
 
@@ -36,7 +36,7 @@ class SimSiamLoss(EmbeddingLoss):
     """
 
     def loss_and_stats(self, p1, p2, z1, z2):
-        a, b, c, d = _pairs(p1, p2, z1, z2)
+        a, b, c, d = _pairs(p1, p2, z1, z2, self.compute_dtype)
         per_sample = -0.5 * tf.reduce_sum(a * b, -1) - 0.5 * tf.reduce_sum(c * d, -1)
         loss = sum_over_heads(per_sample)
         return loss, {}
@@ -81,7 +81,7 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
                          objective=objective, temperature_center=temperature_center, **kwargs)
 
     def loss_and_stats(self, p1, p2, z1, z2):
-        a, b, c, d = _pairs(p1, p2, z1, z2)
+        a, b, c, d = _pairs(p1, p2, z1, z2, self.compute_dtype)
         self.temperature.check_input_dim(a)
         tau1, tau2 = self.temperature(a, b), self.temperature(c, d)
         sim1, sim2 = tf.reduce_sum(a * b, -1), tf.reduce_sum(c * d, -1)
