@@ -7,7 +7,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from amcl_keras import (  # noqa: E402
-    augment, callbacks, config, data, encoders, evaluation, export, losses, methods, optimizers,
+    augment, callbacks, config, constants, data, encoders, evaluation, export, losses, methods, optimizers, registry,
+    runs,
 )
 from amcl_keras.heads import MultiHeadPredictor, MultiHeadProjector, ProjectionHead
 from amcl_keras.methods import BarlowTwins, ContrastiveTrainer, MoCo, SimCLR, SimSiam
@@ -27,6 +28,7 @@ __all__ = [
     "augment",
     "callbacks",
     "config",
+    "constants",
     "data",
     "encoders",
     "evaluation",
@@ -35,4 +37,6 @@ __all__ = [
     "methods",
     "omega",
     "optimizers",
+    "registry",
+    "runs",
 ]

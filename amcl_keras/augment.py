@@ -23,8 +23,7 @@ import math
 import keras
 import tensorflow as tf
 
-PRESETS = {"simclr": "abcde", "strong": "abcdef"}
-FAMILIES = "abcdef"
+from amcl_keras.constants import AUGMENTATION_FAMILIES as FAMILIES, parse_preset  # noqa: F401 (re-exported)
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -103,19 +102,6 @@ class RandomApply(keras.layers.Layer):
         config = dict(config)
         config["layer"] = keras.saving.deserialize_keras_object(config["layer"])
         return cls(**config)
-
-
-def parse_preset(preset):
-    """'simclr' → 'abcde'; a string of letters from 'abcde' is returned sorted and checked."""
-    letters = PRESETS.get(preset, preset)
-    if not isinstance(letters, str) or not letters or any(ch not in FAMILIES for ch in letters) or "a" not in letters:
-        raise ValueError(
-            f"Unknown augmentation preset {preset!r}. Use 'simclr', 'strong' or letters from 'abcdef' that "
-            "include 'a' (the crop, which also sets the output size): (a) random resized crop, (b) Gaussian "
-            "blur, (c) random grayscale, (d) colour jitter, (e) horizontal flip, (f) solarization. "
-            "Examples: 'a', 'abc', 'abcde'."
-        )
-    return "".join(sorted(set(letters)))
 
 
 def family_layer(letter, image_size, channels=3, crop_scale=(0.08, 1.0)):

@@ -1,11 +1,9 @@
 """Training callbacks: the per-epoch JSON-lines history, the non-finite-loss guard and the
 monitors (online linear probe, kNN, per-head temperature/similarity telemetry, the warning when
-AMCL's temperatures collapse to their floor)."""
+AMCL's temperatures collapse to their floor). The run's backups are `amcl_keras.runs.RunBackup`."""
 
 import json
 import math
-import os
-import pathlib
 import sys
 import time
 import warnings
@@ -13,6 +11,11 @@ import warnings
 import keras
 import numpy as np
 import tensorflow as tf
+
+from amcl_keras import evaluation
+from amcl_keras.constants import KNN_K, KNN_TEMPERATURE, OBJECTIVES, PROBE_BATCH_SIZE, PROBE_LEARNING_RATE
+from amcl_keras.data import to_float_images
+from amcl_keras.runs import RunBackup
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -55,8 +58,6 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
         last = f" (after epoch {self._last_step[0]}, step {self._last_step[1]})" if self._last_step else ""
         backup = ""
         if self.backup_dir is not None:
-            from amcl_keras.callbacks import RunBackup
-
             state = RunBackup.read_state(self.backup_dir)
             backup = (f" The last good backup (epoch {state['epoch']}, step {state['step']}) is kept in "
                       f"{str(self.backup_dir)!r}: re-run the same command to resume from it, or pass --overwrite "
@@ -103,7 +104,7 @@ class JSONLinesHistory(keras.callbacks.Callback):
 class KNNMonitor(keras.callbacks.Callback):
     """kNN accuracy of the backbone on a held-out labelled split every `every` epochs.
 
-    Cosine similarity, k = 200, T = 0.1, weighted votes (as the AMCL authors and lightly); the
+    Cosine similarity, k = KNN_K (200), T = KNN_TEMPERATURE (0.1), weighted votes (as the AMCL authors and lightly); the
     bank is `train` (uint8 images, labels), the queries `test`. The value is added to the
     epoch's logs as `knn_accuracy` (so `JSONLinesHistory` placed after it records it).
 
@@ -115,7 +116,7 @@ class KNNMonitor(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, train, test, every=1, k=200, temperature=0.1, image_size=None):
+    def __init__(self, train, test, every=1, k=KNN_K, temperature=KNN_TEMPERATURE, image_size=None):
         super().__init__()
         if every < 1:
             raise ValueError(f"`every` must be at least 1 epoch, got {every}.")
@@ -125,8 +126,6 @@ class KNNMonitor(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every:
             return
-        from amcl_keras import evaluation
-
         encoder = self.model.encoder
         bank = evaluation.extract_features(encoder, self.train[0], self.image_size)
         queries = evaluation.extract_features(encoder, self.test[0], self.image_size)
@@ -151,7 +150,7 @@ class OnlineLinearProbe(keras.callbacks.Callback):
 
     Every `every` training steps it takes one batch of the separate labelled stream `train`
     (uint8 images, labels), computes the frozen features (inference mode, no gradient reaches
-    the encoder) and takes one Adam step (1e-2) on a linear layer (features standardised by a
+    the encoder) and takes one Adam step (`learning_rate`, default PROBE_LEARNING_RATE = 1e-2) on a linear layer (features standardised by a
     non-affine batch norm, as MoCo v3 / MAE probes). A monitor: it lags the offline probe,
     since it sees each labelled image about once per pass and the features keep changing. At each epoch end it adds
     `probe_accuracy` (on `test`) and `probe_train_accuracy` (running, on the stream) to the logs.
@@ -164,7 +163,8 @@ class OnlineLinearProbe(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, train, test, every=1, batch_size=256, learning_rate=1e-2, image_size=None, seed=0):
+    def __init__(self, train, test, every=1, batch_size=PROBE_BATCH_SIZE, learning_rate=PROBE_LEARNING_RATE, image_size=None,
+                 seed=0):
         super().__init__()
         if every < 1:
             raise ValueError(f"`every` must be at least 1 step, got {every}.")
@@ -175,8 +175,6 @@ class OnlineLinearProbe(keras.callbacks.Callback):
         self.classifier = None
 
     def on_train_begin(self, logs=None):
-        from amcl_keras.data import to_float_images
-
         encoder = self.model.encoder
         if self.classifier is None:
             sample = to_float_images(self.train[0][:2], self.image_size)
@@ -216,8 +214,6 @@ class OnlineLinearProbe(keras.callbacks.Callback):
             self._probe_step(*next(self._stream))
 
     def on_epoch_end(self, epoch, logs=None):
-        from amcl_keras import evaluation
-
         features = evaluation.extract_features(self.model.encoder, self.test[0], self.image_size)
         logits = self.classifier.predict(features, batch_size=1024, verbose=0)
         if logs is not None:
@@ -249,6 +245,7 @@ class PairTelemetry(keras.callbacks.Callback):
         self.view1, self.view2 = tf.convert_to_tensor(view1), tf.convert_to_tensor(view2)
         self.every, self.log_dir, self.max_values = every, log_dir, max_values
         self.history_fields = None
+        self.latest = None  # (epoch, stats) of the last measurement: `TemperatureSaturationWarning` reuses it
         self._writer = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -256,6 +253,7 @@ class PairTelemetry(keras.callbacks.Callback):
         if (epoch + 1) % self.every:
             return
         stats = self.model.pair_statistics(self.view1, self.view2)
+        self.latest = (epoch, stats)
         summary = {name: {f"head{c}": _quantiles(values[c]) for c in range(len(values))} for name, values in stats.items()}
         self.history_fields = {"telemetry": summary}
         if self.log_dir is None:
@@ -313,7 +311,7 @@ class TemperatureSaturationWarning(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, view1, view2, every_steps=None, fraction=0.5, margin=0.1):
+    def __init__(self, view1, view2, every_steps=None, fraction=0.5, margin=0.1, telemetry=None):
         super().__init__()
         if every_steps is not None and every_steps < 1:
             raise ValueError(f"`every_steps` must be None (epoch ends only) or >= 1, got {every_steps}.")
@@ -321,6 +319,8 @@ class TemperatureSaturationWarning(keras.callbacks.Callback):
             raise ValueError(f"Need 0 <= fraction < 1 and margin > 0, got fraction={fraction!r}, margin={margin!r}.")
         self.view1, self.view2 = tf.convert_to_tensor(view1), tf.convert_to_tensor(view2)
         self.every_steps, self.fraction, self.margin = every_steps, fraction, margin
+        self.telemetry = telemetry  # a `PairTelemetry` on the same views, placed before this callback: its
+        # epoch-end statistics are reused instead of measuring the same batch twice
         self.warned = False  # once per callback, i.e. per training run (a resumed fit reuses it)
         self.history_fields = None
         self._pending, self._loss, self._step = None, None, 0
@@ -330,11 +330,15 @@ class TemperatureSaturationWarning(keras.callbacks.Callback):
             return None
         return getattr(getattr(self.model, "contrastive_loss", None), "temperature", None)
 
-    def _measure(self, when):
+    def _measure(self, when, epoch=None):
         """Fractions at the floor now; queue the warning if they cross the threshold."""
         temperature = self._temperature()
-        fractions = floor_fractions(self.model.pair_statistics(self.view1, self.view2),
-                                    temperature.temperature_min, self.margin)
+        latest = getattr(self.telemetry, "latest", None)
+        if epoch is not None and latest is not None and latest[0] == epoch:
+            stats = latest[1]
+        else:
+            stats = self.model.pair_statistics(self.view1, self.view2)
+        fractions = floor_fractions(stats, temperature.temperature_min, self.margin)
         if not self.warned and self._pending is None:
             worst = max(((kind, head, share) for kind, shares in fractions.items() for head, share in enumerate(shares)),
                         key=lambda item: item[2])
@@ -356,7 +360,7 @@ class TemperatureSaturationWarning(keras.callbacks.Callback):
         if self._temperature() is None:
             return
         self._loss = (logs or {}).get("loss")
-        fractions = self._measure(f"epoch {epoch + 1}")
+        fractions = self._measure(f"epoch {epoch + 1}", epoch)
         self.history_fields = {"tau_floor_per_head": {
             kind: {f"head{c}": share for c, share in enumerate(shares)} for kind, shares in fractions.items()}}
         if logs is not None:
@@ -375,11 +379,7 @@ class TemperatureSaturationWarning(keras.callbacks.Callback):
             for c in range(len(next(iter(fractions.values()))))
         )
         objective = getattr(self.model.contrastive_loss, "objective", "authors")
-        try:
-            from amcl_keras.losses.adaptive import OBJECTIVES
-            bounded = [name for name in OBJECTIVES if name != "authors"]
-        except ImportError:
-            bounded = []
+        bounded = [name for name in OBJECTIVES if name != "authors"]
         fixes = []
         if objective == "authors" and bounded:
             fixes.append(f"model.objective: {' or '.join(bounded)} (a bounded objective, which keeps the "
@@ -419,70 +419,3 @@ class TemperatureSaturationWarning(keras.callbacks.Callback):
         # The stderr line shows even where Python warnings are filtered; the warning carries the details.
         print(f"amcl: WARNING: {self.message(when, fractions, short=True)}", file=sys.stderr, flush=True)
         warnings.warn(TemperatureCollapseWarning(self.message(when, fractions)), stacklevel=2)
-
-
-class RunBackup(keras.callbacks.Callback):
-    """Back up what a resumed run needs, every `every_steps` steps and at every epoch end.
-
-    One backup is the model's weights WITH the optimizer state (`save_weights` includes it:
-    the step count that drives the learning-rate schedule, momenta) and every non-trainable
-    variable (MoCo's key encoder, queues and pointer; batch-norm statistics), plus
-    `state.json` = {epoch (completed), step (within the next epoch), weights file}. The
-    weights are written under a new name first and `state.json` is replaced atomically after
-    them, so a kill at any moment leaves the previous complete backup. `RunBackup.restore`
-    loads the latest one.
-    """
-
-    STATE = "state.json"
-
-    def __init__(self, directory, every_steps=None, initial_epoch=0, initial_step=0):
-        super().__init__()
-        if every_steps is not None and every_steps < 1:
-            raise ValueError(f"`every_steps` must be None (epochs only) or >= 1, got {every_steps}.")
-        self.directory = pathlib.Path(directory)
-        self.every_steps = every_steps
-        self._epoch, self._step = initial_epoch, initial_step
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch != self._epoch:  # a new epoch (not the resumed remainder of one)
-            self._epoch, self._step = epoch, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self.every_steps and self._step % self.every_steps == 0:
-            self.save(self._epoch, self._step)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._epoch, self._step = epoch + 1, 0
-        self.save(epoch + 1, 0)
-
-    def save(self, epoch, step):
-        """Write one backup (under several workers every worker saves; non-chiefs into a scratch folder)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        previous = self.read_state(self.directory)
-        name = f"backup-e{epoch}-s{step}.weights.h5"
-        self.model.save_weights(str(self.directory / name), overwrite=True)
-        temporary = self.directory / (self.STATE + ".partial")
-        temporary.write_text(json.dumps({"epoch": epoch, "step": step, "weights": name}))
-        os.replace(temporary, self.directory / self.STATE)  # the commit point
-        if previous and previous["weights"] != name:
-            (self.directory / previous["weights"]).unlink(missing_ok=True)
-
-    @classmethod
-    def read_state(cls, directory):
-        path = pathlib.Path(directory) / cls.STATE
-        if not path.is_file():
-            return None
-        state = json.loads(path.read_text())
-        return state if (pathlib.Path(directory) / state["weights"]).is_file() else None
-
-    @classmethod
-    def restore(cls, model, directory):
-        """Load the latest backup into `model` (compiled, built); returns its state or None."""
-        state = cls.read_state(directory)
-        if state is None:
-            return None
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        model.load_weights(str(pathlib.Path(directory) / state["weights"]))
-        return state

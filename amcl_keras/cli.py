@@ -1,9 +1,26 @@
-"""`amcl` command line: `amcl train [--config FILE] [--set section.key=value ...]`, `amcl export RUN_DIR`."""
+"""`amcl` command line, five commands:
+
+    amcl train [--config FILE] [--set section.key=value ...]   pre-train, evaluate, export; writes a run directory
+    amcl eval RUN_DIR                                          linear probe and kNN of a run's encoder (eval.json)
+    amcl export RUN_DIR [--formats saved_model onnx]           verified SavedModel / ONNX export of a run's encoder
+    amcl report RUN_DIR [RUN_DIR ...] --out report.png          curves and similarity histograms of runs
+    amcl augment-preview [--preset abcde]                      a PNG of images and two augmented views of each
+
+Exit codes: 0 done, 2 bad input (config, run directory, data; the message says what to change),
+3 training stopped because the loss or a gradient stopped being finite.
+"""
 
 import argparse
 import os
 import sys
 import time
+
+import numpy as np
+
+from amcl_keras import config as config_lib, data, evaluation, export as export_lib, preview, registry, report
+from amcl_keras import runs, train as train_lib
+from amcl_keras.callbacks import NonFiniteLossError
+from amcl_keras.constants import EXPORT_FORMATS, EXPORT_TOLERANCE
 
 
 def _parser():
@@ -20,7 +37,7 @@ def _parser():
                        help="override a config value, e.g. --set train.epochs=1 (repeatable)")
     train.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
     train.add_argument("--steps-per-epoch", type=int, help="shortcut for --set train.steps_per_epoch=N")
-    train.add_argument("--method", choices=["simclr", "moco", "barlow_twins", "simsiam"],
+    train.add_argument("--method", choices=sorted(registry.METHODS),
                        help="shortcut for --set model.method=NAME (method defaults fill what the config leaves open)")
     train.add_argument("--no-amcl", action="store_true", help="the method's baseline: shortcut for --set model.amcl=false")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -32,8 +49,8 @@ def _parser():
     )
     export.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `amcl train`")
     export.add_argument("--out", help="output folder (default: RUN_DIR/export)")
-    export.add_argument("--formats", nargs="+", default=["saved_model", "onnx"], choices=["saved_model", "onnx"])
-    export.add_argument("--tolerance", type=float, default=1e-4, help="max |difference| to Keras allowed")
+    export.add_argument("--formats", nargs="+", default=list(EXPORT_FORMATS), choices=EXPORT_FORMATS)
+    export.add_argument("--tolerance", type=float, default=EXPORT_TOLERANCE, help="max |difference| to Keras allowed")
     export.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     evaluate = commands.add_parser(
         "eval",
@@ -67,10 +84,6 @@ def _parser():
 
 
 def _preview(args):
-    import numpy as np
-
-    from amcl_keras import config as config_lib, data, preview
-
     try:
         config = config_lib.load(args.config, args.overrides + ([f"data.augmentation={args.preset}"] if args.preset else []))
     except config_lib.ConfigError as error:
@@ -93,25 +106,21 @@ def _preview(args):
 
 
 def _eval(args):
-    from amcl_keras import evaluation, export as export_lib
-
     try:
         result = evaluation.evaluate_run(args.run_dir, args.probe_epochs, args.knn_k, args.knn_temperature, args.seed)
-    except (export_lib.ExportError, ValueError, RuntimeError) as error:
+    except (runs.RunReadError, config_lib.ConfigError, ValueError, RuntimeError) as error:
         print(f"amcl: eval failed: {error}", file=sys.stderr)
         return 2
     probe, knn = result["linear_probe"], result["knn"]
-    print(f"linear probe {probe['accuracy'] * 100:.1f}% ({probe['epochs']} epochs, Adam 1e-2), "
-          f"kNN {knn['accuracy'] * 100:.1f}% (k={knn['k']}, T={knn['temperature']}) -> {args.run_dir}/eval.json")
+    print(f"linear probe {probe['accuracy'] * 100:.1f}% ({probe['protocol']})\n"
+          f"kNN {knn['accuracy'] * 100:.1f}% ({knn['protocol']})\n-> {os.path.join(args.run_dir, runs.EVAL)}")
     return 0
 
 
 def _report(args):
-    from amcl_keras import export as export_lib, report
-
     try:
         path = report.write_report(args.run_dirs, args.out)
-    except (FileNotFoundError, export_lib.ExportError, ValueError) as error:
+    except (FileNotFoundError, runs.RunReadError, config_lib.ConfigError, ValueError) as error:
         print(f"amcl: report failed: {error}", file=sys.stderr)
         return 2
     print(f"Wrote {path} for {len(args.run_dirs)} run(s).")
@@ -119,8 +128,6 @@ def _report(args):
 
 
 def _export(args):
-    from amcl_keras import export as export_lib
-
     out = args.out or os.path.join(args.run_dir, "export")
     try:
         metadata = export_lib.export_encoder(
@@ -147,8 +154,6 @@ def main(argv=None):
     if args.command == "report":
         return _report(args)
 
-    from amcl_keras import config as config_lib
-
     overrides = list(args.overrides)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
@@ -163,11 +168,7 @@ def main(argv=None):
     except config_lib.ConfigError as error:
         print(f"amcl: config error: {error}", file=sys.stderr)
         return 2
-    from amcl_keras import train as train_lib
-
     run_dir = args.run_dir or os.path.join("runs", f"{config.model.method}-{time.strftime('%Y%m%d-%H%M%S')}")
-    from amcl_keras.callbacks import NonFiniteLossError
-
     try:
         results = train_lib.run(config, run_dir, overwrite=args.overwrite)
     except (train_lib.RunDirectoryError, ValueError, RuntimeError) as error:  # ExportError included

@@ -3,6 +3,11 @@
 Every field has the demo's value as default, so `Config()` is the CPU demo. A YAML file
 names only what it changes; unknown keys, wrong types and out-of-range values are refused
 at load time with the key, the value and what is allowed.
+
+The `model:` section is flat in YAML but has two parts: the fields every method shares
+(`ModelConfig`) and the chosen method's own settings (its registered settings dataclass, e.g.
+MoCo's `queue_size`), declared in the method's file (`amcl_keras.registry`). This module sits at
+the bottom of the import graph: it imports only `constants` and `registry`.
 """
 
 import dataclasses
@@ -11,15 +16,22 @@ import typing
 
 import yaml
 
-from amcl_keras.augment import parse_preset
-from amcl_keras.losses.adaptive import DEFAULT_OBJECTIVE, NEGATIVE_FORMS, OBJECTIVES
-from amcl_keras.optimizers import WEIGHT_DECAY_MODES
-
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+from amcl_keras import registry
+from amcl_keras.constants import (
+    DEFAULT_OBJECTIVE, ENCODER_FORWARDS, EXPORT_FORMATS, EXPORT_TOLERANCE, KNN_K, KNN_TEMPERATURE, NEGATIVE_FORMS,
+    NUM_HEADS, OBJECTIVES, PRECISIONS, PROBE_EPOCHS, STRATEGIES, TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX,
+    TEMPERATURE_MIN, TOP_K, WEIGHT_DECAY_MODES, parse_preset,
+)
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+def require(condition, key, value, allowed):
+    """Raise a `ConfigError` naming `key`, its `value` and what is `allowed` unless `condition`."""
+    if not condition:
+        raise ConfigError(f"{key}={value!r} is out of range: {allowed}.")
 
 
 @dataclasses.dataclass
@@ -42,51 +54,43 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    method: str = "simclr"  # "simclr", "moco", "barlow_twins" or "simsiam"
-    encoder: str = "small_convnet"  # or "resnet18_cifar"
+    """The fields every method shares, and `settings`: the method's own (see the module docstring).
+
+    `cfg.queue_size` reads the method's setting through `cfg.settings`."""
+
+    method: str = "simclr"  # a registered method: "simclr", "moco", "barlow_twins", "simsiam"
+    encoder: str = "small_convnet"  # a registered encoder: "small_convnet", "resnet18_cifar"
     encoder_width: int = 32
-    num_heads: int = 3
+    num_heads: int = NUM_HEADS
     amcl: bool = True
-    # None below = the method's default from the paper (METHOD_DEFAULTS)
-    projection_dim: typing.Optional[int] = None
-    hidden_dim: typing.Optional[int] = None
-    temperature: typing.Optional[float] = None  # the baseline's fixed τ (SimCLR 0.5, MoCo 0.1)
-    beta: typing.Optional[float] = None
     negatives: str = "topk"  # SimCLR/MoCo: "topk" (authors' code) or "hardest" (paper Eq. 2.1)
-    top_k: int = 100
-    temperature_hidden_dim: int = 128
-    temperature_min: float = 1e-5
-    temperature_max: float = 2.0
+    top_k: int = TOP_K
+    temperature_hidden_dim: int = TEMPERATURE_HIDDEN_DIM
+    temperature_min: float = TEMPERATURE_MIN
+    temperature_max: float = TEMPERATURE_MAX
     # How the temperatures enter the AMCL loss: "normalized" (bounded: per-pair τ inside NT-Xent's /
     # InfoNCE's log-sum-exp; chosen on a validation split, docs/METHOD.md §9), "rectified" (bounded),
     # or "authors" (the paper's form, unbounded below: τ collapses to temperature_min)
     objective: str = DEFAULT_OBJECTIVE
     temperature_center: typing.Optional[float] = None  # bounded objectives: τ the regulariser prefers (None: 2/d)
     synchronized_batch_norm: bool = False  # encoder batch norm over the global batch (all replicas)
-    queue_size: int = 4096  # MoCo
-    momentum: float = 0.99  # MoCo
-    lambda_: float = 5e-3  # Barlow Twins' off-diagonal weight
-    predictor_hidden_dim: int = 512  # SimSiam
-    # The authors' pipeline (docs/METHOD.md §7); each default is theirs:
     encoder_forward: str = "per_view"  # each view through the encoder and heads on its own (batch-norm statistics
-    # per view), or "concatenated": both views in one batch (fewer, larger kernels)
-    projector_output_bn: typing.Optional[bool] = None  # Barlow Twins/SimSiam: heads end in a non-affine batch norm
-    # (None: the method's default, true for those two; SimCLR/MoCo heads have no batch norm, true is refused)
-    moco_form: str = "asymmetric"  # MoCo: queries from view 1, keys from view 2, B keys enqueued per step;
-    # or "symmetric": both views as queries and keys, 2B keys enqueued
+    # per view, the authors'), or "concatenated": both views in one batch (fewer, larger kernels)
+    settings: typing.Any = None  # the method's settings dataclass (None: the method's defaults)
+
+    def __post_init__(self):
+        if self.settings is None and self.method in registry.METHODS:
+            self.settings = registry.METHODS[self.method].settings()
+
+    def __getattr__(self, name):  # only for names that are not ModelConfig fields
+        settings = self.__dict__.get("settings")
+        if not name.startswith("__") and settings is not None and name in _field_names(settings):
+            return getattr(settings, name)
+        raise AttributeError(f"model.{name} is not a setting of method {self.__dict__.get('method')!r}.")
 
 
-# The authors' per-method settings (docs/METHOD.md §5), used where a config leaves a value None.
-METHOD_DEFAULTS = {
-    "simclr": {"projection_dim": 128, "hidden_dim": 512, "beta": 1e-4, "temperature": 0.5, "learning_rate": 0.06,
-               "projector_output_bn": False},
-    "moco": {"projection_dim": 128, "hidden_dim": 512, "beta": 1e-4, "temperature": 0.1, "learning_rate": 0.08,
-             "projector_output_bn": False},
-    "barlow_twins": {"projection_dim": 2048, "hidden_dim": 2048, "beta": 1e-6, "temperature": None, "learning_rate": 0.11,
-                     "projector_output_bn": True},
-    "simsiam": {"projection_dim": 2048, "hidden_dim": 2048, "beta": 1e-4, "temperature": None, "learning_rate": 0.05,
-                "projector_output_bn": True},
-}
+def _field_names(dataclass):
+    return [field.name for field in dataclasses.fields(dataclass)]
 
 
 @dataclasses.dataclass
@@ -109,9 +113,9 @@ class TrainConfig:
 
 @dataclasses.dataclass
 class EvalConfig:
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    probe_epochs: int = 50
+    knn_k: int = KNN_K
+    knn_temperature: float = KNN_TEMPERATURE
+    probe_epochs: int = PROBE_EPOCHS
     knn_every: int = 0  # epochs between online kNN monitors during training (0: off)
     online_probe_every: int = 1  # steps between online linear-probe updates (0: off; needs labels)
     telemetry_every: int = 1  # epochs between per-head τ / similarity distributions (0: off)
@@ -122,8 +126,8 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class ExportConfig:
-    formats: typing.Tuple[str, ...] = ("saved_model", "onnx")  # [] to skip the export after training
-    tolerance: float = 1e-4  # max |difference| to the Keras encoder allowed in the verification
+    formats: typing.Tuple[str, ...] = EXPORT_FORMATS  # [] to skip the export after training
+    tolerance: float = EXPORT_TOLERANCE  # max |difference| to the Keras encoder allowed in the verification
 
 
 @dataclasses.dataclass
@@ -134,8 +138,15 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
+    def __post_init__(self):
+        if self.train.learning_rate is None and self.model.method in registry.METHODS:
+            self.train.learning_rate = registry.METHODS[self.model.method].learning_rate
+
     def to_dict(self):
-        return dataclasses.asdict(self)
+        """Nested plain dicts, as YAML writes them (the method's settings flat in `model`)."""
+        values = dataclasses.asdict(self)
+        values["model"].update(values["model"].pop("settings") or {})
+        return values
 
     def dump(self, path):
         with open(path, "w", encoding="utf-8") as handle:
@@ -205,30 +216,43 @@ def from_dict(raw):
             raise _unknown_key("", name, list(hints))
         if not isinstance(section, dict):
             raise ConfigError(f"Config section {name!r} must be a mapping, got {section!r}.")
-        fields = typing.get_type_hints(hints[name])
-        values = {}
-        for key, value in section.items():
-            if key not in fields:
-                raise _unknown_key(f"{name}.", key, list(fields))
-            values[key] = _coerce(f"{name}.{key}", value, fields[key])
-        sections[name] = hints[name](**values)
+        sections[name] = _model_section(section) if name == "model" else _section(name, hints[name], section)
     config = Config(**sections)
-    resolve_method_defaults(config)
     validate(config)
     return config
 
 
-def resolve_method_defaults(config):
-    """Fill the values left None with the chosen method's defaults (so config.yaml is complete)."""
-    defaults = METHOD_DEFAULTS.get(config.model.method)
-    if defaults is None:
-        return config  # validate() names the unknown method
-    for key in ("projection_dim", "hidden_dim", "beta", "temperature", "projector_output_bn"):
-        if getattr(config.model, key) is None:
-            setattr(config.model, key, defaults[key])
-    if config.train.learning_rate is None:
-        config.train.learning_rate = defaults["learning_rate"]
-    return config
+def _section(name, dataclass, values, known=None):
+    """`dataclass(**values)` with every value checked against its annotation."""
+    fields = typing.get_type_hints(dataclass)
+    checked = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise _unknown_key(f"{name}.", key, known or list(fields))
+        checked[key] = _coerce(f"{name}.{key}", value, fields[key])
+    return dataclass(**checked)
+
+
+def _model_section(values):
+    """The shared `ModelConfig` fields, and the chosen method's own settings (its dataclass)."""
+    method = _coerce("model.method", values.get("method", ModelConfig.method), str)
+    require(method in registry.METHODS, "model.method", method, f"one of {sorted(registry.METHODS)}")
+    spec = registry.METHODS[method]
+    shared = [name for name in _field_names(ModelConfig) if name != "settings"]
+    own = spec.setting_names()
+    for key in values:
+        owners = [name for name, other in registry.METHODS.items() if key in other.setting_names()]
+        if key not in shared and key not in own and owners:
+            raise ConfigError(
+                f"model.{key} is a setting of {' and '.join(owners)}, and model.method is {method!r}, whose settings "
+                f"are {list(own)}. Remove model.{key}, or set model.method to {owners[0]!r}."
+            )
+    known = shared + list(own)
+    if "settings" in values:
+        raise _unknown_key("model.", "settings", known)
+    model = _section("model", ModelConfig, {k: v for k, v in values.items() if k not in own}, known)
+    model.settings = _section("model", spec.settings, {k: v for k, v in values.items() if k in own}, known)
+    return model
 
 
 def load(path=None, overrides=()):
@@ -256,96 +280,70 @@ def load(path=None, overrides=()):
     return from_dict(raw)
 
 
-def _require(condition, key, value, allowed):
-    if not condition:
-        raise ConfigError(f"{key}={value!r} is out of range: {allowed}.")
-
-
 def validate(config):
     data, model, train, evaluation = config.data, config.model, config.train, config.eval
-    _require(data.batch_size >= 2, "data.batch_size", data.batch_size, "it must be at least 2 (positives need pairs)")
-    _require(data.image_size is None or data.image_size >= 8, "data.image_size", data.image_size, "use None or >= 8")
-    _require(data.shuffle_buffer >= 1, "data.shuffle_buffer", data.shuffle_buffer, "it must be >= 1")
-    _require(data.augment_on in ("dataset", "step"), "data.augment_on", data.augment_on, "'dataset' or 'step'")
-    _require(data.channels in (None, 1, 3), "data.channels", data.channels, "None, 1 or 3")
-    _require(data.on_bad_image in ("skip", "error"), "data.on_bad_image", data.on_bad_image, "'skip' or 'error'")
-    _require(0 < data.crop_scale[0] <= data.crop_scale[1] <= 1, "data.crop_scale", data.crop_scale, "0 < low <= high <= 1")
+    require(data.batch_size >= 2, "data.batch_size", data.batch_size, "it must be at least 2 (positives need pairs)")
+    require(data.image_size is None or data.image_size >= 8, "data.image_size", data.image_size, "use None or >= 8")
+    require(data.shuffle_buffer >= 1, "data.shuffle_buffer", data.shuffle_buffer, "it must be >= 1")
+    require(data.augment_on in ("dataset", "step"), "data.augment_on", data.augment_on, "'dataset' or 'step'")
+    require(data.channels in (None, 1, 3), "data.channels", data.channels, "None, 1 or 3")
+    require(data.on_bad_image in ("skip", "error"), "data.on_bad_image", data.on_bad_image, "'skip' or 'error'")
+    require(0 < data.crop_scale[0] <= data.crop_scale[1] <= 1, "data.crop_scale", data.crop_scale, "0 < low <= high <= 1")
     try:
         parse_preset(data.augmentation)
     except ValueError as error:
         raise ConfigError(f"data.augmentation: {error}") from None
-    from amcl_keras import encoders, methods
-
-    _require(model.method in methods.METHODS, "model.method", model.method, f"one of {sorted(methods.METHODS)}")
-    _require(data.batch_size >= 2, "data.batch_size", data.batch_size, "it must be at least 2")
-    _require(model.encoder in encoders.ENCODERS, "model.encoder", model.encoder, f"one of {sorted(encoders.ENCODERS)}")
-    for key in ("encoder_width", "num_heads", "projection_dim", "hidden_dim", "top_k", "temperature_hidden_dim"):
+    require(model.method in registry.METHODS, "model.method", model.method, f"one of {sorted(registry.METHODS)}")
+    require(model.encoder in registry.ENCODERS, "model.encoder", model.encoder, f"one of {sorted(registry.ENCODERS)}")
+    for key in ("encoder_width", "num_heads", "top_k", "temperature_hidden_dim"):
         value = getattr(model, key)
-        _require(value >= 1, f"model.{key}", value, "it must be a positive integer")
-    _require(model.temperature is None or model.temperature > 0, "model.temperature", model.temperature,
-             "it must be > 0 (SimCLR uses 0.5, MoCo 0.1)")
-    _require(model.encoder_forward in methods.ENCODER_FORWARDS, "model.encoder_forward", model.encoder_forward,
-             f"one of {methods.ENCODER_FORWARDS}")
-    _require(model.moco_form in methods.MOCO_FORMS, "model.moco_form", model.moco_form, f"one of {methods.MOCO_FORMS}")
-    with_output_bn = [name for name, defaults in METHOD_DEFAULTS.items() if defaults["projector_output_bn"]]
-    _require(not model.projector_output_bn or model.method in with_output_bn, "model.projector_output_bn",
-             model.projector_output_bn, f"false for {model.method}: only the heads of {with_output_bn} end in a "
-             "batch norm (SimCLR and MoCo heads have none); remove the key or set it to false")
-    keys_per_step = (2 if model.moco_form == "symmetric" else 1) * data.batch_size
-    _require(model.method != "moco" or model.queue_size >= keys_per_step, "model.queue_size", model.queue_size,
-             f"MoCo ({model.moco_form}) enqueues {keys_per_step} keys per step (batch {data.batch_size}"
-             f"{' × 2 views' if model.moco_form == 'symmetric' else ''}); use at least that")
-    _require(0 <= model.momentum < 1, "model.momentum", model.momentum, "0 <= momentum < 1 (MoCo uses 0.99)")
-    _require(model.lambda_ >= 0, "model.lambda_", model.lambda_, "it must be >= 0 (Barlow Twins uses 5e-3)")
-    _require(model.predictor_hidden_dim >= 1, "model.predictor_hidden_dim", model.predictor_hidden_dim, "a positive integer")
-    _require(model.beta >= 0, "model.beta", model.beta, "it must be >= 0 (the authors use 1e-4)")
-    _require(model.objective in OBJECTIVES, "model.objective", model.objective,
-             f"one of {OBJECTIVES} ('authors': the paper's form; 'normalized', 'rectified': bounded, docs/METHOD.md)")
-    _require(model.temperature_center is None or model.temperature_center > 0, "model.temperature_center",
-             model.temperature_center, "None (2/projection_dim) or > 0")
-    _require(model.negatives in NEGATIVE_FORMS, "model.negatives", model.negatives, f"one of {NEGATIVE_FORMS}")
-    _require(
-        0 < model.temperature_min < model.temperature_max,
-        "model.temperature_min",
-        (model.temperature_min, model.temperature_max),
-        "0 < temperature_min < temperature_max (the authors use 1e-5 and 2.0)",
-    )
-    _require(train.epochs >= 1, "train.epochs", train.epochs, "it must be >= 1")
-    _require(train.steps_per_epoch is None or train.steps_per_epoch >= 1, "train.steps_per_epoch", train.steps_per_epoch, "None or >= 1")
-    _require(train.learning_rate > 0, "train.learning_rate", train.learning_rate, "it must be > 0")
-    _require(0 <= train.momentum < 1, "train.momentum", train.momentum, "0 <= momentum < 1")
-    _require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "it must be >= 0")
-    _require(train.weight_decay_mode in WEIGHT_DECAY_MODES, "train.weight_decay_mode", train.weight_decay_mode,
+        require(value >= 1, f"model.{key}", value, "it must be a positive integer")
+    require(model.encoder_forward in ENCODER_FORWARDS, "model.encoder_forward", model.encoder_forward,
+            f"one of {ENCODER_FORWARDS}")
+    require(model.objective in OBJECTIVES, "model.objective", model.objective,
+            f"one of {OBJECTIVES} ('authors': the paper's form; 'normalized', 'rectified': bounded, docs/METHOD.md)")
+    require(model.temperature_center is None or model.temperature_center > 0, "model.temperature_center",
+            model.temperature_center, "None (2/projection_dim) or > 0")
+    require(model.negatives in NEGATIVE_FORMS, "model.negatives", model.negatives, f"one of {NEGATIVE_FORMS}")
+    require(0 < model.temperature_min < model.temperature_max, "model.temperature_min",
+            (model.temperature_min, model.temperature_max),
+            f"0 < temperature_min < temperature_max (the authors use {TEMPERATURE_MIN} and {TEMPERATURE_MAX})")
+    require(isinstance(model.settings, registry.METHODS[model.method].settings), "model.settings",
+            type(model.settings).__name__, f"the settings of {model.method!r}")
+    model.settings.check(config)  # the method's own checks (amcl_keras/methods/<method>.py)
+    require(train.epochs >= 1, "train.epochs", train.epochs, "it must be >= 1")
+    require(train.steps_per_epoch is None or train.steps_per_epoch >= 1, "train.steps_per_epoch", train.steps_per_epoch, "None or >= 1")
+    require(train.learning_rate > 0, "train.learning_rate", train.learning_rate, "it must be > 0")
+    require(0 <= train.momentum < 1, "train.momentum", train.momentum, "0 <= momentum < 1")
+    require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "it must be >= 0")
+    require(train.weight_decay_mode in WEIGHT_DECAY_MODES, "train.weight_decay_mode", train.weight_decay_mode,
              f"one of {WEIGHT_DECAY_MODES} ('coupled': PyTorch's SGD, the authors'; 'decoupled': Keras's SGD)")
-    _require(train.clipnorm > 0, "train.clipnorm", train.clipnorm, "it must be > 0")
-    from amcl_keras.distribute import STRATEGIES
-
-    _require(train.strategy in STRATEGIES, "train.strategy", train.strategy, f"one of {STRATEGIES}")
-    _require(not (train.jit_compile and train.cpu_replicas > 1), "train.jit_compile", train.jit_compile,
+    require(train.clipnorm > 0, "train.clipnorm", train.clipnorm, "it must be > 0")
+    require(train.strategy in STRATEGIES, "train.strategy", train.strategy, f"one of {STRATEGIES}")
+    require(not (train.jit_compile and train.cpu_replicas > 1), "train.jit_compile", train.jit_compile,
              "false with train.cpu_replicas > 1: Keras 3 cannot XLA-compile a step spanning several devices "
              "(keras-team/keras#19005). Set train.jit_compile=false, or train on one device")
-    _require(train.mixed_precision in PRECISIONS, "train.mixed_precision", train.mixed_precision, f"one of {PRECISIONS}")
-    _require(train.backup_every_steps is None or train.backup_every_steps >= 1, "train.backup_every_steps",
+    require(train.mixed_precision in PRECISIONS, "train.mixed_precision", train.mixed_precision, f"one of {PRECISIONS}")
+    require(train.backup_every_steps is None or train.backup_every_steps >= 1, "train.backup_every_steps",
              train.backup_every_steps, "None (every epoch only) or >= 1")
-    _require(train.cpu_replicas >= 1, "train.cpu_replicas", train.cpu_replicas, "it must be >= 1")
-    _require(
+    require(train.cpu_replicas >= 1, "train.cpu_replicas", train.cpu_replicas, "it must be >= 1")
+    require(
         data.batch_size % train.cpu_replicas == 0,
         "data.batch_size",
         data.batch_size,
         f"the global batch must divide evenly over train.cpu_replicas={train.cpu_replicas}",
     )
-    from amcl_keras.export import FORMATS
-
     for name in config.export.formats:
-        _require(name in FORMATS, "export.formats", list(config.export.formats), f"a list drawn from {list(FORMATS)}")
-    _require(config.export.tolerance > 0, "export.tolerance", config.export.tolerance, "it must be > 0")
-    _require(evaluation.knn_k >= 1, "eval.knn_k", evaluation.knn_k, "it must be >= 1")
-    _require(evaluation.knn_temperature > 0, "eval.knn_temperature", evaluation.knn_temperature, "it must be > 0")
-    _require(evaluation.knn_every >= 0, "eval.knn_every", evaluation.knn_every, "0 (off) or a number of epochs")
-    _require(evaluation.online_probe_every >= 0, "eval.online_probe_every", evaluation.online_probe_every,
+        require(name in EXPORT_FORMATS, "export.formats", list(config.export.formats),
+                f"a list drawn from {list(EXPORT_FORMATS)}")
+    require(config.export.tolerance > 0, "export.tolerance", config.export.tolerance, "it must be > 0")
+    require(evaluation.knn_k >= 1, "eval.knn_k", evaluation.knn_k, "it must be >= 1")
+    require(evaluation.knn_temperature > 0, "eval.knn_temperature", evaluation.knn_temperature, "it must be > 0")
+    require(evaluation.knn_every >= 0, "eval.knn_every", evaluation.knn_every, "0 (off) or a number of epochs")
+    require(evaluation.online_probe_every >= 0, "eval.online_probe_every", evaluation.online_probe_every,
              "0 (off) or a number of steps")
-    _require(evaluation.telemetry_every >= 0, "eval.telemetry_every", evaluation.telemetry_every,
+    require(evaluation.telemetry_every >= 0, "eval.telemetry_every", evaluation.telemetry_every,
              "0 (off) or a number of epochs")
-    _require(evaluation.probe_epochs >= 1, "eval.probe_epochs", evaluation.probe_epochs, "it must be >= 1")
-    _require(evaluation.max_examples is None or evaluation.max_examples >= 1, "eval.max_examples", evaluation.max_examples, "None or >= 1")
+    require(evaluation.probe_epochs >= 1, "eval.probe_epochs", evaluation.probe_epochs, "it must be >= 1")
+    require(evaluation.max_examples is None or evaluation.max_examples >= 1, "eval.max_examples", evaluation.max_examples, "None or >= 1")
     return config

@@ -2,6 +2,8 @@
 
 import tensorflow as tf
 
+from amcl_keras.constants import STRATEGIES
+
 
 def use_cpu_replicas(count):
     """Split the CPU into `count` logical devices (for MirroredStrategy on a CPU-only machine).
@@ -23,7 +25,6 @@ def use_cpu_replicas(count):
         ) from error
 
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 
 
 def make_strategy(name="auto", cpu_replicas=1):

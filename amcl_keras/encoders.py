@@ -2,6 +2,9 @@
 
 import keras
 
+from amcl_keras import registry
+from amcl_keras.registry import register_encoder
+
 layers = keras.layers
 
 
@@ -11,6 +14,7 @@ def _conv_bn_relu(x, filters, strides, synchronized, name):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
+@register_encoder("small_convnet")
 def small_convnet(input_shape=(28, 28, 1), width=32, synchronized_batch_norm=False, name="small_convnet"):
     """Three 3×3 conv blocks (width, 2·width, 4·width; the last two stride 2) and global pooling.
 
@@ -40,6 +44,7 @@ def _basic_block(x, filters, strides, synchronized, name):
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 
+@register_encoder("resnet18_cifar")
 def resnet18_cifar(input_shape=(32, 32, 3), width=64, synchronized_batch_norm=False, name="resnet18_cifar"):
     """ResNet-18 with the CIFAR stem (3×3 stride-1 conv, no max-pool), as the AMCL authors use.
 
@@ -61,11 +66,11 @@ def resnet18_cifar(input_shape=(32, 32, 3), width=64, synchronized_batch_norm=Fa
     return keras.Model(inputs, outputs, name=name)
 
 
-ENCODERS = {"small_convnet": small_convnet, "resnet18_cifar": resnet18_cifar}
+ENCODERS = registry.ENCODERS  # name -> builder, filled by @register_encoder
 
 
 def get(name, input_shape, width=None, synchronized_batch_norm=False):
-    """Build an encoder by name (`small_convnet`, `resnet18_cifar`)."""
+    """Build a registered encoder by name (`small_convnet`, `resnet18_cifar`)."""
     if name not in ENCODERS:
         raise ValueError(f"Unknown encoder {name!r}. Known encoders: {sorted(ENCODERS)}.")
     kwargs = {"synchronized_batch_norm": synchronized_batch_norm}

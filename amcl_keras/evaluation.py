@@ -1,10 +1,35 @@
-"""Evaluation of a frozen encoder: kNN (cosine, weighted votes) and a linear probe."""
+"""Evaluation of a frozen encoder: kNN (cosine, weighted votes) and a linear probe.
+
+`protocol_text` describes both protocols from the same constants the functions below use, so
+results files and messages state what actually ran.
+"""
+
+import os
+import pathlib
+import platform
+import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from amcl_keras import data, runs
+from amcl_keras.constants import KNN_K, KNN_TEMPERATURE, PROBE_BATCH_SIZE, PROBE_EPOCHS, PROBE_LEARNING_RATE
 from amcl_keras.data import to_float_images
+
+PROBE_OPTIMIZER = "Adam"
+
+
+def protocol_text(probe_epochs=PROBE_EPOCHS, knn_k=KNN_K, knn_temperature=KNN_TEMPERATURE, train_split=None,
+                  test_split=None):
+    """`{"linear_probe": ..., "knn": ...}`: one line each on how the scores were computed."""
+    probe = (f"softmax on standardised frozen features, {PROBE_OPTIMIZER} {PROBE_LEARNING_RATE:g}, batch "
+             f"{PROBE_BATCH_SIZE}, {probe_epochs} epochs")
+    knn = f"cosine, k={knn_k}, T={knn_temperature}, weighted votes exp(s/T)"
+    if train_split is not None:
+        probe += f", trained on split {train_split!r}, tested on {test_split!r}"
+        knn += f", bank = {train_split!r}"
+    return {"linear_probe": probe, "knn": knn}
 
 
 def extract_features(encoder, images, image_size=None, batch_size=512):
@@ -14,7 +39,8 @@ def extract_features(encoder, images, image_size=None, batch_size=512):
     return np.concatenate([np.asarray(encoder(batch, training=False), np.float32) for batch in dataset])
 
 
-def knn_predict(train_features, train_labels, query_features, num_classes, k=200, temperature=0.1, chunk=1024):
+def knn_predict(train_features, train_labels, query_features, num_classes, k=KNN_K, temperature=KNN_TEMPERATURE,
+                chunk=1024):
     """Weighted kNN on cosine similarity (as the AMCL authors and lightly): the k nearest training
     features vote for their label with weight exp(similarity / temperature)."""
     train = train_features / np.linalg.norm(train_features, axis=1, keepdims=True).clip(1e-12)
@@ -31,16 +57,17 @@ def knn_predict(train_features, train_labels, query_features, num_classes, k=200
     return np.concatenate(predictions)
 
 
-def knn_accuracy(train_features, train_labels, test_features, test_labels, k=200, temperature=0.1):
+def knn_accuracy(train_features, train_labels, test_features, test_labels, k=KNN_K, temperature=KNN_TEMPERATURE):
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     predicted = knn_predict(train_features, train_labels, test_features, num_classes, k, temperature)
     return float(np.mean(predicted == test_labels))
 
 
 def linear_probe_accuracy(
-    train_features, train_labels, test_features, test_labels, epochs=50, learning_rate=1e-2, batch_size=256, seed=0
+    train_features, train_labels, test_features, test_labels, epochs=PROBE_EPOCHS, learning_rate=PROBE_LEARNING_RATE,
+    batch_size=PROBE_BATCH_SIZE, seed=0,
 ):
-    """Test accuracy of a softmax classifier (Adam) on standardised frozen features."""
+    """Test accuracy of a softmax classifier (`PROBE_OPTIMIZER`) on standardised frozen features."""
     mean = train_features.mean(axis=0)
     std = train_features.std(axis=0) + 1e-6
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
@@ -56,7 +83,8 @@ def linear_probe_accuracy(
     return float(accuracy)
 
 
-def evaluate_encoder(encoder, train, test, image_size=None, knn_k=200, knn_temperature=0.1, probe_epochs=50, seed=0):
+def evaluate_encoder(encoder, train, test, image_size=None, knn_k=KNN_K, knn_temperature=KNN_TEMPERATURE,
+                     probe_epochs=PROBE_EPOCHS, seed=0):
     """Linear-probe and kNN accuracy of `encoder`; `train`/`test` are `(images uint8, labels)`."""
     train_features = extract_features(encoder, train[0], image_size)
     test_features = extract_features(encoder, test[0], image_size)
@@ -71,23 +99,12 @@ def evaluate_encoder(encoder, train, test, image_size=None, knn_k=200, knn_tempe
 def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, seed=None, max_examples=None):
     """Offline evaluation of a run directory's encoder; writes and returns `eval.json`.
 
-    Protocols: linear probe (softmax on standardised frozen features, Adam 1e-2) and kNN
-    (cosine, weighted votes) on the run's dataset, the parameters defaulting to its config.
+    Protocols (`protocol_text`): linear probe and kNN on the run's dataset, the parameters
+    defaulting to its config.
     """
-    import json
-    import os
-    import pathlib
-    import platform
-    import time
-
-    import tensorflow as tf
-
-    from amcl_keras import config as config_lib, data
-    from amcl_keras.export import load_run
-
     run_dir = pathlib.Path(run_dir)
-    encoder, _ = load_run(run_dir)  # clear errors for missing or corrupt runs
-    config = config_lib.load(run_dir / "config.yaml")
+    encoder, _ = runs.load_run(run_dir)  # clear errors for missing or corrupt runs
+    config = runs.load_config(run_dir)
     ev, cfg = config.eval, config.data
     probe_epochs = probe_epochs or ev.probe_epochs
     knn_k, knn_temperature = knn_k or ev.knn_k, knn_temperature or ev.knn_temperature
@@ -102,14 +119,14 @@ def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, s
                          f"{cfg.eval_test_split!r}; evaluation needs labelled splits.")
     started = time.perf_counter()
     scores = evaluate_encoder(encoder, train, test, size, knn_k, knn_temperature, probe_epochs, seed)
+    protocols = protocol_text(probe_epochs, knn_k, knn_temperature, cfg.eval_train_split, cfg.eval_test_split)
     result = {
         "run_dir": str(run_dir),
         "linear_probe": {
-            "accuracy": scores["linear_probe"], "protocol": "softmax on standardised frozen backbone features",
-            "optimizer": "Adam", "learning_rate": 1e-2, "epochs": probe_epochs, "batch": 256, "augmentation": None,
+            "accuracy": scores["linear_probe"], "protocol": protocols["linear_probe"], "optimizer": PROBE_OPTIMIZER,
+            "learning_rate": PROBE_LEARNING_RATE, "epochs": probe_epochs, "batch": PROBE_BATCH_SIZE, "augmentation": None,
         },
-        "knn": {"accuracy": scores["knn"], "protocol": "cosine similarity, weighted votes exp(s/T)", "k": knn_k,
-                "temperature": knn_temperature},
+        "knn": {"accuracy": scores["knn"], "protocol": protocols["knn"], "k": knn_k, "temperature": knn_temperature},
         "data": {"dataset": cfg.dataset, "train_split": cfg.eval_train_split, "test_split": cfg.eval_test_split,
                  "train_examples": int(len(train[1])), "test_examples": int(len(test[1]))},
         "seed": seed,
@@ -117,7 +134,5 @@ def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, s
                      "gpus": len(tf.config.list_logical_devices("GPU"))},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    temporary = run_dir / "eval.json.partial"
-    temporary.write_text(json.dumps(result, indent=2))
-    os.replace(temporary, run_dir / "eval.json")
+    runs.write_json(run_dir / runs.EVAL, result)
     return result

@@ -23,9 +23,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from amcl_keras import runs
+from amcl_keras.constants import EXPORT_FORMATS, EXPORT_TOLERANCE
 from amcl_keras.data import load_shipped, to_float_images
 
-FORMATS = ("saved_model", "onnx")
+FORMATS = EXPORT_FORMATS
 ONNX_OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "embedding"
@@ -37,27 +39,6 @@ class ExportError(RuntimeError):
 
 class ExportVerificationError(ExportError):
     """A reloaded artefact disagrees with the Keras encoder beyond the tolerance."""
-
-
-def load_run(run_dir):
-    """The trained encoder and the config text of a run directory written by `amcl train`."""
-    run_dir = pathlib.Path(run_dir)
-    if not run_dir.is_dir():
-        raise ExportError(f"Run directory {str(run_dir)!r} does not exist. Pass the folder `amcl train` wrote.")
-    encoder_path = run_dir / "encoder.keras"
-    config_path = run_dir / "config.yaml"
-    missing = [p.name for p in (encoder_path, config_path) if not p.is_file()]
-    if missing:
-        raise ExportError(
-            f"Run directory {str(run_dir)!r} lacks {', '.join(missing)}: it is not a finished run "
-            "(training may have stopped early). Re-run `amcl train`, or export a Keras model directly "
-            "with amcl_keras.export.export_encoder(model, out_dir)."
-        )
-    try:
-        encoder = keras.saving.load_model(encoder_path, compile=False)
-    except Exception as error:  # a truncated or foreign file: many exception types are possible
-        raise ExportError(f"Could not load {str(encoder_path)!r} ({type(error).__name__}: {error}). The file is corrupt.") from error
-    return encoder, config_path.read_text(encoding="utf-8")
 
 
 def _float32_policies(config):
@@ -139,7 +120,7 @@ def _measure(run, reference, images):
 
 
 def export_encoder(
-    source, out_dir, formats=FORMATS, tolerance=1e-4, images=None, opset=ONNX_OPSET, overwrite=False, config_text=None
+    source, out_dir, formats=FORMATS, tolerance=EXPORT_TOLERANCE, images=None, opset=ONNX_OPSET, overwrite=False, config_text=None
 ):
     """Export an encoder (a run directory, a trained method model, or a Keras encoder).
 
@@ -158,7 +139,10 @@ def export_encoder(
     if unknown or not formats:
         raise ExportError(f"Unknown export formats {unknown or formats!r}; choose from {FORMATS}.")
     if isinstance(source, (str, os.PathLike)):
-        encoder, config_text = load_run(source)
+        try:
+            encoder, config_text = runs.load_run(source)
+        except runs.RunReadError as error:
+            raise ExportError(str(error)) from None
     else:
         encoder = getattr(source, "encoder", source)
         if not isinstance(encoder, keras.Model):

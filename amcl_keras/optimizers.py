@@ -18,8 +18,7 @@ decay): the decay itself is never clipped.
 import keras
 from keras import ops
 
-# train.weight_decay_mode: "coupled" (this optimizer, the authors') or "decoupled" (keras.optimizers.SGD)
-WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+from amcl_keras.constants import WEIGHT_DECAY_MODES  # noqa: F401 (re-exported): "coupled" = this optimizer
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")

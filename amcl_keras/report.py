@@ -11,24 +11,15 @@ import json
 import pathlib
 
 import numpy as np
+import tensorflow as tf
 
-
-def _history(run_dir):
-    path = pathlib.Path(run_dir) / "history.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{str(path)!r} is missing: {str(run_dir)!r} is not a run directory written by `amcl train`.")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from amcl_keras import augment, data, runs
 
 
 def similarity_samples(run_dir, count=256, seed=0):
     """Cosine similarities (positive pairs, negative pairs) of the run's final encoder features."""
-    import tensorflow as tf
-
-    from amcl_keras import augment, config as config_lib, data
-    from amcl_keras.export import load_run
-
-    encoder, _ = load_run(run_dir)
-    config = config_lib.load(pathlib.Path(run_dir) / "config.yaml")
+    encoder, _ = runs.load_run(run_dir)
+    config = runs.load_config(run_dir)
     size, channels = encoder.inputs[0].shape[1], encoder.inputs[0].shape[-1]
     cfg = config.data
     images, _ = data.labelled_arrays(cfg.dataset, cfg.eval_test_split, cfg.data_dir, count, cfg.download,
@@ -60,8 +51,8 @@ def write_report(run_dirs, out_path, count=256):
     (loss_ax, knn_ax), (tau_ax, sim_ax) = axes
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, run_dir in enumerate(run_dirs):
-        history = _history(run_dir)
-        results_path = pathlib.Path(run_dir) / "results.json"
+        history = runs.read_history(run_dir)
+        results_path = pathlib.Path(run_dir) / runs.RESULTS
         results = json.loads(results_path.read_text()) if results_path.is_file() else {}
         label = f"{pathlib.Path(run_dir).name} ({results.get('method', '?')})"
         colour = colours[index % len(colours)]

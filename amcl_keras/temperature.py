@@ -11,6 +11,8 @@ so a pair that φ finds alike gets a low temperature. The regulariser
 import keras
 import tensorflow as tf
 
+from amcl_keras.constants import TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN
+
 
 def omega(tau, dim):
     """The temperature regulariser Ω(τ) = (dim/2)·log τ + 1/τ, elementwise.
@@ -67,7 +69,8 @@ class AdaptiveTemperature(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, projection_dim, hidden_dim=128, temperature_min=1e-5, temperature_max=2.0, **kwargs):
+    def __init__(self, projection_dim, hidden_dim=TEMPERATURE_HIDDEN_DIM, temperature_min=TEMPERATURE_MIN,
+                 temperature_max=TEMPERATURE_MAX, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         check_positive_int("projection_dim", projection_dim)
@@ -76,7 +79,7 @@ class AdaptiveTemperature(keras.layers.Layer):
             raise ValueError(
                 "Temperatures need 0 < temperature_min < temperature_max, got "
                 f"temperature_min={temperature_min!r}, temperature_max={temperature_max!r}. "
-                "The authors use temperature_min=1e-5, temperature_max=2.0."
+                f"The authors use temperature_min={TEMPERATURE_MIN}, temperature_max={TEMPERATURE_MAX}."
             )
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim

@@ -1,38 +1,27 @@
-"""The pre-training job: config → data → model under a strategy → fit → evaluation → run directory.
-
-A run directory holds `config.yaml` (the resolved config), `history.jsonl` (one line per
-epoch), `final.weights.h5` (the whole model), `encoder.keras` (the backbone alone) and
-`results.json` (linear probe and kNN, trained vs random-init encoder), `tensorboard/` (scalars:
-loss, τ means, probe, kNN, learning rate; histograms: per-head τ⁺/τ⁻ and pair similarities)
-and `export/` (the encoder as a verified SavedModel and ONNX model, see `amcl_keras.export`).
+"""The pre-training job, in plain stages: load the data → build the model → fit (resuming from
+a backup) → evaluate and export → write the results. `run` strings them together; the run
+directory's layout, lifecycle and backups live in `amcl_keras.runs`.
 """
 
-import json
+import dataclasses
 import os
 import pathlib
 import platform
 import shutil
 import sys
-import tempfile
 import time
+import typing
 
 import keras
 import tensorflow as tf
 
-from amcl_keras import augment, data, encoders, evaluation, export, methods
+from amcl_keras import augment, data, encoders, evaluation, export, registry, runs
 from amcl_keras.callbacks import (
-    JSONLinesHistory, KNNMonitor, NonFiniteLossGuard, OnlineLinearProbe, PairTelemetry, RunBackup,
-    TemperatureSaturationWarning,
+    JSONLinesHistory, KNNMonitor, NonFiniteLossGuard, OnlineLinearProbe, PairTelemetry, TemperatureSaturationWarning,
 )
 from amcl_keras.distribute import is_chief, make_strategy
 from amcl_keras.optimizers import CoupledWeightDecaySGD
-
-
-DISPLAY_NAMES = {"simclr": "SimCLR", "moco": "MoCo", "barlow_twins": "Barlow Twins", "simsiam": "SimSiam"}
-
-
-class RunDirectoryError(FileExistsError):
-    """The run directory already holds a run."""
+from amcl_keras.runs import RunBackup, RunDirectoryError  # noqa: F401 (RunDirectoryError: part of this API)
 
 
 def build_model(config, input_shape, augmenter=None):
@@ -41,7 +30,7 @@ def build_model(config, input_shape, augmenter=None):
     cfg = config.model
     encoder = encoders.get(cfg.encoder, input_shape, width=cfg.encoder_width,
                            synchronized_batch_norm=cfg.synchronized_batch_norm)
-    return methods.get(cfg.method).from_model_config(encoder, cfg, config.data.batch_size, augmenter=augmenter)
+    return registry.method(cfg.method).model.from_model_config(encoder, cfg, config.data.batch_size, augmenter=augmenter)
 
 
 def build_optimizer(config, total_steps):
@@ -56,131 +45,34 @@ def build_optimizer(config, total_steps):
     return optimizer(learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay, global_clipnorm=cfg.clipnorm)
 
 
-def _flatten(values, prefix=""):
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-    return flat
+@dataclasses.dataclass
+class TrainingData:
+    """What the load stage gives the others."""
+
+    views: tf.data.Dataset  # batches of (view1, view2), or of images when the views are made in the step
+    steps_per_epoch: typing.Optional[int]  # None: one pass of unknown length
+    input_shape: tuple  # (size, size, channels) the encoder sees
+    augmenter: keras.layers.Layer
+    augment_in_step: bool
+    train_split: tuple  # (uint8 images, labels) for the kNN bank and the probe's training
+    test_split: tuple
+
+    @property
+    def image_size(self):
+        return self.input_shape[0]
+
+    @property
+    def labelled(self):  # an unlabeled folder has label -1: nothing to score against
+        return self.train_split[1].min() >= 0 and self.test_split[1].min() >= 0
 
 
-def inspect_run_directory(run_dir, config, overwrite=False):
-    """What `run` does with `run_dir`: "new", "resume" (same config, unfinished) or "finished".
-
-    Refuses (RunDirectoryError) a folder that holds files but no run, and a run whose config
-    differs from `config`, naming the differences; `overwrite` starts over in any case.
-    """
-    from amcl_keras import config as config_lib
-
-    run_dir = pathlib.Path(run_dir)
-    if overwrite or not run_dir.exists() or not any(run_dir.iterdir()):
-        return "new"
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        raise RunDirectoryError(
-            f"The run directory {str(run_dir)!r} already holds files but no config.yaml, so it is not an amcl run. "
-            "Choose a new --run-dir, or pass --overwrite to replace its contents."
-        )
-    try:
-        previous = _flatten(config_lib.load(saved).to_dict())
-    except config_lib.ConfigError as error:
-        raise RunDirectoryError(
-            f"The config.yaml of {str(run_dir)!r} cannot be read ({error}); pass --overwrite to start that run over."
-        ) from None
-    current = _flatten(config.to_dict())
-    changes = [f"{key}: {previous.get(key)!r} -> {current.get(key)!r}"
-               for key in sorted(set(previous) | set(current)) if previous.get(key) != current.get(key)]
-    if changes:
-        raise RunDirectoryError(
-            f"The run directory {str(run_dir)!r} holds a run with a different config ({'; '.join(changes)}). "
-            "Re-run with the same config to resume it, choose a new --run-dir, or pass --overwrite to discard "
-            "that run and start over."
-        )
-    return "finished" if (run_dir / "results.json").is_file() else "resume"
-
-
-def prepare_run_directory(run_dir, overwrite=False):
-    """Create `run_dir` for a new run (emptying the files of an earlier one with `overwrite`)."""
-    run_dir = pathlib.Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise RunDirectoryError(
-            f"The run directory {str(run_dir)!r} already holds files. Choose a new --run-dir, "
-            "or pass --overwrite to replace that run."
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("config.yaml", "history.jsonl", "results.json", "final.weights.h5", "encoder.keras"):
-        (run_dir / name).unlink(missing_ok=True)
-    for name in ("export", "tensorboard", "backup"):
-        shutil.rmtree(run_dir / name, ignore_errors=True)
-    return run_dir
-
-
-def _trim_history(path, completed_epochs):
-    """Keep the records of the epochs a backup covers: a resumed run writes each epoch once."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= completed_epochs]
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text("".join(line + "\n" for line in kept))
-    os.replace(temporary, path)
-
-
-def _atomic_save(save, path):
-    """Write through a temporary name, so a crash never leaves a half-written file under `path`."""
-    temporary = path.with_name("partial-" + path.name)  # keeps the suffix Keras checks
-    save(str(temporary))
-    os.replace(temporary, path)
-
-
-def run(config, run_dir, overwrite=False, verbose="auto"):
-    """Pre-train, evaluate and write the run directory; returns the results dict.
-
-    Re-running on the directory of an interrupted run with the same config resumes it from its
-    last backup (`train.backup_every_steps` steps and every epoch); a finished run is not
-    retrained (its results are returned); a different config is refused unless `overwrite`.
-    Nothing is written before the data and the model are built, so a bad dataset or model
-    option leaves no run directory behind. Under MultiWorkerMirroredStrategy only the chief
-    writes the run directory (the other workers write to a scratch folder that is removed).
-    """
-    run_dir = pathlib.Path(run_dir)
-    status = inspect_run_directory(run_dir, config, overwrite)
-    if status == "finished":
-        print(f"{run_dir} holds this finished run; returning its results (pass --overwrite to train again).",
-              file=sys.stderr)
-        return json.loads((run_dir / "results.json").read_text())
-    started = time.perf_counter()
-    strategy = make_strategy(config.train.strategy, config.train.cpu_replicas)  # first: it may need a fresh TF
-    keras.utils.set_random_seed(config.train.seed)
-    replicas = strategy.num_replicas_in_sync
-    if config.data.batch_size % replicas:
-        raise ValueError(
-            f"data.batch_size={config.data.batch_size} does not divide over the {replicas} replicas; "
-            f"use a multiple of {replicas}."
-        )
-    if config.train.jit_compile and replicas > 1:
-        raise ValueError(
-            f"train.jit_compile=true does not work with {replicas} replicas: Keras 3 compiles the whole distributed "
-            "step with XLA, which cannot reach variables on other devices (keras-team/keras#19005). Set "
-            "train.jit_compile=false, or train on one device (train.strategy=default)."
-        )
-    chief = is_chief(strategy)
-    write_dir = run_dir if chief else pathlib.Path(tempfile.mkdtemp(prefix="amcl-worker-"))
-    try:
-        return _run(config, run_dir, write_dir, status, strategy, chief, started, overwrite, verbose)
-    finally:
-        if not chief:
-            shutil.rmtree(write_dir, ignore_errors=True)
-
-
-def _run(config, run_dir, write_dir, status, strategy, chief, started, overwrite, verbose):
+def load_data(config):
+    """Stage 1: the pre-training views and the labelled evaluation splits (reads only)."""
     cfg = config.data
     folder_options = {"image_size": cfg.image_size, "channels": cfg.channels, "on_bad_image": cfg.on_bad_image}
     source = data.load(cfg.dataset, cfg.split, cfg.data_dir, cfg.download, **folder_options)
     native_shape = tuple(source.element_spec[0].shape)
     image_size = cfg.image_size or native_shape[0]
-    input_shape = (image_size, image_size, native_shape[-1])
     # evaluation splits of a folder get the training split's size and channels
     folder_options.update(image_size=image_size, channels=native_shape[-1])
     augmenter = augment.view_augmenter(image_size, native_shape[-1], cfg.augmentation, cfg.crop_scale)
@@ -196,137 +88,183 @@ def _run(config, run_dir, write_dir, status, strategy, chief, started, overwrite
         steps = known if known > 0 else None
     else:
         views = views.repeat()
+    splits = [data.labelled_arrays(cfg.dataset, split, cfg.data_dir, config.eval.max_examples, cfg.download,
+                                   **folder_options) for split in (cfg.eval_train_split, cfg.eval_test_split)]
+    return TrainingData(views, steps, (image_size, image_size, native_shape[-1]), augmenter, in_step, *splits)
 
+
+def build(config, training_data, strategy):
+    """Stage 2: the model (in the config's precision) and its optimizer, under `strategy`."""
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.train.mixed_precision)  # the model only: augmenters, probes stay float32
     try:
         with strategy.scope():
-            model = build_model(config, input_shape, augmenter if in_step else None)
+            model = build_model(config, training_data.input_shape,
+                                training_data.augmenter if training_data.augment_in_step else None)
     finally:
         keras.config.set_dtype_policy(previous_policy)
+    steps = training_data.steps_per_epoch
     with strategy.scope():
-        model.compile(
-            optimizer=build_optimizer(config, steps * config.train.epochs if steps else None),
-            jit_compile=config.train.jit_compile,
-        )
+        model.compile(optimizer=build_optimizer(config, steps * config.train.epochs if steps else None),
+                      jit_compile=config.train.jit_compile)
+    return model
 
-    train_split = data.labelled_arrays(
-        cfg.dataset, cfg.eval_train_split, cfg.data_dir, config.eval.max_examples, cfg.download, **folder_options
-    )
-    test_split = data.labelled_arrays(
-        cfg.dataset, cfg.eval_test_split, cfg.data_dir, config.eval.max_examples, cfg.download, **folder_options
-    )
+
+def evaluate(config, training_data, encoder):
+    """Linear probe and kNN of `encoder` (None on unlabeled data)."""
+    if not training_data.labelled:
+        return None
     ev = config.eval
-    labelled = train_split[1].min() >= 0 and test_split[1].min() >= 0
+    return evaluation.evaluate_encoder(encoder, training_data.train_split, training_data.test_split,
+                                       training_data.image_size, ev.knn_k, ev.knn_temperature, ev.probe_epochs,
+                                       config.train.seed)
 
-    def evaluate(encoder):
-        if not labelled:  # an unlabeled folder: nothing to score against
-            return None
-        return evaluation.evaluate_encoder(
-            encoder, train_split, test_split, image_size, ev.knn_k, ev.knn_temperature, ev.probe_epochs,
-            config.train.seed,
-        )
 
-    random_init = evaluate(model.encoder) if ev.random_init else None  # same architecture, untrained
-
-    # Everything above only reads. From here on the run directory is written.
-    if status == "new" and chief:
-        prepare_run_directory(run_dir, overwrite)
-    if status == "new" or not chief:
-        config.dump(write_dir / "config.yaml")
+def fit(config, training_data, model, write_dir, strategy, resume_from=None, verbose="auto"):
+    """Stage 3: train, from the backup in `resume_from` (a run directory) if there is one;
+    returns the backup state it resumed from (None for a fresh start)."""
     with strategy.scope():  # the optimizer's variables are created under the strategy
-        state = RunBackup.restore(model, run_dir / "backup") if status == "resume" else None
+        state = RunBackup.restore(model, pathlib.Path(resume_from) / runs.BACKUP) if resume_from else None
     initial_epoch, initial_step = (state["epoch"], state["step"]) if state else (0, 0)
-    if chief:
-        _trim_history(run_dir / "history.jsonl", initial_epoch)
+    if resume_from is not None and is_chief(strategy):
+        runs.trim_history(resume_from, initial_epoch)
     if state:
-        print(f"Resuming {run_dir} from its backup: {initial_epoch} epoch(s) done"
-              + (f", then {initial_step} step(s) of epoch {initial_epoch + 1}." if initial_step else "."), file=sys.stderr)
-
+        print(f"Resuming {resume_from} from its backup: {initial_epoch} epoch(s) done"
+              + (f", then {initial_step} step(s) of epoch {initial_epoch + 1}." if initial_step else "."),
+              file=sys.stderr)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    backup = RunBackup(write_dir / "backup", config.train.backup_every_steps if steps else None, initial_epoch, initial_step)
-    callbacks = monitoring_callbacks(config, write_dir, model, views, train_split, test_split, image_size,
+    steps, epochs = training_data.steps_per_epoch, config.train.epochs
+    backup = RunBackup(write_dir / runs.BACKUP, config.train.backup_every_steps if steps else None, initial_epoch,
+                       initial_step)
+    callbacks = monitoring_callbacks(config, write_dir, model, training_data.views, training_data.train_split,
+                                     training_data.test_split, training_data.image_size,
                                      resumed=(initial_epoch, initial_step) if initial_step else None)
     callbacks.append(backup)  # after the history: a backup never claims an epoch the history lacks
-    epochs = config.train.epochs
     if initial_step and initial_epoch < epochs:  # finish the interrupted epoch first
-        model.fit(views, initial_epoch=initial_epoch, epochs=initial_epoch + 1, steps_per_epoch=steps - initial_step,
-                  callbacks=callbacks, verbose=verbose, shuffle=False)
+        model.fit(training_data.views, initial_epoch=initial_epoch, epochs=initial_epoch + 1,
+                  steps_per_epoch=steps - initial_step, callbacks=callbacks, verbose=verbose, shuffle=False)
         initial_epoch += 1
     if initial_epoch < epochs:
-        model.fit(views, initial_epoch=initial_epoch, epochs=epochs, steps_per_epoch=config.train.steps_per_epoch,
-                  callbacks=callbacks, verbose=verbose, shuffle=False)
-    _atomic_save(model.save_weights, write_dir / "final.weights.h5")
-    _atomic_save(model.encoder.save, write_dir / "encoder.keras")
-    trained = evaluate(model.encoder)
+        model.fit(training_data.views, initial_epoch=initial_epoch, epochs=epochs,
+                  steps_per_epoch=config.train.steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+    return state
 
+
+def finish(config, training_data, model, write_dir, run_dir, strategy, random_init, resumed_from, started):
+    """Stage 4: save the model and encoder, evaluate, export, and write `results.json` (last: its
+    presence marks the run finished); the backups are removed."""
+    runs.atomic_write(write_dir / runs.FINAL_WEIGHTS, model.save_weights)
+    runs.atomic_write(write_dir / runs.ENCODER, model.encoder.save)
+    ev, cfg = config.eval, config.data
     results = {
-        "method": f"{'AMCL-' if config.model.amcl else ''}{DISPLAY_NAMES.get(config.model.method, config.model.method)}",
-        "protocol": {
-            "linear_probe": f"softmax on standardised frozen features, Adam 1e-2, {ev.probe_epochs} epochs, "
-            f"trained on split {cfg.eval_train_split!r}, tested on {cfg.eval_test_split!r}",
-            "knn": f"cosine, k={ev.knn_k}, T={ev.knn_temperature}, weighted votes, bank = {cfg.eval_train_split!r}",
-        },
-        "examples": {"train": int(len(train_split[1])), "test": int(len(test_split[1]))},
-        "trained": trained,
+        "method": registry.method(config.model.method).label(config.model.amcl),
+        "protocol": evaluation.protocol_text(ev.probe_epochs, ev.knn_k, ev.knn_temperature, cfg.eval_train_split,
+                                             cfg.eval_test_split),
+        "examples": {"train": int(len(training_data.train_split[1])), "test": int(len(training_data.test_split[1]))},
+        "trained": evaluate(config, training_data, model.encoder),
         "random_init": random_init,
         "epochs": config.train.epochs,
         "replicas": strategy.num_replicas_in_sync,
         "strategy": type(strategy).__name__,
         "mixed_precision": config.train.mixed_precision,
-        "seconds": round(time.perf_counter() - started, 1),
-        "resumed_from": state and {"epoch": state["epoch"], "step": state["step"]},
+        "seconds": None,
+        "resumed_from": resumed_from and {"epoch": resumed_from["epoch"], "step": resumed_from["step"]},
         "hardware": {"machine": platform.machine(), "cpus": os.cpu_count(), "gpus": len(tf.config.list_logical_devices("GPU"))},
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
     if config.export.formats:
         metadata = export.export_encoder(
-            model.encoder,
-            write_dir / "export",
-            formats=config.export.formats,
-            tolerance=config.export.tolerance,
-            images=test_split[0][:16],
-            config_text=(write_dir / "config.yaml").read_text(encoding="utf-8"),
+            model.encoder, write_dir / runs.EXPORT, formats=config.export.formats, tolerance=config.export.tolerance,
+            images=training_data.test_split[0][:16],
+            config_text=(write_dir / runs.CONFIG).read_text(encoding="utf-8"),
             overwrite=True,  # an export left by a run killed while exporting is replaced
         )
-        results["export"] = {"path": str(run_dir / "export"), "max_abs_diff": metadata["verification"]["max_abs_diff"]}
-    _write_results(write_dir, results)  # last: its presence marks the run finished
-    shutil.rmtree(write_dir / "backup", ignore_errors=True)
+        results["export"] = {"path": str(run_dir / runs.EXPORT), "max_abs_diff": metadata["verification"]["max_abs_diff"]}
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    runs.write_json(write_dir / runs.RESULTS, results)
+    shutil.rmtree(write_dir / runs.BACKUP, ignore_errors=True)
     return results
+
+
+def run(config, run_dir, overwrite=False, verbose="auto"):
+    """Pre-train, evaluate and write the run directory; returns the results dict.
+
+    Re-running on the directory of an interrupted run with the same config resumes it from its
+    last backup (`train.backup_every_steps` steps and every epoch); a finished run is not
+    retrained (its results are returned); a different config is refused unless `overwrite`.
+    Nothing is written before the data and the model are built, so a bad dataset or model
+    option leaves no run directory behind. Under MultiWorkerMirroredStrategy only the chief
+    writes the run directory (the other workers write to a scratch folder that is removed).
+    """
+    run_dir = pathlib.Path(run_dir)
+    status = runs.inspect_run_directory(run_dir, config, overwrite)
+    if status == "finished":
+        print(f"{run_dir} holds this finished run; returning its results (pass --overwrite to train again).",
+              file=sys.stderr)
+        return runs.read_results(run_dir)
+    started = time.perf_counter()
+    strategy = make_strategy(config.train.strategy, config.train.cpu_replicas)  # first: it may need a fresh TF
+    keras.utils.set_random_seed(config.train.seed)
+    _check_replicas(config, strategy.num_replicas_in_sync)
+    chief = is_chief(strategy)
+    write_dir = run_dir if chief else runs.scratch_directory()
+    try:
+        training_data = load_data(config)
+        model = build(config, training_data, strategy)
+        random_init = evaluate(config, training_data, model.encoder) if config.eval.random_init else None
+        # Everything above only reads. From here on the run directory is written.
+        if status == "new" and chief:
+            runs.prepare_run_directory(run_dir, overwrite)
+        if status == "new" or not chief:
+            config.dump(write_dir / runs.CONFIG)
+        resumed_from = fit(config, training_data, model, write_dir, strategy,
+                           resume_from=run_dir if status == "resume" else None, verbose=verbose)
+        return finish(config, training_data, model, write_dir, run_dir, strategy, random_init, resumed_from, started)
+    finally:
+        if not chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def _check_replicas(config, replicas):
+    if config.data.batch_size % replicas:
+        raise ValueError(
+            f"data.batch_size={config.data.batch_size} does not divide over the {replicas} replicas; "
+            f"use a multiple of {replicas}."
+        )
+    if config.train.jit_compile and replicas > 1:
+        raise ValueError(
+            f"train.jit_compile=true does not work with {replicas} replicas: Keras 3 compiles the whole distributed "
+            "step with XLA, which cannot reach variables on other devices (keras-team/keras#19005). Set "
+            "train.jit_compile=false, or train on one device (train.strategy=default)."
+        )
 
 
 def monitoring_callbacks(config, run_dir, model, views, train_split, test_split, image_size, resumed=None):
     """The guard, the monitors the config asks for, TensorBoard and the JSON-lines history (last)."""
     ev = config.eval
     labelled = train_split[1].min() >= 0 and test_split[1].min() >= 0
-    callbacks = [NonFiniteLossGuard(run_dir / "backup")]
+    callbacks = [NonFiniteLossGuard(run_dir / runs.BACKUP)]
     if labelled and ev.online_probe_every:
         callbacks.append(OnlineLinearProbe(train_split, test_split, ev.online_probe_every, image_size=image_size,
                                            seed=config.train.seed))
     if labelled and ev.knn_every:
         callbacks.append(KNNMonitor(train_split, test_split, ev.knn_every, ev.knn_k, ev.knn_temperature, image_size))
-    extras = []
+    recorded, telemetry = [], None  # callbacks whose `history_fields` the history records
     if ev.telemetry_every or model.amcl:
         sample = next(iter(views.take(1)))  # one fixed training batch
         view1, view2 = (model.augmenter(sample), model.augmenter(sample)) if model.augmenter is not None else sample
     if ev.telemetry_every:
-        log_dir = run_dir / "tensorboard" / "telemetry" if ev.tensorboard else None
-        extras.append(PairTelemetry(view1, view2, ev.telemetry_every, log_dir))
-    recorded = list(extras)
-    if model.amcl:  # `tau_floor` in the epoch logs (placed before TensorBoard), one warning if τ collapses
-        saturation = TemperatureSaturationWarning(view1, view2)
-        callbacks.append(saturation)
-        recorded.append(saturation)
+        log_dir = run_dir / runs.TENSORBOARD / "telemetry" if ev.tensorboard else None
+        telemetry = PairTelemetry(view1, view2, ev.telemetry_every, log_dir)
+        recorded.append(telemetry)
+    if model.amcl:  # `tau_floor` in the epoch logs (placed before TensorBoard), one warning if τ collapses;
+        # at epoch ends it reuses the telemetry's measurement of the same batch
+        recorded.append(TemperatureSaturationWarning(view1, view2, telemetry=telemetry))
+    callbacks += recorded
     if ev.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(run_dir / "tensorboard", write_graph=False))
-    return callbacks + extras + [JSONLinesHistory(run_dir / "history.jsonl", recorded, resumed)]
-
-
-def _write_results(run_dir, results):
-    temporary = run_dir / "results.json.partial"
-    temporary.write_text(json.dumps(results, indent=2))
-    os.replace(temporary, run_dir / "results.json")
+        callbacks.append(keras.callbacks.TensorBoard(run_dir / runs.TENSORBOARD, write_graph=False))
+    return callbacks + [JSONLinesHistory(run_dir / runs.HISTORY, recorded, resumed)]
 
 
 def format_results(results):

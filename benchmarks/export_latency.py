@@ -40,7 +40,7 @@ def main():
     args = parser.parse_args()
 
     if args.run_dir:
-        encoder, _ = export.load_run(args.run_dir)
+        encoder, _ = amcl.runs.load_run(args.run_dir)
     else:
         keras.utils.set_random_seed(0)
         encoder = amcl.encoders.get(args.encoder, (args.image_size, args.image_size, args.channels))

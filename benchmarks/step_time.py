@@ -43,7 +43,7 @@ def build(method, amcl_on, args):
     encoder = amcl.encoders.get(args.encoder, (args.image_size, args.image_size, args.channels), width=args.width)
     config = amcl.config.load(None, [
         f"model.method={method}", f"model.amcl={str(amcl_on).lower()}", f"model.num_heads={3 if amcl_on else 1}",
-        f"data.batch_size={args.batch}", f"model.queue_size={max(4096, 2 * args.batch)}",
+        f"data.batch_size={args.batch}", *([f"model.queue_size={max(4096, 2 * args.batch)}"] if method == "moco" else []),
         *([f"model.projection_dim={args.projection_dim}"] if args.projection_dim else []),
         *([f"model.hidden_dim={args.hidden_dim}"] if args.hidden_dim else []),
     ])

@@ -77,7 +77,7 @@ def build(args):
     encoder = amcl.encoders.get(args.encoder, shape, width=args.width)
     overrides = [
         f"model.method={args.method}", f"model.amcl={str(args.amcl).lower()}", f"model.num_heads={3 if args.amcl else 1}",
-        f"data.batch_size={args.batch}", f"model.queue_size={max(4096, 2 * args.batch)}",
+        f"data.batch_size={args.batch}", *([f"model.queue_size={max(4096, 2 * args.batch)}"] if args.method == "moco" else []),
     ]
     if args.projection_dim:
         overrides.append(f"model.projection_dim={args.projection_dim}")

@@ -43,7 +43,7 @@ TRAIN_CASES = [
     ("moco-queue-too-small", ["--method", "moco", "--set", "model.queue_size=16"], "use at least that"),
     ("bad-export-format", ["--set", "export.formats=[tflite]"], "a list drawn from ['saved_model', 'onnx']"),
     ("backup-every-zero", ["--set", "train.backup_every_steps=0"], "None (every epoch only) or >= 1"),
-    ("negative-beta", ["--set", "model.beta=-1.0"], "it must be >= 0 (the authors use 1e-4)"),
+    ("negative-beta", ["--set", "model.beta=-1.0"], "model.beta=-1.0 is out of range: it must be >= 0"),
     ("override-without-value", ["--set", "train.epochs"], "must look like section.key=value"),
     ("missing-config-file", ["--config", "configs/nope.yaml"], "Configs ship in the configs/ folder"),
     ("missing-dataset-folder", ["--set", "data.dataset=./no/such/folder"], "does not exist"),

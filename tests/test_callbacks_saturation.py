@@ -142,3 +142,27 @@ def test_training_wires_the_warning_for_amcl_only(tmp_path):
             assert kinds.index(TemperatureSaturationWarning) < kinds.index(keras.callbacks.TensorBoard)
             assert any(TemperatureSaturationWarning in map(type, c.extras) for c in callbacks
                        if isinstance(c, amcl.callbacks.JSONLinesHistory))
+
+
+def test_the_warning_reuses_the_telemetrys_measurement_of_the_same_epoch(tmp_path):
+    """With telemetry on, the fixed batch is measured once per epoch, not once per callback, and the
+    warning's `tau_floor` equals what it measures on its own."""
+    from amcl_keras import config as config_module, train
+
+    cfg = config_module.Config()
+    cfg.eval.online_probe_every, cfg.eval.telemetry_every, cfg.eval.tensorboard = 0, 1, False
+    view1, view2 = helpers.views()
+    views = tf.data.Dataset.from_tensors((view1, view2))
+    labelled = (np.zeros((4, 8, 8, 1), np.uint8), np.zeros(4, np.int64))
+    model = _model(amcl_on=True)
+    calls = []
+    measure = model.pair_statistics
+    model.pair_statistics = lambda *args: calls.append(1) or measure(*args)
+    callbacks = train.monitoring_callbacks(cfg, tmp_path, model, views, labelled, labelled, 8)
+    history = model.fit(views.repeat(2), epochs=2, steps_per_epoch=1, verbose=0, callbacks=callbacks)
+    assert len(calls) == 2  # one per epoch
+    alone = TemperatureSaturationWarning(view1, view2)
+    alone.set_model(model)
+    logs = {}
+    alone.on_epoch_end(1, logs)
+    assert history.history["tau_floor"][-1] == logs["tau_floor"]

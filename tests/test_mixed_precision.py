@@ -75,7 +75,7 @@ def test_every_method_trains_finitely_with_temperatures_at_the_floor(policy, met
     # the gradient at the current loss scale is finite (float16 overflow is what loss scaling prevents)
     with tf.GradientTape() as tape:
         z = model.projector(model.encoder(tf.concat([view1, view2], 0), training=True), training=True)
-        loss, _ = model.compute_loss_and_stats(z[:8], z[8:], (view1, view2))
+        loss = model.compute_loss_and_stats(z[:8], z[8:], (view1, view2)).loss
         scaled = model.optimizer.scale_loss(loss)
     assert loss.dtype == tf.float32
     gradients = tape.gradient(scaled, model.trainable_variables)

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from amcl_keras import cli
-from amcl_keras.callbacks import RunBackup
+from amcl_keras.runs import RunBackup
 from tests.methods import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -37,8 +37,8 @@ def test_backup_restores_weights_optimizer_state_and_moco_queue(tmp_path):
     fresh = helpers.build("moco", True, lr=0.1)
     assert RunBackup.restore(fresh, tmp_path / "backup")["epoch"] == 1
     assert int(fresh.optimizer.iterations) == 3
-    for name in ("queue", "queue_pointer"):
-        np.testing.assert_array_equal(getattr(fresh, name).numpy(), getattr(model, name).numpy())
+    for name in ("keys", "pointer"):
+        np.testing.assert_array_equal(getattr(fresh.queue, name).numpy(), getattr(model.queue, name).numpy())
     for a, b in zip(model.weights, fresh.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     for a, b in zip(model.optimizer.variables, fresh.optimizer.variables):

@@ -3,25 +3,12 @@
 import keras
 import tensorflow as tf
 
+from amcl_keras.constants import (  # noqa: F401 (DEFAULT_OBJECTIVE, NEGATIVE_FORMS, OBJECTIVES re-exported)
+    DEFAULT_OBJECTIVE, NEGATIVE_FORMS, OBJECTIVES, TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN, TOP_K,
+)
 from amcl_keras.losses.common import EmbeddingLoss
 from amcl_keras.temperature import AdaptiveTemperature, bounded_omega, check_positive_int, omega
 
-NEGATIVE_FORMS = ("topk", "hardest")
-
-# How the per-pair temperatures enter the objective (docs/METHOD.md, "Bounded objectives"):
-#   "authors":    the paper's / authors' code's form (linear sim/τ terms, −βΩ on negatives);
-#                 unbounded below, so τ collapses to temperature_min with their β.
-#   "normalized": τ inside a normalised objective: per-pair τ inside NT-Xent's / InfoNCE's
-#                 log-sum-exp; for SimSiam and Barlow Twins, inverse temperatures normalised to
-#                 mean one over the pairs of a term (they re-weight pairs, cannot rescale the loss).
-#   "rectified":  each of the authors' terms made bounded on its own: ±sim/τ through softplus
-#                 (a per-pair logistic likelihood); Barlow Twins' squared terms are kept as they are.
-# Both bounded forms regularise EVERY temperature with +β·R_c(τ) ≥ 0 (temperature.bounded_omega).
-OBJECTIVES = ("authors", "normalized", "rectified")
-# What the methods (`SimCLR(encoder)` without `loss=`) and `amcl train` use: the bounded form chosen
-# on a validation split (README "Reproduction"). The loss classes themselves default to "authors",
-# so `AMCLNTXentLoss(d)` is the paper's Eq. 2.1 / top-k form.
-DEFAULT_OBJECTIVE = "normalized"
 
 
 def check_objective(objective):
@@ -95,9 +82,9 @@ class AdaptiveTemperatureLoss(EmbeddingLoss):
         self,
         projection_dim,
         beta,
-        temperature_hidden_dim=128,
-        temperature_min=1e-5,
-        temperature_max=2.0,
+        temperature_hidden_dim=TEMPERATURE_HIDDEN_DIM,
+        temperature_min=TEMPERATURE_MIN,
+        temperature_max=TEMPERATURE_MAX,
         temperature_input_dim=None,
         objective="authors",
         temperature_center=None,
@@ -152,10 +139,10 @@ class AMCLContrastiveLoss(AdaptiveTemperatureLoss):
         projection_dim,
         beta=1e-4,
         negatives="topk",
-        top_k=100,
-        temperature_hidden_dim=128,
-        temperature_min=1e-5,
-        temperature_max=2.0,
+        top_k=TOP_K,
+        temperature_hidden_dim=TEMPERATURE_HIDDEN_DIM,
+        temperature_min=TEMPERATURE_MIN,
+        temperature_max=TEMPERATURE_MAX,
         objective="authors",
         temperature_center=None,
         **kwargs,

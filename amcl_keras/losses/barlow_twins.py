@@ -9,6 +9,7 @@ and sum over heads. C is the d×d cross-correlation of the batch-standardised em
 import keras
 import tensorflow as tf
 
+from amcl_keras.constants import TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN
 from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
 from amcl_keras.losses.common import EmbeddingLoss, as_heads
 from amcl_keras.losses.distributed import gather_global_batch
@@ -101,9 +102,9 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
         batch_size,
         lambda_=5e-3,
         beta=1e-6,
-        temperature_hidden_dim=128,
-        temperature_min=1e-5,
-        temperature_max=2.0,
+        temperature_hidden_dim=TEMPERATURE_HIDDEN_DIM,
+        temperature_min=TEMPERATURE_MIN,
+        temperature_max=TEMPERATURE_MAX,
         objective="authors",
         temperature_center=None,
         **kwargs,

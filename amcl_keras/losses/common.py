@@ -35,6 +35,12 @@ class EmbeddingLoss(keras.layers.Layer):
     def __init__(self, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
+        if self.compute_dtype not in ("float32", "float64"):
+            raise ValueError(
+                f"{type(self).__name__} computes in float32 (or float64), got dtype {self.compute_dtype!r}: its masks use "
+                "large finite constants that overflow in half precision. Leave `dtype` unset under mixed precision "
+                "(the losses cast the heads' float16/bfloat16 outputs to float32 themselves)."
+            )
 
     def build(self, *args, **kwargs):  # no input-dependent weights (φ's are created in __init__)
         self.built = True

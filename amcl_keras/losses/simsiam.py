@@ -7,6 +7,7 @@
 import keras
 import tensorflow as tf
 
+from amcl_keras.constants import TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN
 from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
 from amcl_keras.losses.common import EmbeddingLoss, as_heads, sum_over_heads
 from amcl_keras.losses.distributed import gather_global_batch
@@ -75,8 +76,8 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
     ```
     """
 
-    def __init__(self, projection_dim, beta=1e-4, temperature_hidden_dim=128, temperature_min=1e-5,
-                 temperature_max=2.0, objective="authors", temperature_center=None, **kwargs):
+    def __init__(self, projection_dim, beta=1e-4, temperature_hidden_dim=TEMPERATURE_HIDDEN_DIM, temperature_min=TEMPERATURE_MIN,
+                 temperature_max=TEMPERATURE_MAX, objective="authors", temperature_center=None, **kwargs):
         super().__init__(projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
                          objective=objective, temperature_center=temperature_center, **kwargs)
 

@@ -1,23 +1,25 @@
 """Methods by name: `get("simclr" | "moco" | "barlow_twins" | "simsiam")`.
 
-One file per method, each only what is specific to it, on the shared `ContrastiveTrainer`.
+One file per method, each only what is specific to it, on the shared `ContrastiveTrainer`; each
+registers itself (name, display name, settings, default learning rate) with
+`amcl_keras.registry.register_method`, and `METHODS` below is read from that registry.
 """
 
-from amcl_keras.methods.barlow_twins import BarlowTwins
-from amcl_keras.methods.base import ENCODER_FORWARDS, ContrastiveTrainer
-from amcl_keras.methods.moco import MOCO_FORMS, MoCo
-from amcl_keras.methods.simclr import SimCLR
-from amcl_keras.methods.simsiam import SimSiam
+from amcl_keras import registry
+from amcl_keras.methods.barlow_twins import BarlowTwins, BarlowTwinsSettings
+from amcl_keras.methods.base import ContrastiveTrainer, MethodSettings, StepLoss
+from amcl_keras.methods.moco import MOCO_FORMS, KeyQueue, MoCo, MoCoSettings
+from amcl_keras.methods.simclr import SimCLR, SimCLRSettings
+from amcl_keras.methods.simsiam import SimSiam, SimSiamSettings
 
-METHODS = {"simclr": SimCLR, "moco": MoCo, "barlow_twins": BarlowTwins, "simsiam": SimSiam}
+METHODS = registry.METHODS  # name -> MethodSpec (the model class is `.model`)
 
 
 def get(name):
-    """The method class registered under `name`."""
-    if name not in METHODS:
-        raise ValueError(f"Unknown method {name!r}. Known methods: {sorted(METHODS)}.")
-    return METHODS[name]
+    """The model class registered as method `name` (ValueError naming the known methods otherwise)."""
+    return registry.method(name).model
 
 
-__all__ = ["BarlowTwins", "ContrastiveTrainer", "MoCo", "SimCLR", "SimSiam", "METHODS", "ENCODER_FORWARDS",
+__all__ = ["BarlowTwins", "BarlowTwinsSettings", "ContrastiveTrainer", "KeyQueue", "MethodSettings", "MoCo",
+           "MoCoSettings", "SimCLR", "SimCLRSettings", "SimSiam", "SimSiamSettings", "StepLoss", "METHODS",
            "MOCO_FORMS", "get"]

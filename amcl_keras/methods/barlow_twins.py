@@ -1,16 +1,35 @@
 """Barlow Twins and AMCL-Barlow Twins (Eq. 2.3: temperatures over channel pairs)."""
 
-import keras
+import dataclasses
 
+import keras
 import tensorflow as tf
 
+from amcl_keras.config import require
+from amcl_keras.constants import DEFAULT_OBJECTIVE, NUM_HEADS
 from amcl_keras.heads import MultiHeadProjector
 from amcl_keras.losses import AMCLBarlowTwinsLoss, BarlowTwinsLoss
 from amcl_keras.losses.barlow_twins import cross_correlation
-from amcl_keras.losses.adaptive import DEFAULT_OBJECTIVE
-from amcl_keras.methods.base import ContrastiveTrainer, _split_pairs, temperature_options
+from amcl_keras.methods.base import ContrastiveTrainer, MethodSettings, StepLoss, _split_pairs, temperature_options
+from amcl_keras.registry import register_method
 
 
+@dataclasses.dataclass
+class BarlowTwinsSettings(MethodSettings):
+    """Barlow Twins' `model:` settings, with the paper's defaults (docs/METHOD.md §5)."""
+
+    projection_dim: int = 2048
+    hidden_dim: int = 2048
+    beta: float = 1e-6
+    lambda_: float = 5e-3  # the off-diagonal weight
+    projector_output_bn: bool = True  # heads end in a non-affine batch norm (the authors' and the original paper's)
+
+    def check(self, config):
+        super().check(config)
+        require(self.lambda_ >= 0, "model.lambda_", self.lambda_, "it must be >= 0 (Barlow Twins uses 5e-3)")
+
+
+@register_method("barlow_twins", "Barlow Twins", settings=BarlowTwinsSettings, learning_rate=0.11)
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class BarlowTwins(ContrastiveTrainer):
     """Barlow Twins with C heads (3-layer MLPs with batch norm, 2048 wide by default, ending in a
@@ -35,8 +54,9 @@ class BarlowTwins(ContrastiveTrainer):
     config_args = ("num_heads", "projection_dim", "hidden_dim", "batch_size", "projector_output_bn")
 
     def __init__(
-        self, encoder, num_heads=3, amcl=True, projection_dim=2048, hidden_dim=2048, batch_size=None, loss=None,
-        projector_output_bn=True, **kwargs
+        self, encoder, num_heads=NUM_HEADS, amcl=True, projection_dim=BarlowTwinsSettings.projection_dim,
+        hidden_dim=BarlowTwinsSettings.hidden_dim, batch_size=None, loss=None,
+        projector_output_bn=BarlowTwinsSettings.projector_output_bn, **kwargs
     ):
         if loss is None:
             if amcl and batch_size is None:
@@ -44,7 +64,9 @@ class BarlowTwins(ContrastiveTrainer):
                     "AMCL Barlow Twins needs the fixed global batch size: pass batch_size=<global batch> "
                     "(the temperature network maps channel vectors of that length), or amcl=False."
                 )
-            loss = AMCLBarlowTwinsLoss(projection_dim, batch_size, objective=DEFAULT_OBJECTIVE) if amcl else BarlowTwinsLoss()
+            settings = BarlowTwinsSettings
+            loss = (AMCLBarlowTwinsLoss(projection_dim, batch_size, settings.lambda_, settings.beta,
+                                        objective=DEFAULT_OBJECTIVE) if amcl else BarlowTwinsLoss(settings.lambda_))
         self.num_heads = num_heads
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim
@@ -65,7 +87,7 @@ class BarlowTwins(ContrastiveTrainer):
         )
 
     def compute_loss_and_stats(self, z1, z2, views):
-        return self.contrastive_loss.loss_and_stats(z1, z2)
+        return StepLoss(*self.contrastive_loss.loss_and_stats(z1, z2))
 
     def pair_statistics(self, view1, view2):
         """Barlow Twins' pairs are channels: `sim_pos` is the diagonal of each head's cross-correlation

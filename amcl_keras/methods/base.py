@@ -4,14 +4,56 @@
 authors': batch-norm statistics per view) or both in one batch ("concatenated") → z1, z2 [b, C, d]
 → method loss → ÷ replicas (the optimizer sums replica gradients) → gradients → clip globally → apply
 → the method's after-step update (MoCo: momentum encoder, queue) → metrics.
-A method subclass supplies its heads, its losses and `compute_loss_and_stats`.
+A method subclass supplies its heads, its losses and `compute_loss_and_stats` (returning a `StepLoss`).
 """
+
+import dataclasses
+import typing
 
 import keras
 import tensorflow as tf
 
-# How the two views go through the online encoder and heads (and SimSiam's predictor, MoCo's key encoder).
-ENCODER_FORWARDS = ("per_view", "concatenated")
+from amcl_keras.config import require
+from amcl_keras.constants import ENCODER_FORWARDS
+
+
+class StepLoss(typing.NamedTuple):
+    """What a method's `compute_loss_and_stats` returns: the float32 scalar `loss`, `stats` (a dict
+    of per-head `[C]` tensors, logged as `<name>_<head>`), and `carry`: whatever the method's
+    `after_optimizer_step(carry)` needs from this step (MoCo: the keys to enqueue; None otherwise)."""
+
+    loss: typing.Any
+    stats: dict
+    carry: typing.Any = None
+
+
+def built_output_shape(layer, input_shape):
+    """Build `layer` for `input_shape` (batch first) and return its output shape. Functional and
+    Sequential models know it; a subclassed model is called once on zeros (batch 2, inference)."""
+    try:
+        return tuple(layer.output.shape)  # functional models (and Sequential ones once called)
+    except (AttributeError, ValueError):
+        return tuple(layer(tf.zeros((2,) + tuple(input_shape[1:])), training=False).shape)
+
+
+@dataclasses.dataclass
+class MethodSettings:
+    """The `model:` fields every method has; a method's settings dataclass subclasses this, sets
+    the paper's defaults for it and adds its own fields. Registered with the method
+    (`amcl_keras.registry.register_method`): the config validates and fills them, and the
+    method's constructor takes its defaults from them, so each default is written once."""
+
+    projection_dim: int = 128
+    hidden_dim: int = 512
+    beta: float = 1e-4  # the weight of the temperature regulariser
+
+    def check(self, config):
+        """Refuse out-of-range values with a `ConfigError`; `config` is the whole `Config`
+        (for checks that span sections). Subclasses extend it."""
+        for key in ("projection_dim", "hidden_dim"):
+            require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "it must be a positive integer")
+        require(self.beta >= 0, "model.beta", self.beta, "it must be >= 0 (the authors use 1e-4; 1e-6 for Barlow Twins)")
+
 
 
 def temperature_options(cfg, negatives=False):
@@ -41,8 +83,14 @@ class ContrastiveTrainer(keras.Model):
     `data` for `fit` is a dataset of `(view1, view2)` batches (extra elements, such as labels,
     are ignored). `model(images)` and `model.encoder` give the backbone features.
 
-    Subclasses set `baseline_loss`/`amcl_loss` (the loss classes), `config_args` (their plain
-    constructor arguments, stored by `get_config`) and implement `compute_loss_and_stats`.
+    A method subclass sets `baseline_loss`/`amcl_loss` (the loss classes), `config_args` (its plain
+    constructor arguments, stored by `get_config`), implements `compute_loss_and_stats` (→ `StepLoss`)
+    and `from_model_config`, and registers itself with its settings dataclass
+    (`@amcl_keras.registry.register_method`). Optional hooks: `create_method_state`,
+    `build_method_state`, `after_optimizer_step`, `stat_names`, `scored_pairs`, `embeds_both_views`.
+
+    The encoder may be functional, Sequential or subclassed; a subclassed one (no `.inputs`) is
+    built by `model.build((None, H, W, C))` or by the first batch `fit` sees.
     """
 
     baseline_loss = None
@@ -90,11 +138,10 @@ class ContrastiveTrainer(keras.Model):
 
     # --- what a method defines -------------------------------------------------------
     def compute_loss_and_stats(self, z1, z2, views):
-        """Return `(loss, stats)`: a float32 scalar and a dict of `[C]` per-head tensors.
+        """Return a `StepLoss(loss, stats, carry)` for one step.
 
         z1, z2: the online heads' outputs `[b, C, d]` for view 1 and view 2 (z2 is None when
-        `embeds_both_views` is False); `views`: the two image batches. Entries whose key starts
-        with "_" are not logged; they are passed to `after_optimizer_step` as keyword arguments.
+        `embeds_both_views` is False); `views`: the two image batches.
         """
         raise NotImplementedError
 
@@ -105,11 +152,12 @@ class ContrastiveTrainer(keras.Model):
     def create_method_state(self):
         """Create the method's own layers and variables (called before the model is built)."""
 
-    def build_method_state(self, feature_shape):
-        """Build them once the encoder's feature shape is known."""
+    def build_method_state(self, input_shape, feature_shape):
+        """Build them once the input shape and the encoder's feature shape are known."""
 
-    def after_optimizer_step(self, **internal):
-        """Update non-trainable state after the optimizer step (MoCo: momentum encoder, queue)."""
+    def after_optimizer_step(self, carry):
+        """Update non-trainable state after the optimizer step (MoCo: momentum encoder, queue);
+        `carry` is the `StepLoss.carry` of the step."""
 
     # --- telemetry -------------------------------------------------------------------
     uses_negatives = True  # SimSiam has none: its τ⁻ is not reported
@@ -161,23 +209,27 @@ class ContrastiveTrainer(keras.Model):
         return loss
 
     def _build_from_encoder(self):
-        """Create every variable now, so `fit` under a strategy finds them all (no lazy builds)."""
-        inputs = getattr(self.encoder, "inputs", None)
-        if not inputs:
-            return
-        feature_shape = tuple(self.encoder.output.shape)
-        if len(feature_shape) != 2:
-            raise ValueError(
-                f"The encoder must output [batch, features], got output shape {feature_shape}. "
-                "End it with a pooling or flatten layer."
-            )
-        self.projector.build(feature_shape)
-        self.build_method_state(feature_shape)
-        self.build(tuple(inputs[0].shape))
+        """Create every variable now when the encoder knows its input shape (functional and
+        Sequential models), so `fit` under a strategy finds them all (no lazy builds). A subclassed
+        encoder is built by `model.build(input_shape)`, or by the first batch `fit` sees."""
+        try:
+            inputs = self.encoder.inputs
+        except (AttributeError, ValueError):
+            inputs = None
+        if inputs:
+            self.build(tuple(inputs[0].shape))
 
     def build(self, input_shape):
-        if not self.encoder.built:
-            self.encoder.build(input_shape)
+        if self.built:
+            return
+        feature_shape = built_output_shape(self.encoder, input_shape)
+        if len(feature_shape) != 2:
+            raise ValueError(
+                f"The encoder must output [batch, features], got output shape {feature_shape} for input shape "
+                f"{tuple(input_shape)}. End it with a pooling or flatten layer (e.g. keras.layers.GlobalAveragePooling2D)."
+            )
+        self.projector.build(feature_shape)
+        self.build_method_state(tuple(input_shape), feature_shape)
         self.built = True
 
     def call(self, images, training=False):
@@ -303,7 +355,7 @@ class ContrastiveTrainer(keras.Model):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             features, z1, z2 = self.embed_views(view1, view2 if self.embeds_both_views else None)
-            loss, stats = self.compute_loss_and_stats(z1, z2, (view1, view2))
+            loss, stats, carry = self.compute_loss_and_stats(z1, z2, (view1, view2))
             # Each replica returns its share of the global mean; the optimizer sums replicas.
             scaled = self.optimizer.scale_loss(loss / replicas)
         gradients = tape.gradient(scaled, self.trainable_variables)
@@ -318,8 +370,7 @@ class ContrastiveTrainer(keras.Model):
         if replicas > 1:
             gradients = self._clip_global_gradients(gradients, replicas)
         self.optimizer.apply(gradients, self.trainable_variables)
-        internal = {key[1:]: stats.pop(key) for key in list(stats) if key.startswith("_")}
-        self.after_optimizer_step(**internal)
+        self.after_optimizer_step(carry)
         self.loss_tracker.update_state(loss)
         for name, per_head in stats.items():
             for head in range(per_head.shape[0]):

@@ -1,22 +1,115 @@
 """MoCo and AMCL-MoCo: a momentum key encoder and one queue of keys per head (Eq. 2.1 over the queue)."""
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
+from amcl_keras.config import require
+from amcl_keras.constants import DEFAULT_OBJECTIVE, NUM_HEADS
 from amcl_keras.heads import MultiHeadProjector
 from amcl_keras.losses import AMCLInfoNCELoss, InfoNCELoss
 from amcl_keras.losses.distributed import gather_global_batch
-from amcl_keras.losses.adaptive import DEFAULT_OBJECTIVE
-from amcl_keras.methods.base import ContrastiveTrainer, temperature_options
+from amcl_keras.methods.base import ContrastiveTrainer, MethodSettings, StepLoss, built_output_shape, temperature_options
+from amcl_keras.registry import register_method
 
 # "asymmetric": the authors' (queries from view 1, keys from view 2); "symmetric": both views both ways.
 MOCO_FORMS = ("asymmetric", "symmetric")
+
+
+@dataclasses.dataclass
+class MoCoSettings(MethodSettings):
+    """MoCo's `model:` settings, with the paper's defaults (docs/METHOD.md §5)."""
+
+    projection_dim: int = 128
+    hidden_dim: int = 512
+    beta: float = 1e-4
+    temperature: float = 0.1  # the baseline InfoNCE's fixed τ
+    queue_size: int = 4096  # keys per head
+    momentum: float = 0.99  # of the key encoder
+    moco_form: str = "asymmetric"  # queries from view 1, keys from view 2, B keys enqueued per step (the
+    # authors'); or "symmetric": both views as queries and keys, 2B keys enqueued
+
+    def check(self, config):
+        super().check(config)
+        require(self.temperature > 0, "model.temperature", self.temperature, "it must be > 0 (MoCo uses 0.1)")
+        require(self.moco_form in MOCO_FORMS, "model.moco_form", self.moco_form, f"one of {MOCO_FORMS}")
+        require(0 <= self.momentum < 1, "model.momentum", self.momentum, "0 <= momentum < 1 (MoCo uses 0.99)")
+        batch = config.data.batch_size
+        keys_per_step = (2 if self.moco_form == "symmetric" else 1) * batch
+        require(self.queue_size >= keys_per_step, "model.queue_size", self.queue_size,
+                f"MoCo ({self.moco_form}) enqueues {keys_per_step} keys per step (batch {batch}"
+                f"{' × 2 views' if self.moco_form == 'symmetric' else ''}); use at least that")
 
 
 def _normalized_normal(shape, dtype=None):
     return tf.math.l2_normalize(tf.random.normal(shape, dtype=dtype or "float32"), axis=-1)
 
 
+@keras.saving.register_keras_serializable(package="amcl_keras")
+class KeyQueue(keras.layers.Layer):
+    """A FIFO queue of `size` L2-normalised keys per head, `keys [num_heads, size, dim]`, and its
+    write position `pointer`, kept as non-trainable weights (checkpoints carry them).
+
+    `queue.keys` is what a loss reads. `queue.enqueue(k1, k2, ...)`, called in the replica context
+    of a training step, gathers the `[b, num_heads, dim]` key batches of every replica (in
+    single-device order: replica 0's rows first) and writes them after the pointer, wrapping around;
+    every replica's copy gets the same keys, so the mirrored copies stay equal.
+
+    Example:
+    ```python
+    import tensorflow as tf, amcl_keras as amcl
+    queue = amcl.methods.moco.KeyQueue(num_heads=2, size=8, dim=4)
+    queue.build()
+    queue.enqueue(tf.math.l2_normalize(tf.random.normal([3, 2, 4]), axis=-1))   # pointer 0 -> 3
+    ```
+    """
+
+    def __init__(self, num_heads, size, dim, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        for name, value in (("num_heads", num_heads), ("size", size), ("dim", dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"KeyQueue's `{name}` must be a positive integer, got {value!r}.")
+        self.num_heads, self.size, self.dim = num_heads, size, dim
+
+    def build(self, input_shape=None):
+        self.keys = self.add_weight(shape=(self.num_heads, self.size, self.dim), initializer=_normalized_normal,
+                                    trainable=False, name="keys")
+        self.pointer = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, name="pointer")
+        self.built = True
+
+    def enqueue(self, *key_batches):
+        gathered, _ = gather_global_batch(*key_batches)
+        new_keys = tf.transpose(tf.concat(gathered, axis=0), [1, 0, 2])  # [C, n, d], single-device order
+        count = new_keys.shape[1]
+        if count is not None and count > self.size:
+            raise ValueError(
+                f"{count} keys per step do not fit a queue of size {self.size}: use a queue of at least {count} keys."
+            )
+        size = self.size
+
+        def write(queue, keys_here, pointer):
+            count = tf.shape(keys_here)[1]
+            slots = (pointer + tf.range(count)) % size
+            heads = tf.shape(keys_here)[0]
+            index = tf.stack([tf.repeat(tf.range(heads), count), tf.tile(slots, [heads])], axis=1)
+            return queue.assign(tf.tensor_scatter_nd_update(queue, index, tf.reshape(keys_here, [-1, tf.shape(keys_here)[2]])))
+
+        def update(strategy, new_keys, count):
+            strategy.extended.update(self.keys.value, write, args=(new_keys, self.pointer.value), group=False)
+            strategy.extended.update(self.pointer.value, lambda p, n: p.assign((p + n) % size), args=(count,), group=False)
+
+        count = tf.shape(new_keys)[1]
+        context = tf.distribute.get_replica_context()
+        if context is None:  # cross-replica context (e.g. eager use outside a strategy's run)
+            return update(tf.distribute.get_strategy(), new_keys, count)
+        return context.merge_call(update, args=(new_keys, count))
+
+    def get_config(self):
+        return {**super().get_config(), "num_heads": self.num_heads, "size": self.size, "dim": self.dim}
+
+
+@register_method("moco", "MoCo", settings=MoCoSettings, learning_rate=0.08)
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class MoCo(ContrastiveTrainer):
     """MoCo with C heads, a momentum key encoder and projector, and a FIFO queue of L2-normalised
@@ -53,20 +146,22 @@ class MoCo(ContrastiveTrainer):
     config_args = ("num_heads", "projection_dim", "hidden_dim", "queue_size", "momentum", "moco_form")
 
     def __init__(
-        self, encoder, num_heads=3, amcl=True, projection_dim=128, hidden_dim=512, queue_size=4096, momentum=0.99,
-        loss=None, moco_form="asymmetric", **kwargs,
+        self, encoder, num_heads=NUM_HEADS, amcl=True, projection_dim=MoCoSettings.projection_dim,
+        hidden_dim=MoCoSettings.hidden_dim, queue_size=MoCoSettings.queue_size, momentum=MoCoSettings.momentum,
+        loss=None, moco_form=MoCoSettings.moco_form, **kwargs,
     ):
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError(f"`queue_size` must be a positive integer, got {queue_size!r}. MoCo uses 4096.")
+            raise ValueError(f"`queue_size` must be a positive integer, got {queue_size!r}. MoCo uses {MoCoSettings.queue_size}.")
         if not 0.0 <= float(momentum) < 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}. MoCo uses 0.99.")
+            raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}. MoCo uses {MoCoSettings.momentum}.")
         if moco_form not in MOCO_FORMS:
             raise ValueError(
                 f"`moco_form` must be one of {MOCO_FORMS} ('asymmetric': queries from view 1, keys from view 2, "
                 f"the authors'; 'symmetric': both views both ways), got {moco_form!r}."
             )
         if loss is None:
-            loss = AMCLInfoNCELoss(projection_dim, objective=DEFAULT_OBJECTIVE) if amcl else InfoNCELoss(0.1)
+            loss = (AMCLInfoNCELoss(projection_dim, MoCoSettings.beta, objective=DEFAULT_OBJECTIVE) if amcl
+                    else InfoNCELoss(MoCoSettings.temperature))
         self.moco_form = moco_form
         self.num_heads = num_heads
         self.projection_dim = projection_dim
@@ -99,16 +194,14 @@ class MoCo(ContrastiveTrainer):
         self.key_encoder.trainable = False
         self.key_projector = MultiHeadProjector.from_config({**self.projector.get_config(), "name": "key_projector"})
         self.key_projector.trainable = False
+        self.queue = KeyQueue(self.num_heads, self.queue_size, self.projection_dim, name="key_queue")
 
-    def build_method_state(self, feature_shape):
+    def build_method_state(self, input_shape, feature_shape):
+        built_output_shape(self.key_encoder, input_shape)
         self.key_projector.build(feature_shape)
         self.key_encoder.set_weights(self.encoder.get_weights())
         self.key_projector.set_weights(self.projector.get_weights())
-        self.queue = self.add_weight(
-            shape=(self.num_heads, self.queue_size, self.projection_dim),
-            initializer=_normalized_normal, trainable=False, name="queue",
-        )
-        self.queue_pointer = self.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False, name="queue_pointer")
+        self.queue.build()
 
     def _momentum_pairs(self):
         """(key weight, query weight) for the query's TRAINABLE weights; the key encoder's batch-norm
@@ -123,58 +216,44 @@ class MoCo(ContrastiveTrainer):
         return tf.stop_gradient(tf.math.l2_normalize(tf.cast(keys, tf.float32), axis=-1))
 
     def compute_loss_and_stats(self, z1, z2, views):
-        queue = tf.convert_to_tensor(self.queue)
+        queue = tf.convert_to_tensor(self.queue.keys)
+        loss = self.contrastive_loss
         if self.moco_form == "symmetric":
             k1, k2 = self.through_views(self._keys, *views)
-            loss12, stats12 = self.contrastive_loss.loss_and_stats(z1, k2, queue)
-            loss21, stats21 = self.contrastive_loss.loss_and_stats(z2, k1, queue)
+            loss12, stats12 = loss.loss_and_stats(z1, k2, queue)
+            loss21, stats21 = loss.loss_and_stats(z2, k1, queue)
             stats = {name: 0.5 * (stats12[name] + stats21[name]) for name in stats12}
-            stats["_keys"] = (k1, k2)
-            return 0.5 * (loss12 + loss21), stats
+            return StepLoss(0.5 * (loss12 + loss21), stats, carry=(k1, k2))
         k2 = self._keys(views[1])
-        loss_qk, stats = self.contrastive_loss.loss_and_stats(z1, k2, queue)
+        value, stats = loss.loss_and_stats(z1, k2, queue)
         if self.amcl:  # the authors' AMCLMoCoLoss: ½·[dir(q, k) + dir(k, q)]; in dir(k, q) q gets gradient
-            loss_kq, stats_kq = self.contrastive_loss.loss_and_stats(k2, z1, queue, key_gradient=True)
+            value_kq, stats_kq = loss.loss_and_stats(k2, z1, queue, key_gradient=True)
             stats = {name: 0.5 * (stats[name] + stats_kq[name]) for name in stats}
-            loss_qk = 0.5 * (loss_qk + loss_kq)
-        stats["_keys"] = (k2,)
-        return loss_qk, stats
+            value = 0.5 * (value + value_kq)
+        return StepLoss(value, stats, carry=(k2,))
 
     def after_optimizer_step(self, keys):
         """Momentum update of the key encoder/projector, then enqueue the global batch's keys
         (asymmetric: view 2's B keys; symmetric: view 1's, then view 2's)."""
-        gathered, _ = gather_global_batch(*keys)
-        new_keys = tf.transpose(tf.concat(gathered, axis=0), [1, 0, 2])  # [C, n, d], single-device order
-        if new_keys.shape[1] is not None and new_keys.shape[1] > self.queue_size:
-            per_step = "2 × the global batch" if self.moco_form == "symmetric" else "the global batch"
-            raise ValueError(
-                f"MoCo ({self.moco_form}) enqueues {per_step} = {new_keys.shape[1]} keys per step, more than "
-                f"queue_size={self.queue_size}. Use queue_size >= {new_keys.shape[1]}."
-            )
         pairs = [(k.value if isinstance(k, keras.Variable) else k, q.value if isinstance(q, keras.Variable) else q)
                  for k, q in self._momentum_pairs()]
         momentum = self.momentum
-        queue, pointer, size = self.queue.value, self.queue_pointer.value, self.queue_size
 
-        def update(strategy, new_keys):
+        def momentum_update(strategy):
             for key_weight, query_weight in pairs:
                 strategy.extended.update(
                     key_weight, lambda v, q: v.assign(momentum * v + (1.0 - momentum) * tf.cast(q, v.dtype)),
                     args=(query_weight,), group=False,
                 )
 
-            def enqueue(queue_variable, keys_here, pointer_value):
-                count = tf.shape(keys_here)[1]
-                slots = (pointer_value + tf.range(count)) % size
-                heads = tf.shape(keys_here)[0]
-                index = tf.stack(
-                    [tf.repeat(tf.range(heads), count), tf.tile(slots, [heads])], axis=1
+        local = [k.shape[0] for k in keys]
+        if None not in local:
+            count = sum(local) * tf.distribute.get_strategy().num_replicas_in_sync
+            if count > self.queue_size:
+                per_step = "2 × the global batch" if self.moco_form == "symmetric" else "the global batch"
+                raise ValueError(
+                    f"MoCo ({self.moco_form}) enqueues {per_step} = {count} keys per step, more than "
+                    f"queue_size={self.queue_size}. Use queue_size >= {count}."
                 )
-                updates = tf.reshape(keys_here, [-1, tf.shape(keys_here)[2]])
-                return queue_variable.assign(tf.tensor_scatter_nd_update(queue_variable, index, updates))
-
-            strategy.extended.update(queue, enqueue, args=(new_keys, pointer), group=False)
-            strategy.extended.update(pointer, lambda p, n: p.assign((p + n) % size), args=(count,), group=False)
-
-        count = tf.shape(new_keys)[1]
-        tf.distribute.get_replica_context().merge_call(update, args=(new_keys,))
+        tf.distribute.get_replica_context().merge_call(momentum_update)
+        self.queue.enqueue(*keys)

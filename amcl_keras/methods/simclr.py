@@ -1,13 +1,32 @@
 """SimCLR (NT-Xent) and AMCL-SimCLR: C heads, per-pair adaptive temperatures (Eq. 2.1)."""
 
+import dataclasses
+
 import keras
 
+from amcl_keras.config import require
+from amcl_keras.constants import DEFAULT_OBJECTIVE, NUM_HEADS
 from amcl_keras.heads import MultiHeadProjector
 from amcl_keras.losses import AMCLNTXentLoss, NTXentLoss
-from amcl_keras.losses.adaptive import DEFAULT_OBJECTIVE
-from amcl_keras.methods.base import ContrastiveTrainer, temperature_options
+from amcl_keras.methods.base import ContrastiveTrainer, MethodSettings, StepLoss, temperature_options
+from amcl_keras.registry import register_method
 
 
+@dataclasses.dataclass
+class SimCLRSettings(MethodSettings):
+    """SimCLR's `model:` settings, with the paper's defaults (docs/METHOD.md §5)."""
+
+    projection_dim: int = 128
+    hidden_dim: int = 512
+    beta: float = 1e-4
+    temperature: float = 0.5  # the baseline NT-Xent's fixed τ
+
+    def check(self, config):
+        super().check(config)
+        require(self.temperature > 0, "model.temperature", self.temperature, "it must be > 0 (SimCLR uses 0.5)")
+
+
+@register_method("simclr", "SimCLR", settings=SimCLRSettings, learning_rate=0.06)
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class SimCLR(ContrastiveTrainer):
     """SimCLR with AMCL: `num_heads` projection heads (512 → 512 → 128) and the adaptive-temperature loss.
@@ -33,9 +52,11 @@ class SimCLR(ContrastiveTrainer):
     amcl_loss = AMCLNTXentLoss
     config_args = ("num_heads", "projection_dim", "hidden_dim")
 
-    def __init__(self, encoder, num_heads=3, amcl=True, projection_dim=128, hidden_dim=512, loss=None, **kwargs):
+    def __init__(self, encoder, num_heads=NUM_HEADS, amcl=True, projection_dim=SimCLRSettings.projection_dim,
+                 hidden_dim=SimCLRSettings.hidden_dim, loss=None, **kwargs):
         if loss is None:
-            loss = AMCLNTXentLoss(projection_dim, objective=DEFAULT_OBJECTIVE) if amcl else NTXentLoss(0.5)
+            loss = (AMCLNTXentLoss(projection_dim, SimCLRSettings.beta, objective=DEFAULT_OBJECTIVE) if amcl
+                    else NTXentLoss(SimCLRSettings.temperature))
         self.num_heads = num_heads
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim
@@ -51,4 +72,4 @@ class SimCLR(ContrastiveTrainer):
                    encoder_forward=cfg.encoder_forward, **kwargs)
 
     def compute_loss_and_stats(self, z1, z2, views):
-        return self.contrastive_loss.loss_and_stats(z1, z2)
+        return StepLoss(*self.contrastive_loss.loss_and_stats(z1, z2))

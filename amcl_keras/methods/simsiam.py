@@ -1,14 +1,35 @@
 """SimSiam and AMCL-SimSiam (Eq. 2.2): one predictor per head, stop-gradient targets."""
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
+from amcl_keras.config import require
+from amcl_keras.constants import DEFAULT_OBJECTIVE, NUM_HEADS
 from amcl_keras.heads import MultiHeadPredictor, MultiHeadProjector
 from amcl_keras.losses import AMCLSimSiamLoss, SimSiamLoss
-from amcl_keras.losses.adaptive import DEFAULT_OBJECTIVE
-from amcl_keras.methods.base import ContrastiveTrainer, temperature_options
+from amcl_keras.methods.base import ContrastiveTrainer, MethodSettings, StepLoss, temperature_options
+from amcl_keras.registry import register_method
 
 
+@dataclasses.dataclass
+class SimSiamSettings(MethodSettings):
+    """SimSiam's `model:` settings, with the paper's defaults (docs/METHOD.md §5)."""
+
+    projection_dim: int = 2048
+    hidden_dim: int = 2048
+    beta: float = 1e-4
+    predictor_hidden_dim: int = 512
+    projector_output_bn: bool = True  # heads end in a non-affine batch norm (the authors' and the original paper's)
+
+    def check(self, config):
+        super().check(config)
+        require(self.predictor_hidden_dim >= 1, "model.predictor_hidden_dim", self.predictor_hidden_dim,
+                "it must be a positive integer")
+
+
+@register_method("simsiam", "SimSiam", settings=SimSiamSettings, learning_rate=0.05)
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class SimSiam(ContrastiveTrainer):
     """SimSiam with C heads (3-layer MLPs with batch norm, ending in a non-affine batch norm with
@@ -29,11 +50,13 @@ class SimSiam(ContrastiveTrainer):
     config_args = ("num_heads", "projection_dim", "hidden_dim", "predictor_hidden_dim", "projector_output_bn")
 
     def __init__(
-        self, encoder, num_heads=3, amcl=True, projection_dim=2048, hidden_dim=2048, predictor_hidden_dim=512,
-        loss=None, projector_output_bn=True, **kwargs,
+        self, encoder, num_heads=NUM_HEADS, amcl=True, projection_dim=SimSiamSettings.projection_dim,
+        hidden_dim=SimSiamSettings.hidden_dim, predictor_hidden_dim=SimSiamSettings.predictor_hidden_dim,
+        loss=None, projector_output_bn=SimSiamSettings.projector_output_bn, **kwargs,
     ):
         if loss is None:
-            loss = AMCLSimSiamLoss(projection_dim, objective=DEFAULT_OBJECTIVE) if amcl else SimSiamLoss()
+            loss = (AMCLSimSiamLoss(projection_dim, SimSiamSettings.beta, objective=DEFAULT_OBJECTIVE) if amcl
+                    else SimSiamLoss())
         self.num_heads = num_heads
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim
@@ -61,7 +84,7 @@ class SimSiam(ContrastiveTrainer):
             batch_norm=True, synchronized_batch_norm=True, name="predictor",
         )
 
-    def build_method_state(self, feature_shape):
+    def build_method_state(self, input_shape, feature_shape):
         self.predictor.build((None, self.num_heads, self.projection_dim))
 
     def scored_pairs(self, z1, z2):
@@ -70,4 +93,4 @@ class SimSiam(ContrastiveTrainer):
 
     def compute_loss_and_stats(self, z1, z2, views):
         p1, p2 = self.through_views(lambda z: self.predictor(z, training=True), z1, z2)
-        return self.contrastive_loss.loss_and_stats(p1, p2, z1, z2)
+        return StepLoss(*self.contrastive_loss.loss_and_stats(p1, p2, z1, z2))

@@ -47,8 +47,8 @@ def test_two_replicas_equal_one_device(method, options, amcl_on, two_replicas):
     assert clipping_acted, "global-norm clipping should act in this step, so that it is compared too"
     if method == "moco":
         keys = 16 if options["moco_form"] == "symmetric" else 8  # the global batch's keys, 1 or 2 views
-        assert int(single.queue_pointer.numpy()) == int(mirrored.queue_pointer.numpy()) == keys
-        np.testing.assert_allclose(mirrored.queue.numpy(), single.queue.numpy(), rtol=1e-5, atol=1e-6)
+        assert int(single.queue.pointer.numpy()) == int(mirrored.queue.pointer.numpy()) == keys
+        np.testing.assert_allclose(mirrored.queue.keys.numpy(), single.queue.keys.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_augmentation_inside_the_step_under_two_replicas(two_replicas):

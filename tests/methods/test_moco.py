@@ -20,12 +20,12 @@ def keys_of(model, images):
 def test_queue_starts_normalised_and_key_encoder_starts_equal():
     model = build("moco", True)
     assert model.moco_form == "asymmetric"  # the authors'
-    assert model.queue.shape == (2, 32, 8)
-    np.testing.assert_allclose(np.linalg.norm(model.queue.numpy(), axis=-1), 1.0, rtol=1e-6)
+    assert model.queue.keys.shape == (2, 32, 8)
+    np.testing.assert_allclose(np.linalg.norm(model.queue.keys.numpy(), axis=-1), 1.0, rtol=1e-6)
     for k, q in zip(model.key_encoder.get_weights(), model.encoder.get_weights()):
         np.testing.assert_array_equal(k, q)
     assert model.key_encoder.trainable_weights == [] and model.key_projector.trainable_weights == []
-    assert not any(v is model.queue for v in model.trainable_variables)
+    assert not any(v is model.queue.keys for v in model.trainable_variables)
 
 
 @pytest.mark.parametrize("moco_form", FORMS)
@@ -33,7 +33,7 @@ def test_momentum_update_and_queue_order_are_exact(moco_form):
     view1, view2 = views(4)
     model = build("moco", True, clipnorm=None, moco_form=moco_form)
     old_keys = [w.copy() for w in model.key_encoder.get_weights() + model.key_projector.get_weights()]
-    old_queue = model.queue.numpy().copy()
+    old_queue = model.queue.keys.numpy().copy()
     # the keys the step will enqueue: the key encoder (training mode, each view on its own) before
     # its momentum update; asymmetric: view 2's B keys only, symmetric: view 1's then view 2's
     keys = keys_of(model, view2) if moco_form == "asymmetric" else np.concatenate(
@@ -48,13 +48,13 @@ def test_momentum_update_and_queue_order_are_exact(moco_form):
         if q_var.trainable:
             np.testing.assert_allclose(k_var.numpy(), 0.9 * old + 0.1 * q_var.numpy(), rtol=1e-6, atol=1e-7)
     # FIFO: the first slots now hold the step's keys per head, in order; the rest is untouched
-    queue = model.queue.numpy()
+    queue = model.queue.keys.numpy()
     np.testing.assert_allclose(queue[:, :per_step], np.transpose(keys, (1, 0, 2)), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(queue[:, per_step:], old_queue[:, per_step:])
-    assert int(model.queue_pointer.numpy()) == per_step
+    assert int(model.queue.pointer.numpy()) == per_step
     for _ in range(4):
         one_step(model, view1, view2)  # 5 steps: more keys than the 32 slots, the pointer wraps
-    assert int(model.queue_pointer.numpy()) == 5 * per_step % 32
+    assert int(model.queue.pointer.numpy()) == 5 * per_step % 32
 
 
 @pytest.mark.parametrize("amcl_on", [True, False], ids=["amcl", "baseline"])
@@ -66,7 +66,7 @@ def test_loss_is_the_queue_loss_of_the_form(moco_form, amcl_on):
     model = build("moco", amcl_on, clipnorm=None, moco_form=moco_form)
     q1, q2 = (model.projector(model.encoder(v, training=True), training=True).numpy() for v in (view1, view2))
     k1, k2 = keys_of(model, view1), keys_of(model, view2)
-    queue = model.queue.numpy()
+    queue = model.queue.keys.numpy()
     if amcl_on:
         weights = model.contrastive_loss.temperature.get_weights()
         direction = lambda a, b: reference.amcl_infonce(a, b, queue, weights, 0.01, "topk", 5)  # noqa: E731
@@ -133,7 +133,7 @@ def test_asymmetric_step_follows_the_gradient_of_the_authors_loss(objective):
                       loss=loss)
     model.compile(optimizer=keras.optimizers.SGD(0.5))
     keys = model.key_projector(model.key_encoder(view2, training=True), training=True)
-    queue = tf.convert_to_tensor(model.queue)
+    queue = tf.convert_to_tensor(model.queue.keys)
     phi = model.contrastive_loss.temperature.weights
     assert [w.path.rsplit("/", 1)[-1] for w in phi] == ["kernel", "bias", "kernel", "bias"]
     with tf.GradientTape() as tape:
@@ -174,5 +174,26 @@ def test_checkpoint_keeps_the_queue(tmp_path):
     model.save_weights(path)
     clone = build("moco", True)
     clone.load_weights(path)
-    np.testing.assert_array_equal(clone.queue.numpy(), model.queue.numpy())
-    assert int(clone.queue_pointer.numpy()) == GLOBAL_BATCH
+    np.testing.assert_array_equal(clone.queue.keys.numpy(), model.queue.keys.numpy())
+    assert int(clone.queue.pointer.numpy()) == GLOBAL_BATCH
+
+
+def test_key_queue_layer_writes_after_its_pointer_and_wraps():
+    """KeyQueue on its own: FIFO writes in order, wrap-around, and a clear error when a step's keys
+    cannot fit."""
+    queue = amcl.methods.KeyQueue(num_heads=2, size=5, dim=3)
+    queue.build()
+    before = queue.keys.numpy().copy()
+    keys = np.arange(2 * 2 * 3, dtype="float32").reshape(2, 2, 3)  # [b=2, C=2, d=3]
+    queue.enqueue(tf.constant(keys))
+    np.testing.assert_array_equal(queue.keys.numpy()[:, :2], np.transpose(keys, (1, 0, 2)))
+    np.testing.assert_array_equal(queue.keys.numpy()[:, 2:], before[:, 2:])
+    more = 100 + np.arange(4 * 2 * 3, dtype="float32").reshape(4, 2, 3)
+    queue.enqueue(tf.constant(more))  # slots 2, 3, 4, then 0
+    expected = np.transpose(more, (1, 0, 2))
+    np.testing.assert_array_equal(queue.keys.numpy()[:, 2:], expected[:, :3])
+    np.testing.assert_array_equal(queue.keys.numpy()[:, 0], expected[:, 3])
+    np.testing.assert_array_equal(queue.keys.numpy()[:, 1], np.transpose(keys, (1, 0, 2))[:, 1])
+    assert int(queue.pointer.numpy()) == 1
+    with pytest.raises(ValueError, match="6 keys per step do not fit a queue of size 5"):
+        queue.enqueue(tf.zeros((6, 2, 3)))

@@ -1,0 +1,66 @@
+"""Named defaults and the allowed values of every option: the bottom of the import graph.
+
+`config` validates against these tuples and the modules that implement an option import the
+same tuple, so a value is spelled once. Nothing here imports TensorFlow, Keras or the package.
+"""
+
+# --- AMCL: the shared temperature network φ and the loss (the authors' values, docs/METHOD.md §5) -----
+NUM_HEADS = 3  # projection heads C
+TEMPERATURE_MIN = 1e-5  # τ = τ_min + (τ_max − τ_min)·sigmoid(−φ(a)·φ(b))
+TEMPERATURE_MAX = 2.0
+TEMPERATURE_HIDDEN_DIM = 128  # φ: d → 128 → ReLU → 128
+TOP_K = 100  # negatives per anchor in the authors' top-k form
+NEGATIVE_FORMS = ("topk", "hardest")  # "topk": the authors' code; "hardest": paper Eq. 2.1
+
+# How the per-pair temperatures enter the objective (docs/METHOD.md §9):
+#   "authors":    the paper's / authors' code's form (linear sim/τ terms, −βΩ on negatives);
+#                 unbounded below, so τ collapses to temperature_min with their β.
+#   "normalized": τ inside a normalised objective: per-pair τ inside NT-Xent's / InfoNCE's
+#                 log-sum-exp; for SimSiam and Barlow Twins, inverse temperatures normalised to
+#                 mean one over the pairs of a term (they re-weight pairs, cannot rescale the loss).
+#   "rectified":  each of the authors' terms made bounded on its own: ±sim/τ through softplus
+#                 (a per-pair logistic likelihood); Barlow Twins' squared terms are kept as they are.
+# Both bounded forms regularise EVERY temperature with +β·R_c(τ) ≥ 0 (temperature.bounded_omega).
+OBJECTIVES = ("authors", "normalized", "rectified")
+# What the methods (`SimCLR(encoder)` without `loss=`) and `amcl train` use: the bounded form chosen
+# on a validation split (README "Reproduction"). The loss classes themselves default to "authors",
+# so `AMCLNTXentLoss(d)` is the paper's Eq. 2.1 / top-k form.
+DEFAULT_OBJECTIVE = "normalized"
+
+# --- the training step ------------------------------------------------------------------------------
+# How the two views go through the online encoder and heads (and SimSiam's predictor, MoCo's key
+# encoder): each on its own (batch-norm statistics per view, the authors'), or as one batch.
+ENCODER_FORWARDS = ("per_view", "concatenated")
+WEIGHT_DECAY_MODES = ("coupled", "decoupled")  # PyTorch's SGD (the authors') / Keras's SGD(weight_decay=)
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+
+# --- augmentation presets: letters of the six families (amcl_keras.augment) -------------------------
+AUGMENTATION_FAMILIES = "abcdef"
+AUGMENTATION_PRESETS = {"simclr": "abcde", "strong": "abcdef"}
+
+
+def parse_preset(preset):
+    """'simclr' → 'abcde'; a string of letters from 'abcdef' is returned sorted and checked."""
+    letters = AUGMENTATION_PRESETS.get(preset, preset)
+    if (not isinstance(letters, str) or not letters or "a" not in letters
+            or any(ch not in AUGMENTATION_FAMILIES for ch in letters)):
+        raise ValueError(
+            f"Unknown augmentation preset {preset!r}. Use 'simclr', 'strong' or letters from 'abcdef' that "
+            "include 'a' (the crop, which also sets the output size): (a) random resized crop, (b) Gaussian "
+            "blur, (c) random grayscale, (d) colour jitter, (e) horizontal flip, (f) solarization. "
+            "Examples: 'a', 'abc', 'abcde'."
+        )
+    return "".join(sorted(set(letters)))
+
+
+# --- evaluation protocols (amcl_keras.evaluation; their text comes from `protocol_text`) ------------
+KNN_K = 200  # cosine kNN with weighted votes, as the AMCL authors and lightly
+KNN_TEMPERATURE = 0.1
+PROBE_EPOCHS = 50  # linear probe: softmax on standardised frozen features
+PROBE_LEARNING_RATE = 1e-2  # Adam, for the offline probe and the online probe alike
+PROBE_BATCH_SIZE = 256
+
+# --- export ------------------------------------------------------------------------------------------
+EXPORT_FORMATS = ("saved_model", "onnx")
+EXPORT_TOLERANCE = 1e-4  # max |difference| to the Keras encoder allowed in the verification
