@@ -1,9 +1,10 @@
 """SimCLR-style view augmentations (docs/METHOD.md §6), on batches of float images in [0, 1].
 
-The five families, by letter: (a) random resized crop, (b) Gaussian blur, (c) random
-grayscale, (d) colour jitter, (e) horizontal flip; and for the stronger multiple-augmentation
-setting (f) solarization (p = 0.2, threshold 0.5, as BYOL). A preset is a string of letters
-("a", "abc", "abcde"; "simclr" = "abcde", "strong" = "abcdef").
+The six families, by letter (`FAMILIES`): (a) random resized crop, (b) Gaussian blur,
+(c) random grayscale, (d) colour jitter, (e) horizontal flip, and, for the stronger
+multiple-augmentation setting, (f) solarization (p = 0.2, threshold 0.5, as BYOL). A preset is
+a string of letters that includes (a) ("a", "abc", "abcde"; "simclr" = "abcde", the five
+SimCLR families; "strong" = "abcdef", all six).
 
 Which library, layer by layer (benchmarks/input_pipeline.py; 256 colour images 32×32 in tf.data,
 2 CPU cores, ms per batch, Keras core vs keras-cv 0.9): (a) crop 15 vs 135 — Keras core has no

@@ -41,7 +41,7 @@ AUGMENTATION_PRESETS = {"simclr": "abcde", "strong": "abcdef"}
 
 
 def parse_preset(preset):
-    """'simclr' → 'abcde'; a string of letters from 'abcdef' is returned sorted and checked."""
+    """'simclr' → 'abcde', 'strong' → 'abcdef'; letters from 'abcdef' (with 'a') come back sorted and checked."""
     letters = AUGMENTATION_PRESETS.get(preset, preset)
     if (not isinstance(letters, str) or not letters or "a" not in letters
             or any(ch not in AUGMENTATION_FAMILIES for ch in letters)):

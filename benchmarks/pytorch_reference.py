@@ -7,10 +7,10 @@ written in PyTorch as the AMCL authors' code base is (their repository is not av
 offline; this is a stand-in with the same FLOPs). Prints one JSON line: median step time and
 images/s over `--steps` timed steps after one warm-up step.
 
-PyTorch is not part of amcl-keras's stack; run it from its own environment:
+PyTorch is not part of amcl-keras's stack; run it from its own environment, with numpy and
+torch installed from PyPI:
 
-    python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install numpy torch \
-        --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+    python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install numpy torch
     /tmp/torch-venv/bin/python benchmarks/pytorch_reference.py --threads 2
 """
 
