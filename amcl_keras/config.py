@@ -317,15 +317,15 @@ def validate(config):
     require(0 <= train.momentum < 1, "train.momentum", train.momentum, "0 <= momentum < 1")
     require(train.weight_decay >= 0, "train.weight_decay", train.weight_decay, "it must be >= 0")
     require(train.weight_decay_mode in WEIGHT_DECAY_MODES, "train.weight_decay_mode", train.weight_decay_mode,
-             f"one of {WEIGHT_DECAY_MODES} ('coupled': PyTorch's SGD, the authors'; 'decoupled': Keras's SGD)")
+            f"one of {WEIGHT_DECAY_MODES} ('coupled': PyTorch's SGD, the authors'; 'decoupled': Keras's SGD)")
     require(train.clipnorm > 0, "train.clipnorm", train.clipnorm, "it must be > 0")
     require(train.strategy in STRATEGIES, "train.strategy", train.strategy, f"one of {STRATEGIES}")
     require(not (train.jit_compile and train.cpu_replicas > 1), "train.jit_compile", train.jit_compile,
-             "false with train.cpu_replicas > 1: Keras 3 cannot XLA-compile a step spanning several devices "
-             "(keras-team/keras#19005). Set train.jit_compile=false, or train on one device")
+            "false with train.cpu_replicas > 1: Keras 3 cannot XLA-compile a step spanning several devices "
+            "(keras-team/keras#19005). Set train.jit_compile=false, or train on one device")
     require(train.mixed_precision in PRECISIONS, "train.mixed_precision", train.mixed_precision, f"one of {PRECISIONS}")
     require(train.backup_every_steps is None or train.backup_every_steps >= 1, "train.backup_every_steps",
-             train.backup_every_steps, "None (every epoch only) or >= 1")
+            train.backup_every_steps, "None (every epoch only) or >= 1")
     require(train.cpu_replicas >= 1, "train.cpu_replicas", train.cpu_replicas, "it must be >= 1")
     require(
         data.batch_size % train.cpu_replicas == 0,
@@ -341,9 +341,9 @@ def validate(config):
     require(evaluation.knn_temperature > 0, "eval.knn_temperature", evaluation.knn_temperature, "it must be > 0")
     require(evaluation.knn_every >= 0, "eval.knn_every", evaluation.knn_every, "0 (off) or a number of epochs")
     require(evaluation.online_probe_every >= 0, "eval.online_probe_every", evaluation.online_probe_every,
-             "0 (off) or a number of steps")
+            "0 (off) or a number of steps")
     require(evaluation.telemetry_every >= 0, "eval.telemetry_every", evaluation.telemetry_every,
-             "0 (off) or a number of epochs")
+            "0 (off) or a number of epochs")
     require(evaluation.probe_epochs >= 1, "eval.probe_epochs", evaluation.probe_epochs, "it must be >= 1")
     require(evaluation.max_examples is None or evaluation.max_examples >= 1, "eval.max_examples", evaluation.max_examples, "None or >= 1")
     return config

@@ -43,6 +43,7 @@ def test_reduced_demo_writes_its_run_directory(tmp_path, capsys):
     assert "different config (train.seed: 0 -> 3)" in err and "--overwrite" in err
 
 
+@pytest.mark.slow
 def test_tfds_dataset_through_the_cli_with_mock_data(tmp_path):
     import tensorflow_datasets as tfds
 
@@ -78,6 +79,7 @@ def test_installed_command_runs_as_a_process(tmp_path):
     assert (tmp_path / "p" / "encoder.keras").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["moco", "barlow_twins", "simsiam"])
 def test_method_shortcuts_train_the_baseline(method, tmp_path, capsys):
     code = cli.main([

@@ -116,7 +116,8 @@ def test_empty_or_missing_folders_are_explained(tmp_path):
         data.load(str(tmp_path / "missing") + "/", "train")
 
 
-@pytest.mark.parametrize("size_override", [["--set", "data.image_size=28"], []], ids=["image_size", "inferred"])
+@pytest.mark.parametrize("size_override", [pytest.param(["--set", "data.image_size=28"], marks=pytest.mark.slow), []],
+                         ids=["image_size", "inferred"])
 def test_training_on_a_folder_through_the_cli(tmp_path, size_override):
     """Mixed image sizes; without image_size the test split follows the training split's size."""
     from amcl_keras import cli

@@ -98,6 +98,7 @@ def test_mixed_precision_encoder_exports_as_float32(tmp_path):
     assert metadata["output"]["dtype"] == "float32"
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_the_serving_signature(run_dir, tmp_path):
     export.export_encoder(run_dir, tmp_path / "e", formats=["saved_model"])
     cli_path = pathlib.Path(sys.executable).with_name("saved_model_cli")

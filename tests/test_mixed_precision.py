@@ -50,7 +50,7 @@ def policy(request):
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"], indirect=True)
-@pytest.mark.parametrize("method", ["simclr", "moco", "barlow_twins", "simsiam"])
+@pytest.mark.parametrize("method", ["simclr"] + [pytest.param(m, marks=pytest.mark.slow) for m in ("moco", "barlow_twins", "simsiam")])
 def test_every_method_trains_finitely_with_temperatures_at_the_floor(policy, method):
     view1, view2 = helpers.views()
     model = _model(method)
@@ -82,6 +82,7 @@ def test_every_method_trains_finitely_with_temperatures_at_the_floor(policy, met
     assert all(np.all(np.isfinite(g.numpy())) for g in gradients if g is not None)
 
 
+@pytest.mark.slow
 def test_a_mixed_float16_run_exports_a_float32_encoder_and_restores_the_policy(tmp_path):
     from amcl_keras import cli
 

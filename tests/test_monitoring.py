@@ -1,3 +1,4 @@
+import pytest
 """Online kNN monitor and the offline `amcl eval` command (first pieces of the evaluation issue)."""
 
 import json
@@ -16,6 +17,7 @@ TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_knn_monitor_logs_every_epoch_and_matches_offline_knn(tmp_path):
     run_dir = tmp_path / "run"
     assert cli.main(["train", "--run-dir", str(run_dir), "--epochs", "2", "--set", "eval.knn_every=1", *TINY]) == 0
@@ -40,6 +42,7 @@ def test_eval_of_a_missing_run_is_explained(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_knn_monitor_under_two_replicas(two_replicas):
     strategy = two_replicas
     images, labels = data.load_shipped("test")
@@ -57,6 +60,7 @@ def test_knn_monitor_under_two_replicas(two_replicas):
     np.testing.assert_allclose(history.history["knn_accuracy"][0], expected)
 
 
+@pytest.mark.slow
 def test_report_png_for_one_and_two_runs(tmp_path, capsys):
     from PIL import Image
 
@@ -212,6 +216,7 @@ def _event_tags(folder):
     return tags
 
 
+@pytest.mark.slow
 def test_training_writes_tensorboard_scalars_histograms_and_telemetry_history(tmp_path):
     run_dir = tmp_path / "run"
     assert cli.main(["train", "--run-dir", str(run_dir), "--epochs", "2", "--set", "eval.knn_every=1", *TINY]) == 0

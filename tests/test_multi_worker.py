@@ -1,3 +1,4 @@
+import pytest
 """Two local workers with MultiWorkerMirroredStrategy (subprocesses, TF_CONFIG on 127.0.0.1)."""
 
 import json
@@ -67,6 +68,7 @@ def test_one_step_on_two_workers_equals_one_process_on_the_global_batch(tmp_path
                                    atol=1e-5 * max(1.0, float(np.abs(weight.numpy()).max())), err_msg=weight.path)
 
 
+@pytest.mark.slow
 def test_amcl_train_on_two_workers_writes_the_run_directory_once_from_the_chief(tmp_path):
     run_dir = tmp_path / "run"
     argv = [sys.executable, "-m", "amcl_keras.cli", "train", "--run-dir", str(run_dir), "--epochs", "2",

@@ -123,6 +123,7 @@ def test_build_optimizer_follows_weight_decay_mode(mode, expected):
     assert isinstance(optimizer._learning_rate, keras.optimizers.schedules.CosineDecay)
 
 
+@pytest.mark.slow
 def test_two_replicas_equal_one_device_with_coupled_decay(two_replicas):
     """Clipped global gradient + coupled decay + momentum over 2 steps: the decay is added once,
     to the summed gradient (the trainer's global clipping reads the optimizer's global_clipnorm)."""

@@ -67,6 +67,7 @@ def _state(run_dir):
         return None
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_the_same_command_resumes_and_writes_each_epoch_once(tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "amcl_keras.cli", "train", "--run-dir", str(run_dir), "--epochs", "3",

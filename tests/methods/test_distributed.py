@@ -17,8 +17,16 @@ FORMS = [(method, {"encoder_forward": forward}) for method in ("simclr", "barlow
 ]
 
 
-@pytest.mark.parametrize("amcl_on", [True, False], ids=["amcl", "baseline"])
-@pytest.mark.parametrize("method,options", FORMS, ids=lambda v: "-".join(v.values()) if isinstance(v, dict) else v)
+# One AMCL case per method stays in the fast lane (`pytest -m "not slow"`); the rest are marked slow.
+FAST = {("simclr", "per_view"), ("moco", "asymmetric"), ("barlow_twins", "concatenated"), ("simsiam", "concatenated")}
+CASES = [
+    pytest.param(method, options, amcl_on, id=f"{method}-{'-'.join(options.values())}-{'amcl' if amcl_on else 'baseline'}",
+                 marks=() if amcl_on and (method, list(options.values())[0]) in FAST else pytest.mark.slow)
+    for method, options in FORMS for amcl_on in (True, False)
+]
+
+
+@pytest.mark.parametrize("method,options,amcl_on", CASES)
 def test_two_replicas_equal_one_device(method, options, amcl_on, two_replicas):
     """Loss, logged temperatures and every weight after one clipped SGD step (so the gradients),
     and for MoCo the momentum encoder and the queue, match one device to 1e-5."""

@@ -30,6 +30,7 @@ def test_train_step_loss_equals_numpy_on_the_model_embeddings():
     np.testing.assert_allclose(logs["loss"][0], expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_xla_compiled_step_equals_the_plain_step():
     v1, v2 = _views(3)
     plain = _model(tf.distribute.get_strategy(), True)
