@@ -46,6 +46,21 @@ def build_optimizer(config, total_steps):
 
 
 @dataclasses.dataclass
+class Job:
+    """One `run`: its config, where it writes, and the strategy it trains under."""
+
+    config: typing.Any  # amcl_keras.config.Config
+    run_dir: pathlib.Path  # the run directory
+    write_dir: pathlib.Path  # the run directory (chief), or a scratch folder (other workers)
+    strategy: tf.distribute.Strategy
+    started: float  # time.perf_counter() at the start
+
+    @property
+    def chief(self):
+        return self.write_dir == self.run_dir
+
+
+@dataclasses.dataclass
 class TrainingData:
     """What the load stage gives the others."""
 
@@ -120,13 +135,14 @@ def evaluate(config, training_data, encoder):
                                        config.train.seed)
 
 
-def fit(config, training_data, model, write_dir, strategy, resume_from=None, verbose="auto"):
-    """Stage 3: train, from the backup in `resume_from` (a run directory) if there is one;
-    returns the backup state it resumed from (None for a fresh start)."""
-    with strategy.scope():  # the optimizer's variables are created under the strategy
+def fit(job, training_data, model, resume=False, verbose="auto"):
+    """Stage 3: train, from the run directory's backup with `resume`; returns the backup state it
+    resumed from (None for a fresh start)."""
+    config, write_dir, resume_from = job.config, job.write_dir, job.run_dir if resume else None
+    with job.strategy.scope():  # the optimizer's variables are created under the strategy
         state = RunBackup.restore(model, pathlib.Path(resume_from) / runs.BACKUP) if resume_from else None
     initial_epoch, initial_step = (state["epoch"], state["step"]) if state else (0, 0)
-    if resume_from is not None and is_chief(strategy):
+    if resume_from is not None and job.chief:
         runs.trim_history(resume_from, initial_epoch)
     if state:
         print(f"Resuming {resume_from} from its backup: {initial_epoch} epoch(s) done"
@@ -151,9 +167,10 @@ def fit(config, training_data, model, write_dir, strategy, resume_from=None, ver
     return state
 
 
-def finish(config, training_data, model, write_dir, run_dir, strategy, random_init, resumed_from, started):
+def finish(job, training_data, model, random_init, resumed_from):
     """Stage 4: save the model and encoder, evaluate, export, and write `results.json` (last: its
     presence marks the run finished); the backups are removed."""
+    config, write_dir, strategy = job.config, job.write_dir, job.strategy
     runs.atomic_write(write_dir / runs.FINAL_WEIGHTS, model.save_weights)
     runs.atomic_write(write_dir / runs.ENCODER, model.encoder.save)
     ev, cfg = config.eval, config.data
@@ -180,8 +197,8 @@ def finish(config, training_data, model, write_dir, run_dir, strategy, random_in
             config_text=(write_dir / runs.CONFIG).read_text(encoding="utf-8"),
             overwrite=True,  # an export left by a run killed while exporting is replaced
         )
-        results["export"] = {"path": str(run_dir / runs.EXPORT), "max_abs_diff": metadata["verification"]["max_abs_diff"]}
-    results["seconds"] = round(time.perf_counter() - started, 1)
+        results["export"] = {"path": str(job.run_dir / runs.EXPORT), "max_abs_diff": metadata["verification"]["max_abs_diff"]}
+    results["seconds"] = round(time.perf_counter() - job.started, 1)
     runs.write_json(write_dir / runs.RESULTS, results)
     shutil.rmtree(write_dir / runs.BACKUP, ignore_errors=True)
     return results
@@ -208,7 +225,7 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
     keras.utils.set_random_seed(config.train.seed)
     _check_replicas(config, strategy.num_replicas_in_sync)
     chief = is_chief(strategy)
-    write_dir = run_dir if chief else runs.scratch_directory()
+    job = Job(config, run_dir, run_dir if chief else runs.scratch_directory(), strategy, started)
     try:
         training_data = load_data(config)
         model = build(config, training_data, strategy)
@@ -217,13 +234,12 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
         if status == "new" and chief:
             runs.prepare_run_directory(run_dir, overwrite)
         if status == "new" or not chief:
-            config.dump(write_dir / runs.CONFIG)
-        resumed_from = fit(config, training_data, model, write_dir, strategy,
-                           resume_from=run_dir if status == "resume" else None, verbose=verbose)
-        return finish(config, training_data, model, write_dir, run_dir, strategy, random_init, resumed_from, started)
+            config.dump(job.write_dir / runs.CONFIG)
+        resumed_from = fit(job, training_data, model, resume=status == "resume", verbose=verbose)
+        return finish(job, training_data, model, random_init, resumed_from)
     finally:
         if not chief:
-            shutil.rmtree(write_dir, ignore_errors=True)
+            shutil.rmtree(job.write_dir, ignore_errors=True)
 
 
 def _check_replicas(config, replicas):
