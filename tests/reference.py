@@ -25,6 +25,18 @@ def omega(tau, dim):
     return 0.5 * dim * np.log(tau) + 1.0 / tau
 
 
+def head_anchor_mean(heads, anchors, per_anchor):
+    """Σ_c mean_i per_anchor(c, i): every loss's reduction (mean over anchors, sum over heads), as loops."""
+    return sum(np.mean([per_anchor(c, i) for i in range(anchors)]) for c in range(heads))
+
+
+def most_similar(similarities, negatives, top_k):
+    """Indices of the negatives an anchor uses: the most similar by cosine (stable order), one for
+    "hardest", else min(top_k, all)."""
+    order = np.argsort(-np.asarray(similarities), kind="stable")
+    return order[: 1 if negatives == "hardest" else min(top_k, len(order))]
+
+
 def _views(z1, z2, head):
     z1 = np.asarray(z1, np.float64)
     z2 = np.asarray(z2, np.float64)
@@ -33,49 +45,48 @@ def _views(z1, z2, head):
     return normalize(np.concatenate([z1[:, head], z2[:, head]])), z1.shape[0], z1.shape[1]
 
 
+def _simclr_anchors(z1, z2):
+    """(heads, 2N, anchor(c, i) → (views of head c, i, partner, negatives of i)) for the SimCLR losses."""
+    heads = 1 if np.ndim(z1) == 2 else np.shape(z1)[1]
+    n = np.shape(z1)[0]
+    per_head = [_views(z1, z2, head)[0] for head in range(heads)]
+
+    def anchor(c, i):
+        partner = (i + n) % (2 * n)
+        return per_head[c], partner, [j for j in range(2 * n) if j not in (i, partner)]
+
+    return heads, 2 * n, anchor
+
+
 def ntxent(z1, z2, tau):
     """Mean over the 2N anchors of −log(exp(s⁺/τ) / Σ_{j≠i} exp(s_ij/τ)), summed over heads."""
-    heads = 1 if np.ndim(z1) == 2 else np.shape(z1)[1]
-    total = 0.0
-    for head in range(heads):
-        views, n, _ = _views(z1, z2, head)
-        losses = []
-        for i in range(2 * n):
-            partner = (i + n) % (2 * n)
-            logits = {j: views[i] @ views[j] / tau for j in range(2 * n) if j != i}
-            denominator = sum(np.exp(v) for v in logits.values())
-            losses.append(-np.log(np.exp(logits[partner]) / denominator))
-        total += np.mean(losses)
-    return total
+    heads, anchors, anchor = _simclr_anchors(z1, z2)
+
+    def per_anchor(c, i):
+        views, partner, negs = anchor(c, i)
+        logits = {j: views[i] @ views[j] / tau for j in [partner] + negs}
+        return -np.log(np.exp(logits[partner]) / sum(np.exp(v) for v in logits.values()))
+
+    return head_anchor_mean(heads, anchors, per_anchor)
 
 
 def amcl_ntxent(z1, z2, weights, beta, negatives, top_k, t_min=1e-5, t_max=2.0):
     """AMCL Eq. 2.1 ('hardest') or the top-k form, symmetric, mean over anchors, sum over heads."""
-    heads = 1 if np.ndim(z1) == 2 else np.shape(z1)[1]
-    total = 0.0
-    for head in range(heads):
-        views, n, _ = _views(z1, z2, head)
+    heads, anchors, anchor = _simclr_anchors(z1, z2)
+
+    def per_anchor(c, i):
+        views, partner, negs = anchor(c, i)
         dim = views.shape[1]
-        losses = []
-        for i in range(2 * n):
-            partner = (i + n) % (2 * n)
-            tau_p = temperature(weights, views[i], views[partner], t_min, t_max)
-            loss = -(views[i] @ views[partner]) / tau_p + beta * omega(tau_p, dim)
-            negs = [j for j in range(2 * n) if j not in (i, partner)]
-            sims = np.array([views[i] @ views[j] for j in negs])
-            order = np.argsort(-sims, kind="stable")
-            if negatives == "hardest":
-                j = negs[order[0]]
-                tau_n = temperature(weights, views[i], views[j], t_min, t_max)
-                loss += (views[i] @ views[j]) / tau_n - beta * omega(tau_n, dim)
-            else:
-                chosen = [negs[o] for o in order[: min(top_k, len(negs))]]
-                taus = np.array([temperature(weights, views[i], views[j], t_min, t_max) for j in chosen])
-                s = np.array([views[i] @ views[j] for j in chosen])
-                loss += np.mean(s / taus) - beta * np.sum(np.log(taus) + 1.0 / taus)
-            losses.append(loss)
-        total += np.mean(losses)
-    return total
+        tau_p = temperature(weights, views[i], views[partner], t_min, t_max)
+        loss = -(views[i] @ views[partner]) / tau_p + beta * omega(tau_p, dim)
+        chosen = [negs[o] for o in most_similar([views[i] @ views[j] for j in negs], negatives, top_k)]
+        taus = np.array([temperature(weights, views[i], views[j], t_min, t_max) for j in chosen])
+        s = np.array([views[i] @ views[j] for j in chosen])
+        if negatives == "hardest":
+            return loss + s[0] / taus[0] - beta * omega(taus[0], dim)
+        return loss + np.mean(s / taus) - beta * np.sum(np.log(taus) + 1.0 / taus)
+
+    return head_anchor_mean(heads, anchors, per_anchor)
 
 
 def _heads(x):
@@ -88,45 +99,41 @@ def _queue(queue, heads):
     return queue[None] if queue.ndim == 2 else queue
 
 
+def _moco_anchors(query, key, queue):
+    """(heads, N, anchor(c, i) → (q_i, k_i, that head's normalised queue)) for the MoCo losses."""
+    q, k = _heads(query), _heads(key)
+    banks = [normalize(bank) for bank in _queue(queue, q.shape[1])]
+    return q.shape[1], q.shape[0], lambda c, i: (normalize(q[i, c]), normalize(k[i, c]), banks[c])
+
+
 def infonce(query, key, queue, tau):
     """Per head: mean over queries of −log(exp(q·k/τ) / (exp(q·k/τ) + Σ_j exp(q·u_j/τ)))."""
-    q, k = _heads(query), _heads(key)
-    queue = _queue(queue, q.shape[1])
-    total = 0.0
-    for c in range(q.shape[1]):
-        bank = normalize(queue[c])
-        losses = []
-        for i in range(q.shape[0]):
-            qi, ki = normalize(q[i, c]), normalize(k[i, c])
-            logits = np.array([qi @ ki] + [qi @ u for u in bank]) / tau
-            losses.append(-(logits[0] - np.log(np.sum(np.exp(logits)))))
-        total += np.mean(losses)
-    return total
+    heads, anchors, anchor = _moco_anchors(query, key, queue)
+
+    def per_anchor(c, i):
+        qi, ki, bank = anchor(c, i)
+        logits = np.array([qi @ ki] + [qi @ u for u in bank]) / tau
+        return -(logits[0] - np.log(np.sum(np.exp(logits))))
+
+    return head_anchor_mean(heads, anchors, per_anchor)
 
 
 def amcl_infonce(query, key, queue, weights, beta, negatives, top_k, t_min=1e-5, t_max=2.0):
-    q, k = _heads(query), _heads(key)
-    queue = _queue(queue, q.shape[1])
-    dim = q.shape[-1]
-    total = 0.0
-    for c in range(q.shape[1]):
-        bank = normalize(queue[c])
-        losses = []
-        for i in range(q.shape[0]):
-            qi, ki = normalize(q[i, c]), normalize(k[i, c])
-            tau_p = temperature(weights, qi, ki, t_min, t_max)
-            loss = -(qi @ ki) / tau_p + beta * omega(tau_p, dim)
-            sims = bank @ qi
-            order = np.argsort(-sims, kind="stable")
-            chosen = order[:1] if negatives == "hardest" else order[: min(top_k, len(bank))]
-            taus = np.array([temperature(weights, qi, bank[j], t_min, t_max) for j in chosen])
-            if negatives == "hardest":
-                loss += sims[chosen[0]] / taus[0] - beta * omega(taus[0], dim)
-            else:
-                loss += np.mean(sims[chosen] / taus) - beta * np.sum(np.log(taus) + 1.0 / taus)
-            losses.append(loss)
-        total += np.mean(losses)
-    return total
+    heads, anchors, anchor = _moco_anchors(query, key, queue)
+
+    def per_anchor(c, i):
+        qi, ki, bank = anchor(c, i)
+        dim = qi.shape[-1]
+        tau_p = temperature(weights, qi, ki, t_min, t_max)
+        loss = -(qi @ ki) / tau_p + beta * omega(tau_p, dim)
+        sims = bank @ qi
+        chosen = most_similar(sims, negatives, top_k)
+        taus = np.array([temperature(weights, qi, bank[j], t_min, t_max) for j in chosen])
+        if negatives == "hardest":
+            return loss + sims[chosen[0]] / taus[0] - beta * omega(taus[0], dim)
+        return loss + np.mean(sims[chosen] / taus) - beta * np.sum(np.log(taus) + 1.0 / taus)
+
+    return head_anchor_mean(heads, anchors, per_anchor)
 
 
 def _correlation(a, b):
@@ -198,71 +205,49 @@ def softplus(x):
     return np.log1p(np.exp(-abs(x))) + max(x, 0.0)
 
 
+def _bounded_anchor(s_p, tau_p, s, taus, beta, dim, objective, center):
+    """One anchor of a bounded objective: 'normalized' (per-pair-τ log-sum-exp over the given
+    negatives) or 'rectified' (softplus of the authors' terms), + β·[R(τ⁺) + mean_n R(τ_n)]."""
+    if objective == "normalized":
+        logits = np.concatenate([[s_p / tau_p], s / taus])
+        top = logits.max()
+        loss = top + np.log(np.sum(np.exp(logits - top))) - s_p / tau_p
+    else:
+        loss = softplus(-s_p / tau_p) + np.mean([softplus(x) for x in s / taus])
+    return loss + beta * (bounded_omega(tau_p, dim, center) + np.mean([bounded_omega(t, dim, center) for t in taus]))
+
+
 def amcl_ntxent_bounded(z1, z2, weights, beta, objective, negatives="topk", top_k=100, t_min=1e-5, t_max=2.0,
                         center=None):
     """'normalized': per-pair-τ NT-Xent over all negatives; 'rectified': softplus of the authors'
     terms over the top-k / hardest negatives; both + β·[R(τ⁺) + mean_n R(τ_n)]."""
-    heads = 1 if np.ndim(z1) == 2 else np.shape(z1)[1]
-    total = 0.0
-    for head in range(heads):
-        views, n, _ = _views(z1, z2, head)
-        dim = views.shape[1]
-        losses = []
-        for i in range(2 * n):
-            partner = (i + n) % (2 * n)
-            tau_p = temperature(weights, views[i], views[partner], t_min, t_max)
-            s_p = views[i] @ views[partner]
-            negs = [j for j in range(2 * n) if j not in (i, partner)]
-            if objective == "normalized":
-                chosen = negs
-            else:
-                sims = np.array([views[i] @ views[j] for j in negs])
-                order = np.argsort(-sims, kind="stable")
-                chosen = [negs[o] for o in order[: 1 if negatives == "hardest" else min(top_k, len(negs))]]
-            taus = np.array([temperature(weights, views[i], views[j], t_min, t_max) for j in chosen])
-            s = np.array([views[i] @ views[j] for j in chosen])
-            if objective == "normalized":
-                logits = np.concatenate([[s_p / tau_p], s / taus])
-                top = logits.max()
-                loss = top + np.log(np.sum(np.exp(logits - top))) - s_p / tau_p
-            else:
-                loss = softplus(-s_p / tau_p) + np.mean([softplus(x) for x in s / taus])
-            loss += beta * (bounded_omega(tau_p, dim, center) + np.mean([bounded_omega(t, dim, center) for t in taus]))
-            losses.append(loss)
-        total += np.mean(losses)
-    return total
+    heads, anchors, anchor = _simclr_anchors(z1, z2)
+
+    def per_anchor(c, i):
+        views, partner, negs = anchor(c, i)
+        chosen = negs if objective == "normalized" else [
+            negs[o] for o in most_similar([views[i] @ views[j] for j in negs], negatives, top_k)]
+        taus = np.array([temperature(weights, views[i], views[j], t_min, t_max) for j in chosen])
+        s = np.array([views[i] @ views[j] for j in chosen])
+        tau_p = temperature(weights, views[i], views[partner], t_min, t_max)
+        return _bounded_anchor(views[i] @ views[partner], tau_p, s, taus, beta, views.shape[1], objective, center)
+
+    return head_anchor_mean(heads, anchors, per_anchor)
 
 
 def amcl_infonce_bounded(query, key, queue, weights, beta, objective, negatives="topk", top_k=100, t_min=1e-5,
                          t_max=2.0, center=None):
-    q, k = _heads(query), _heads(key)
-    queue = _queue(queue, q.shape[1])
-    dim = q.shape[-1]
-    total = 0.0
-    for c in range(q.shape[1]):
-        bank = normalize(queue[c])
-        losses = []
-        for i in range(q.shape[0]):
-            qi, ki = normalize(q[i, c]), normalize(k[i, c])
-            tau_p = temperature(weights, qi, ki, t_min, t_max)
-            s_p = qi @ ki
-            sims = bank @ qi
-            if objective == "normalized":
-                chosen = np.arange(len(bank))
-            else:
-                order = np.argsort(-sims, kind="stable")
-                chosen = order[:1] if negatives == "hardest" else order[: min(top_k, len(bank))]
-            taus = np.array([temperature(weights, qi, bank[j], t_min, t_max) for j in chosen])
-            if objective == "normalized":
-                logits = np.concatenate([[s_p / tau_p], sims[chosen] / taus])
-                top = logits.max()
-                loss = top + np.log(np.sum(np.exp(logits - top))) - s_p / tau_p
-            else:
-                loss = softplus(-s_p / tau_p) + np.mean([softplus(x) for x in sims[chosen] / taus])
-            loss += beta * (bounded_omega(tau_p, dim, center) + np.mean([bounded_omega(t, dim, center) for t in taus]))
-            losses.append(loss)
-        total += np.mean(losses)
-    return total
+    heads, anchors, anchor = _moco_anchors(query, key, queue)
+
+    def per_anchor(c, i):
+        qi, ki, bank = anchor(c, i)
+        sims = bank @ qi
+        chosen = np.arange(len(bank)) if objective == "normalized" else most_similar(sims, negatives, top_k)
+        taus = np.array([temperature(weights, qi, bank[j], t_min, t_max) for j in chosen])
+        tau_p = temperature(weights, qi, ki, t_min, t_max)
+        return _bounded_anchor(qi @ ki, tau_p, sims[chosen], taus, beta, qi.shape[-1], objective, center)
+
+    return head_anchor_mean(heads, anchors, per_anchor)
 
 
 def simsiam_bounded(p1, p2, z1, z2, weights, beta, objective, t_min=1e-5, t_max=2.0, center=None):
