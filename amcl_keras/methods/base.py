@@ -27,6 +27,24 @@ class StepLoss(typing.NamedTuple):
     carry: typing.Any = None
 
 
+def cond_per_replica(predicate, true_fn, false_fn, args=()):
+    """`true_fn(*args)` if `predicate` else `false_fn(*args)`, where the branches may update
+    variables through `merge_call` (an optimizer step, MoCo's momentum update). Under a strategy
+    the choice is made once in the cross-replica context and the branch runs on every replica
+    (TF does not allow a `cond` around `merge_call` inside a replica), as Keras's
+    `LossScaleOptimizer` does; `predicate` must be the same on every replica."""
+    if not tf.distribute.has_strategy():
+        return tf.cond(predicate, lambda: true_fn(*args) or tf.constant(0), lambda: false_fn(*args) or tf.constant(0))
+
+    def decide(strategy, predicate, *args):
+        predicate = strategy.experimental_local_results(predicate)[0]
+        run = strategy.extended.call_for_each_replica
+        tf.cond(predicate, lambda: run(true_fn, args=args) or tf.constant(0),
+                lambda: run(false_fn, args=args) or tf.constant(0))
+
+    return tf.distribute.get_replica_context().merge_call(decide, args=(predicate, *args))
+
+
 def built_output_shape(layer, input_shape):
     """Build `layer` for `input_shape` (batch first) and return its output shape. Functional and
     Sequential models know it; a subclassed model is called once on zeros (batch 2, inference)."""
@@ -267,15 +285,18 @@ class ContrastiveTrainer(keras.Model):
         the optimizer's own sum then gives the clipped global gradient, and its own clipping,
         on a vector R times smaller, is a no-op. Costs one extra all-reduce, only when clipping.
         """
-        optimizer = self.optimizer
+        optimizer, scale = self.optimizer, None
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            return gradients  # clipping of scaled gradients stays with Keras for now
+            # the gradients are scaled: clip the unscaled global gradient, hand it on scaled again
+            optimizer, scale = optimizer.inner_optimizer, tf.cast(optimizer.dynamic_scale, tf.float32)
         if not (optimizer.global_clipnorm or optimizer.clipnorm or optimizer.clipvalue):
             return gradients
         present = [index for index, g in enumerate(gradients) if g is not None]
         summed = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, [gradients[index] for index in present]
         )
+        if scale is not None:
+            summed = [g / tf.cast(scale, g.dtype) for g in summed]
         if optimizer.global_clipnorm:
             summed, _ = tf.clip_by_global_norm(summed, optimizer.global_clipnorm)
         elif optimizer.clipnorm:
@@ -284,7 +305,7 @@ class ContrastiveTrainer(keras.Model):
             summed = [tf.clip_by_value(g, -optimizer.clipvalue, optimizer.clipvalue) for g in summed]
         gradients = list(gradients)
         for index, g in zip(present, summed):
-            gradients[index] = g / replicas
+            gradients[index] = (g if scale is None else g * tf.cast(scale, g.dtype)) / replicas
         return gradients
 
     def _nonfinite_parts(self, features, z, gradients):
@@ -353,8 +374,14 @@ class ContrastiveTrainer(keras.Model):
         return tf.concat([features1, features2], axis=0), z1, z2
 
     def train_step(self, data):
+        """One step. A step whose outputs or gradients are not all finite (on any replica) is
+        skipped whole: no optimizer update (weights, slots, iteration count), no after-step update
+        (MoCo's key encoder and queue), and the state the forward pass changed (batch-norm
+        statistics, in-step augmentation seeds) is put back; its loss is logged as NaN, which is
+        what `NonFiniteLossGuard` stops on."""
         view1, view2 = self._views(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        state = [tf.identity(v) for v in self.non_trainable_variables]  # what the forward pass may change
         with tf.GradientTape() as tape:
             features, z1, z2 = self.embed_views(view1, view2 if self.embeds_both_views else None)
             loss, stats, carry = self.compute_loss_and_stats(z1, z2, (view1, view2))
@@ -366,13 +393,23 @@ class ContrastiveTrainer(keras.Model):
         # have a non-finite gradient: any of these makes the step's loss NaN, so the guard stops
         # the run there, and the part it came from is counted for the guard's message.
         health = self._nonfinite_parts(features, z, gradients)
-        loss = tf.where(tf.reduce_any(tf.stack(list(health.values()))), float("nan"), loss)
         for part, flag in health.items():
             self.nonfinite_steps[part].update_state(tf.cast(flag, tf.float32))
-        if replicas > 1:
+        bad = tf.reduce_any(tf.stack(list(health.values())))
+        if replicas > 1:  # every replica takes the same branch below
+            bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(bad, tf.int32)) > 0
             gradients = self._clip_global_gradients(gradients, replicas)
-        self.optimizer.apply(gradients, self.trainable_variables)
-        self.after_optimizer_step(carry)
+        loss = tf.where(bad, float("nan"), loss)
+
+        def apply(gradients, carry):
+            self.optimizer.apply(gradients, self.trainable_variables)
+            self.after_optimizer_step(carry)
+
+        def skip(gradients, carry):
+            for variable, value in zip(self.non_trainable_variables, state):
+                variable.assign(value)
+
+        cond_per_replica(bad, skip, apply, args=(gradients, carry))
         self.loss_tracker.update_state(loss)
         for name, per_head in stats.items():
             for head in range(per_head.shape[0]):

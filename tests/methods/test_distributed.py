@@ -78,3 +78,32 @@ def test_augmentation_inside_the_step_under_two_replicas(two_replicas):
     assert all(np.isfinite(history.history["loss"]))
     clone = amcl.SimCLR.from_config(model.get_config())
     assert [layer.name for layer in clone.augmenter.layers] == ["a_random_resized_crop", "e_flip"]
+
+
+@pytest.mark.parametrize("method", ["simclr", "barlow_twins"])
+def test_clipping_under_loss_scaling_on_two_replicas_equals_one_device(method, two_replicas):
+    """With a LossScaleOptimizer the gradients are scaled: the global gradient is unscaled, clipped
+    and scaled again, so 2 replicas take the same clipped step as one device (float32 compute, so
+    the comparison is as tight as without loss scaling)."""
+    import keras
+
+    view1, view2 = views()
+
+    def make(strategy=None, clipnorm=1.0):
+        model = build(method, True, strategy)
+        with (strategy or tf.distribute.get_strategy()).scope():
+            model.compile(optimizer=keras.optimizers.LossScaleOptimizer(
+                keras.optimizers.SGD(0.5, global_clipnorm=clipnorm)))
+        return model
+
+    single, mirrored, unclipped = make(), make(two_replicas), make(clipnorm=None)
+    before = single.get_weights()
+    mirrored.set_weights(before)
+    unclipped.set_weights(before)
+    for model in (single, mirrored, unclipped):
+        one_step(model, view1, view2)
+    assert int(single.optimizer.iterations.numpy()) == int(mirrored.optimizer.iterations.numpy()) == 1
+    for variable, s, m in zip(single.weights, single.get_weights(), mirrored.get_weights()):
+        np.testing.assert_allclose(m, s, rtol=0, atol=1e-5 * np.abs(s).max() + 1e-6, err_msg=variable.path)
+    assert any(not np.allclose(s, u) for s, u in zip(single.get_weights(), unclipped.get_weights())), \
+        "clipping must act in this step for the comparison to cover it"
