@@ -15,7 +15,7 @@ import tensorflow as tf
 from amcl_keras import evaluation
 from amcl_keras.constants import KNN_K, KNN_TEMPERATURE, OBJECTIVES, PROBE_BATCH_SIZE, PROBE_LEARNING_RATE
 from amcl_keras.data import to_float_images
-from amcl_keras.runs import RunBackup
+from amcl_keras.runs import RunBackup, append_text
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -96,9 +96,7 @@ class JSONLinesHistory(keras.callbacks.Callback):
             record.update(getattr(extra, "history_fields", None) or {})
         if self.resumed and self.resumed[0] == epoch:
             record["resumed_at_step"] = self.resumed[1]  # the metrics cover the steps after it
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+        append_text(self.path, json.dumps(record) + "\n")  # RunWriteError when the disk is full
 
 
 class KNNMonitor(keras.callbacks.Callback):

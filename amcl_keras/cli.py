@@ -6,8 +6,9 @@
     amcl report RUN_DIR [RUN_DIR ...] --out report.png          curves and similarity histograms of runs
     amcl augment-preview [--preset abcde]                      a PNG of images and two augmented views of each
 
-Exit codes: 0 done, 2 bad input (config, run directory, data; the message says what to change),
-3 training stopped because the loss or a gradient stopped being finite.
+Exit codes: 0 done, 2 bad input (config, run directory, data, a path that cannot be read or
+written, a full disk; the message says what to change), 3 training stopped because the loss or
+a gradient stopped being finite.
 """
 
 import argparse
@@ -93,13 +94,17 @@ def _preview(args):
         print("amcl: --count must be at least 1", file=sys.stderr)
         return 2
     cfg = config.data
-    if args.rgb_samples:
-        images = data.load_rgb_samples()
-    else:
-        images, _ = data.labelled_arrays(cfg.dataset, cfg.eval_test_split, cfg.data_dir, args.count, cfg.download)
-    images = np.resize(images, (args.count,) + images.shape[1:])
-    size = cfg.image_size or images.shape[1]
-    shape = preview.write_preview(args.out, images, size, cfg.augmentation, cfg.crop_scale)
+    try:
+        if args.rgb_samples:
+            images = data.load_rgb_samples()
+        else:
+            images, _ = data.labelled_arrays(cfg.dataset, cfg.eval_test_split, cfg.data_dir, args.count, cfg.download)
+        images = np.resize(images, (args.count,) + images.shape[1:])
+        size = cfg.image_size or images.shape[1]
+        shape = preview.write_preview(args.out, images, size, cfg.augmentation, cfg.crop_scale)
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"amcl: augment-preview failed: {_text(error)}", file=sys.stderr)
+        return 2
     print(f"Wrote {args.out} ({shape[1]}x{shape[0]} px): {args.count} rows of original | view 1 | view 2, "
           f"preset {cfg.augmentation!r}")
     return 0
@@ -108,8 +113,8 @@ def _preview(args):
 def _eval(args):
     try:
         result = evaluation.evaluate_run(args.run_dir, args.probe_epochs, args.knn_k, args.knn_temperature, args.seed)
-    except (runs.RunReadError, config_lib.ConfigError, ValueError, RuntimeError) as error:
-        print(f"amcl: eval failed: {error}", file=sys.stderr)
+    except (runs.RunReadError, OSError, ValueError, RuntimeError) as error:  # ConfigError, RunWriteError
+        print(f"amcl: eval failed: {_text(error)}", file=sys.stderr)
         return 2
     probe, knn = result["linear_probe"], result["knn"]
     print(f"linear probe {probe['accuracy'] * 100:.1f}% ({probe['protocol']})\n"
@@ -120,8 +125,8 @@ def _eval(args):
 def _report(args):
     try:
         path = report.write_report(args.run_dirs, args.out)
-    except (FileNotFoundError, runs.RunReadError, config_lib.ConfigError, ValueError) as error:
-        print(f"amcl: report failed: {error}", file=sys.stderr)
+    except (OSError, runs.RunReadError, ValueError) as error:  # ConfigError; --out in a missing folder, or a folder
+        print(f"amcl: report failed: {_text(error)}", file=sys.stderr)
         return 2
     print(f"Wrote {path} for {len(args.run_dirs)} run(s).")
     return 0
@@ -133,14 +138,22 @@ def _export(args):
         metadata = export_lib.export_encoder(
             args.run_dir, out, formats=args.formats, tolerance=args.tolerance, overwrite=args.overwrite
         )
-    except export_lib.ExportError as error:
-        print(f"amcl: export failed: {error}", file=sys.stderr)
+    except (export_lib.ExportError, OSError) as error:  # ExportWriteError: the folder cannot be written
+        print(f"amcl: export failed: {_text(error)}", file=sys.stderr)
         return 2
     print(f"Exported to {out}: {', '.join(metadata['formats'])}; input uint8 {metadata['input']['shape']}, "
           f"output {metadata['output']['name']} float32 [batch, {metadata['feature_dim']}]")
     for name, diffs in metadata["verification"]["max_abs_diff"].items():
         print(f"  {name:18s} max |diff| vs Keras: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
     return 0
+
+
+def _text(error):
+    """The message of an error; an OS error's own words and path ("No space left on device: 'x'")."""
+    if type(error).__module__ == "builtins" and isinstance(error, OSError) and error.strerror:
+        where = f": {str(error.filename)!r}" if error.filename else ""
+        return f"{error.strerror}{where}"
+    return str(error)
 
 
 def main(argv=None):
@@ -171,8 +184,8 @@ def main(argv=None):
     run_dir = args.run_dir or os.path.join("runs", f"{config.model.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         results = train_lib.run(config, run_dir, overwrite=args.overwrite)
-    except (train_lib.RunDirectoryError, ValueError, RuntimeError) as error:  # ExportError included
-        print(f"amcl: error: {error}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError) as error:  # RunDirectoryError, RunWriteError, ExportError included
+        print(f"amcl: error: {_text(error)}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
         print(f"amcl: training stopped: {error}", file=sys.stderr)

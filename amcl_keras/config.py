@@ -148,9 +148,13 @@ class Config:
         values["model"].update(values["model"].pop("settings") or {})
         return values
 
+    def to_yaml(self):
+        """The config as YAML text (what `dump` writes, `load` reads)."""
+        return yaml.safe_dump(_plain(self.to_dict()), sort_keys=False)
+
     def dump(self, path):
         with open(path, "w", encoding="utf-8") as handle:
-            yaml.safe_dump(_plain(self.to_dict()), handle, sort_keys=False)
+            handle.write(self.to_yaml())
 
 
 def _plain(value):
@@ -264,6 +268,15 @@ def load(path=None, overrides=()):
                 raw = yaml.safe_load(handle) or {}
         except FileNotFoundError:
             raise ConfigError(f"Config file {str(path)!r} does not exist. Configs ship in the configs/ folder.") from None
+        except IsADirectoryError:
+            raise ConfigError(f"Config file {str(path)!r} is a folder, not a YAML file. Pass one file, e.g. "
+                              "configs/demo.yaml.") from None
+        except NotADirectoryError:
+            raise ConfigError(f"Config file {str(path)!r} does not exist: a folder on its path is a file.") from None
+        except OSError as error:  # no permission, an I/O error
+            raise ConfigError(f"Config file {str(path)!r} cannot be read: {error.strerror or error}.") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"Config file {str(path)!r} is not a text file (YAML is UTF-8 text).") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {error}") from None
     for override in overrides:

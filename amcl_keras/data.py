@@ -58,9 +58,10 @@ def load_npz(path, split="train"):
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ValueError(f"Dataset file {str(path)!r} does not exist. Give data.dataset the path of an .npz file "
-                         "(relative to the working directory), a folder of images or a tfds name.")
-    with np.load(path) as arrays:
+        raise ValueError(f"Dataset file {str(path)!r} {'is a folder' if path.is_dir() else 'does not exist'}. Give "
+                         "data.dataset the path of an .npz file (relative to the working directory), a folder of images "
+                         "or a tfds name.")
+    with _open_npz(path) as arrays:
         keys = (f"{split}_images", f"{split}_labels")
         missing = [key for key in keys if key not in arrays.files]
         if missing:
@@ -77,6 +78,17 @@ def load_npz(path, split="train"):
             f"and {len(labels)} labels."
         )
     return images, labels.astype(np.int64)
+
+
+def _open_npz(path):
+    try:
+        arrays = np.load(path)
+        if not isinstance(arrays, np.lib.npyio.NpzFile):
+            raise ValueError("it holds one array, not named arrays")
+        return arrays
+    except Exception as error:  # truncated zip, not a zip: NumPy and zipfile raise several types
+        raise ValueError(f"Dataset file {str(path)!r} is not a readable .npz file ({type(error).__name__}: {error}). "
+                         "Write it with np.savez(path, train_images=..., train_labels=..., ...).") from None
 
 
 class FolderScan:
@@ -168,6 +180,9 @@ def load(name=SHIPPED, split="train", data_dir=None, download=True, image_size=N
         return tf.data.Dataset.from_tensor_slices((images, labels))
     if pathlib.Path(name).is_dir():  # image_size, channels and on_bad_image apply to folders
         return load_folder(name, split, image_size, channels, on_bad_image)[0]
+    if pathlib.Path(name).is_file():
+        raise ValueError(f"Dataset {name!r} is a file but not an .npz file: data.dataset takes an .npz file, a folder of "
+                         "images or a tfds name.")
     if "/" in name or name.startswith("."):
         raise ValueError(f"Dataset folder {name!r} does not exist (a tfds name has no '/'). Check the path (relative "
                          "to the working directory) or give a tfds name such as 'cifar10'.")

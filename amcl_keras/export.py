@@ -9,7 +9,9 @@ has a second signature, `serving_float`, for float images already in [0, 1] at t
 After writing, both artefacts are reloaded (tf.saved_model.load, onnxruntime), run on real
 images at batch 1 and 7 and compared with the Keras encoder; an export whose maximum absolute
 difference exceeds the tolerance fails, and nothing is left under the output folder (the
-export is written to a temporary folder and renamed into place only when verified).
+export is written to a temporary folder and renamed into place only when verified). An output
+folder that cannot be created or written (a path component that is a file, no permission, disk
+full) raises `ExportWriteError`; a previous export there is left intact.
 """
 
 import hashlib
@@ -39,6 +41,16 @@ class ExportError(RuntimeError):
 
 class ExportVerificationError(ExportError):
     """A reloaded artefact disagrees with the Keras encoder beyond the tolerance."""
+
+
+class ExportWriteError(ExportError):
+    """The output folder cannot be created or written (a path component that is a file, no
+    permission, disk full); the message names the folder and the OS error. A previous export in
+    that folder is left intact."""
+
+
+# what writing a SavedModel raises when the disk is full or a folder is not writable
+_WRITE_ERRORS = (OSError, tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError, tf.errors.UnknownError)
 
 
 def _float32_policies(config):
@@ -156,6 +168,10 @@ def export_encoder(
         )
 
     out_dir = pathlib.Path(out_dir)
+    problem = runs.creation_problem(out_dir if out_dir.exists() and not out_dir.is_dir() else out_dir.parent)
+    if problem:
+        raise ExportWriteError(f"The export folder {str(out_dir)!r} cannot be created: {problem[0]}. "
+                               "Choose another output folder (CLI: --out).")
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{str(out_dir)!r} already exists. Pass overwrite=True (CLI: --overwrite) to replace it.")
 
@@ -171,11 +187,11 @@ def export_encoder(
         return {OUTPUT_NAME: encoder(images, training=False)}
 
     reference = np.asarray(encoder(to_float_images(images[:7], height), training=False), np.float32)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = out_dir.parent / f".{out_dir.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         checks = {}
         if "saved_model" in formats:
             _write_saved_model(encoder, staging / "saved_model", serve_uint8, serve_float, uint8_spec, float_spec)
@@ -201,12 +217,31 @@ def export_encoder(
             )
         metadata = _metadata(encoder, formats, checks, tolerance, opset, onnx_input, config_text, images.shape[1:3])
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
+        _replace_folder(staging, out_dir)
+    except _WRITE_ERRORS as error:
+        text = runs.describe_os_error(error) if isinstance(error, OSError) else error.message
+        text = text.replace(str(staging), str(out_dir)).replace(staging.name, out_dir.name)
+        kept = " A previous export there is left as it was." if out_dir.exists() else ""
+        raise ExportWriteError(f"Could not write the export to {str(out_dir)!r}: {text}.{kept} Free some space or "
+                               "fix the folder's permissions, or choose another output folder (CLI: --out).") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return metadata
+
+
+def _replace_folder(new, target):
+    """Rename the folder `new` to `target`; a previous `target` is removed only once `new` is in place."""
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except OSError:
+        if old.exists():
+            os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _metadata(encoder, formats, checks, tolerance, opset, onnx_input, config_text, verified_hw):

@@ -84,6 +84,20 @@ class ProjectionHead(keras.layers.Layer):
         return config
 
 
+def check_feature_shape(shape, input_shape=None):
+    """Refuse (ValueError) an encoder output that is not one `[batch, features]` tensor: a feature
+    map, a sequence, several outputs (the heads take one feature vector per image)."""
+    nested = isinstance(shape, dict) or (isinstance(shape, (tuple, list)) and any(
+        isinstance(dim, (tuple, list, dict)) for dim in shape))
+    if nested or shape is None or len(shape) != 2:
+        got = "several outputs of shapes" if nested else "output shape"
+        for_input = f" for input shape {tuple(input_shape)}" if input_shape is not None else ""
+        raise ValueError(
+            f"The encoder must output [batch, features], got {got} {shape}{for_input}. End it with a pooling or "
+            "flatten layer (e.g. keras.layers.GlobalAveragePooling2D) and return one tensor."
+        )
+
+
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class MultiHeadProjector(keras.layers.Layer):
     """`num_heads` independent `ProjectionHead`s on the same feature: `[batch, F]` → `[batch, C, d]`.
@@ -120,6 +134,7 @@ class MultiHeadProjector(keras.layers.Layer):
         )
 
     def build(self, input_shape):
+        check_feature_shape(input_shape)
         for head in self.heads:
             head.build(input_shape)
         self.built = True

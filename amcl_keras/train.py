@@ -234,7 +234,7 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
         if status == "new" and chief:
             runs.prepare_run_directory(run_dir, overwrite)
         if status == "new" or not chief:
-            config.dump(job.write_dir / runs.CONFIG)
+            runs.write_config(job.write_dir, config)
         resumed_from = fit(job, training_data, model, resume=status == "resume", verbose=verbose)
         return finish(job, training_data, model, random_init, resumed_from)
     finally:

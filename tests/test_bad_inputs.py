@@ -3,9 +3,15 @@ wrong and what to do, and leaves nothing half-written behind.
 
 CLI cases run `amcl train` (or export/eval/report) and check the exit code, the message and
 that the run directory was not created (or not changed); API cases check the exception type.
+In the `amcl train` table, `{tmp}` is a folder holding `notes.txt` (a text file), `folder.npz`
+(a folder), `garbage.npz` (bytes that are neither an .npz file nor UTF-8 text).
 """
 
+import errno
 import json
+import os
+import pathlib
+import shutil
 
 import keras
 import numpy as np
@@ -13,8 +19,10 @@ import pytest
 import tensorflow as tf
 
 import amcl_keras as amcl
-from amcl_keras import cli
+from amcl_keras import cli, runs, train
 from amcl_keras.config import ConfigError
+from amcl_keras.runs import RunBackup
+from tests.methods import helpers
 
 TINY = ["--epochs", "1", "--steps-per-epoch", "1", "--set", "data.batch_size=32", "--set", "model.encoder_width=4",
         "--set", "model.hidden_dim=16", "--set", "model.projection_dim=8", "--set", "eval.probe_epochs=1",
@@ -54,19 +62,41 @@ TRAIN_CASES = [
     ("xla-with-replicas", ["--set", "train.jit_compile=true", "--set", "train.cpu_replicas=2"],
      "Set train.jit_compile=false, or train on one device"),
     ("multi-worker-without-tf-config", ["--set", "train.strategy=multi_worker"], "needs the TF_CONFIG environment"),
+    # a folder where a file is expected, and the other way round
+    ("config-is-a-folder", ["--config", "{tmp}"], "is a folder, not a YAML file"),
+    ("config-is-not-text", ["--config", "{tmp}/garbage.npz"], "is not a text file"),
+    ("config-under-a-file", ["--config", "{tmp}/notes.txt/c.yaml"], "a folder on its path is a file"),
+    ("dataset-npz-is-a-folder", ["--set", "data.dataset={tmp}/folder.npz"], "folder.npz' is a folder. Give"),
+    ("dataset-is-a-text-file", ["--set", "data.dataset={tmp}/notes.txt"], "is a file but not an .npz file"),
+    ("dataset-npz-is-garbage", ["--set", "data.dataset={tmp}/garbage.npz"], "is not a readable .npz file"),
+    ("run-dir-is-a-file", ["--run-dir", "{tmp}/notes.txt"], "notes.txt' is a file, not a folder. Choose another --run-dir"),
+    ("run-dir-under-a-file", ["--run-dir", "{tmp}/notes.txt/run"], "is a file, so no folder can be made under it"),
 ]
+
+
+def _path_fixtures(folder):
+    """`notes.txt` (text), `folder.npz` (a folder), `garbage.npz` (neither .npz nor UTF-8) in `folder`."""
+    (folder / "notes.txt").write_text("mine")
+    (folder / "folder.npz").mkdir()
+    (folder / "garbage.npz").write_bytes(b"\xff\xfe\x00not a zip")
+    return folder
 
 
 @pytest.mark.parametrize("case", TRAIN_CASES, ids=[case[0] for case in TRAIN_CASES])
 def test_bad_training_input(case, tmp_path, capsys, monkeypatch):
     _, arguments, expected = case
     monkeypatch.delenv("TF_CONFIG", raising=False)
+    (tmp_path / "paths").mkdir()
+    paths = _path_fixtures(tmp_path / "paths")
+    arguments = [argument.replace("{tmp}", str(paths)) for argument in arguments]
     run_dir = tmp_path / "run"
     assert cli.main(["train", "--run-dir", str(run_dir), *TINY, *arguments]) == 2
     err = capsys.readouterr().err
     assert expected in err, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "partial-" not in err
     assert not run_dir.exists(), "a failed start must not leave a half-made run directory"
+    assert sorted(p.name for p in paths.iterdir()) == ["folder.npz", "garbage.npz", "notes.txt"]
+    assert (paths / "notes.txt").read_text() == "mine"
 
 
 def test_invalid_yaml_config(tmp_path, capsys):
@@ -111,6 +141,31 @@ def test_commands_on_a_missing_run_directory(command, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "does not exist" in err or "not a run directory" in err, err
     assert not (tmp_path / "missing").exists() and not (tmp_path / "r.png").exists()
+
+
+@pytest.mark.parametrize("command", ["export", "eval", "report"])
+def test_commands_on_a_file_instead_of_a_run_directory(command, tmp_path, capsys):
+    (tmp_path / "results.json").write_text("{}")
+    argv = [command, str(tmp_path / "results.json")] + (["--out", str(tmp_path / "r.png")] if command == "report" else [])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "results.json' is a file, not a run directory. Pass the folder `amcl train` wrote" in err, err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["--out", "{tmp}/notes.txt/preview.png"], "Not a directory: '{tmp}/notes.txt/preview.png'"),
+    (["--out", "{tmp}/folder.png"], "Is a directory: '{tmp}/folder.png'"),
+    (["--set", "data.dataset={tmp}/folder.npz"], "is a folder"),
+], ids=["out-under-a-file", "out-is-a-folder", "dataset-is-a-folder"])
+def test_augment_preview_paths(arguments, expected, tmp_path, capsys):
+    paths = _path_fixtures(tmp_path)
+    (paths / "folder.png").mkdir()
+    argv = ["augment-preview", "--count", "2", "--out", str(tmp_path / "p.png")]
+    assert cli.main(argv + [a.replace("{tmp}", str(paths)) for a in arguments]) == 2
+    err = capsys.readouterr().err
+    assert expected.replace("{tmp}", str(paths)) in err and "Traceback" not in err, err
 
 
 # --- the Python API ------------------------------------------------------------------------
@@ -181,3 +236,305 @@ def test_config_error_type_for_the_api(tmp_path):
     config_path.write_text(json.dumps({"model": {"top_k": 0}}))
     with pytest.raises(ConfigError, match="top_k"):
         amcl.config.load(config_path)
+
+
+# --- encoders whose output is not [batch, features], of every kind of Keras model --------------------
+
+class FeatureMapEncoder(keras.Model):
+    """A subclassed encoder that forgot its pooling layer (or returns a dict)."""
+
+    def __init__(self, as_dict=False):
+        super().__init__()
+        self.as_dict = as_dict
+        self.conv = keras.layers.Conv2D(2, 3)
+
+    def call(self, images, training=False):
+        features = self.conv(images)
+        return {"features": keras.layers.Flatten()(features)} if self.as_dict else features
+
+
+def _functional(output):
+    inputs = keras.Input((8, 8, 1))
+    return keras.Model(inputs, output(inputs))
+
+
+def _simclr(encoder):
+    model = amcl.SimCLR(encoder, num_heads=1, projection_dim=8, hidden_dim=8)
+    model.compile(optimizer="sgd")
+    return model
+
+
+def _first_fit(encoder):
+    """The encoder's model trained on one batch, without an explicit `build`."""
+    _simclr(encoder).fit(tf.data.Dataset.from_tensors(helpers.views()), verbose=0)
+
+
+ENCODER_CASES = [
+    ("sequential-with-input", lambda: _simclr(keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3)])),
+     "got output shape (2, 6, 6, 4) for input shape (None, 8, 8, 1)"),
+    ("sequential-unbuilt-build", lambda: _simclr(keras.Sequential([keras.layers.Conv2D(4, 3)])).build((None, 8, 8, 1)),
+     "got output shape (2, 6, 6, 4) for input shape (None, 8, 8, 1)"),
+    ("sequential-unbuilt-first-fit", lambda: _first_fit(keras.Sequential([keras.layers.Conv2D(4, 3)])),
+     "got output shape (8, 6, 6, 4)"),
+    ("functional-feature-map", lambda: _simclr(_functional(keras.layers.Conv2D(2, 3))), "got output shape (None, 6, 6, 2)"),
+    ("functional-sequence", lambda: _simclr(_functional(keras.layers.Reshape((8, 8)))), "got output shape (None, 8, 8)"),
+    ("functional-two-outputs", lambda: _simclr(_functional(lambda x: [keras.layers.Flatten()(x)] * 2)),
+     "got several outputs of shapes [(None, 64), (None, 64)]"),
+    ("subclassed-build", lambda: _simclr(FeatureMapEncoder()).build((None, 8, 8, 1)), "got output shape (2, 6, 6, 2)"),
+    ("subclassed-first-fit", lambda: _first_fit(FeatureMapEncoder()), "got output shape (8, 6, 6, 2)"),
+    ("subclassed-dict-output", lambda: _simclr(FeatureMapEncoder(as_dict=True)).build((None, 8, 8, 1)),
+     "got several outputs of shapes {'features': (2, 72)}"),
+    ("plain-layer", lambda: _simclr(keras.layers.Conv2D(4, 3)).build((None, 8, 8, 1)), "got output shape (2, 6, 6, 4)"),
+]
+
+
+@pytest.mark.parametrize("case", ENCODER_CASES, ids=[case[0] for case in ENCODER_CASES])
+def test_encoder_output_must_be_batch_by_features(case):
+    _, build, expected = case
+    with pytest.raises(ValueError) as raised:
+        build()
+    message = str(raised.value)
+    assert message.startswith("The encoder must output [batch, features], ") and expected in message, message
+    assert "End it with a pooling or flatten layer" in message
+
+
+# --- a run directory or export folder that cannot be created -----------------------------------------
+
+def _tiny_config():
+    """TINY as a `Config`."""
+    return amcl.config.load(None, ["train.epochs=1", "train.steps_per_epoch=1"]
+                            + [value for key, value in zip(TINY, TINY[1:]) if key == "--set"])
+
+
+@pytest.mark.parametrize("where", ["is-a-file", "under-a-file"])
+def test_api_run_directory_that_cannot_be_created(where, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    run_dir = tmp_path / "notes.txt" if where == "is-a-file" else tmp_path / "notes.txt" / "run"
+    with pytest.raises(runs.RunWriteError) as raised:
+        train.run(_tiny_config(), run_dir)
+    assert str(run_dir) in str(raised.value) and "Choose another --run-dir" in str(raised.value)
+    assert raised.value.errno == errno.ENOTDIR and isinstance(raised.value, OSError)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("where", ["is-a-file", "under-a-file"])
+def test_api_export_folder_that_cannot_be_created(where, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" if where == "is-a-file" else tmp_path / "notes.txt" / "export"
+    with pytest.raises(amcl.export.ExportWriteError, match="Choose another output folder") as raised:
+        amcl.export.export_encoder(_encoder(), out, formats=["onnx"], overwrite=True)
+    assert str(out) in str(raised.value) and "partial" not in str(raised.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def _finished_looking_run(folder):
+    """A folder `amcl export` accepts: config.yaml and encoder.keras (no training)."""
+    folder.mkdir()
+    amcl.config.Config().dump(folder / runs.CONFIG)
+    amcl.encoders.small_convnet((28, 28, 1), width=4).save(folder / runs.ENCODER)
+    return folder
+
+
+def test_cli_export_to_a_folder_under_a_file(tmp_path, capsys):
+    run_dir = _finished_looking_run(tmp_path / "run")
+    (tmp_path / "notes.txt").write_text("mine")
+    assert cli.main(["export", str(run_dir), "--out", str(tmp_path / "notes.txt" / "export"), "--formats", "onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be created: " in err and "notes.txt' is a file" in err and "Traceback" not in err, err
+    assert "partial" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "run"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_parent_folder(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert cli.main(["train", "--run-dir", str(locked / "run"), *TINY]) == 2
+        assert "is not writable" in capsys.readouterr().err
+        with pytest.raises(amcl.export.ExportWriteError, match="is not writable"):
+            amcl.export.export_encoder(_encoder(), locked / "export", formats=["onnx"])
+    finally:
+        locked.chmod(0o700)
+    assert list(locked.iterdir()) == []
+
+
+# --- a full disk or a refused write: a clear error, the previous backup / export intact ---------------
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_while_writing_a_backup_keeps_the_previous_one(tmp_path, monkeypatch):
+    model = helpers.build("simclr", True)
+    backup = RunBackup(tmp_path, every_steps=1)
+    backup.set_model(model)
+    backup.save(0, 1)
+    before = (tmp_path / "state.json").read_text()
+    monkeypatch.setattr(model, "save_weights", _no_space)
+    with pytest.raises(runs.RunWriteError) as raised:
+        backup.save(0, 2)
+    message = str(raised.value)
+    assert f"Could not write {str(tmp_path / 'backup-e0-s2.weights.h5')!r}: No space left on device" in message
+    assert "partial-" not in message and raised.value.errno == errno.ENOSPC
+    assert (tmp_path / "state.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup-e0-s1.weights.h5", "state.json"]
+    assert RunBackup.restore(helpers.build("simclr", True), tmp_path)["step"] == 1
+
+
+def test_full_disk_while_committing_a_backup_keeps_the_previous_one(tmp_path, monkeypatch):
+    model = helpers.build("simclr", True)
+    backup = RunBackup(tmp_path, every_steps=1)
+    backup.set_model(model)
+    backup.save(0, 1)
+    real_write_text = pathlib.Path.write_text
+
+    def write_text(path, *args, **kwargs):
+        if path.name.endswith("state.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", write_text)
+    with pytest.raises(runs.RunWriteError, match=r"state.json' \(its previous version is kept\): No space left"):
+        backup.save(0, 2)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backup-e0-s1.weights.h5", "state.json"]
+    assert RunBackup.restore(helpers.build("simclr", True), tmp_path)["step"] == 1
+
+
+def test_cli_full_disk_while_backing_up(tmp_path, capsys, monkeypatch):
+    real_save = keras.Model.save_weights
+
+    def save_weights(model, path, *args, **kwargs):
+        if "backup" in str(path):
+            _no_space()
+        return real_save(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", save_weights)
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "--run-dir", str(run_dir), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"Could not write {str(run_dir / 'backup' / 'backup-e1-s0.weights.h5')!r}: No space left on device" in err
+    assert "re-run the same command" in err and "Traceback" not in err, err
+    assert not list(run_dir.rglob("partial-*")) and not (run_dir / runs.RESULTS).exists()
+
+
+def test_full_disk_while_exporting_keeps_the_previous_export(tmp_path, monkeypatch):
+    out = tmp_path / "export"
+    amcl.export.export_encoder(_encoder(), out, formats=["onnx"])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(amcl.export, "_write_onnx", _no_space)
+    with pytest.raises(amcl.export.ExportWriteError) as raised:
+        amcl.export.export_encoder(_encoder(), out, formats=["onnx"], overwrite=True)
+    message = str(raised.value)
+    assert f"Could not write the export to {str(out)!r}: No space left on device" in message, message
+    assert "previous export there is left as it was" in message and "partial" not in message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging folder left
+
+
+def test_failed_final_rename_puts_the_previous_export_back(tmp_path, monkeypatch):
+    out = tmp_path / "export"
+    amcl.export.export_encoder(_encoder(), out, formats=["onnx"])
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_replace = os.replace
+
+    def replace(source, target):
+        if ".partial-" in str(source):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(source))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(amcl.export.os, "replace", replace)
+    with pytest.raises(amcl.export.ExportWriteError, match="Permission denied") as raised:
+        amcl.export.export_encoder(_encoder(), out, formats=["onnx"], overwrite=True)
+    assert "partial" not in str(raised.value)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+
+
+# --- a truncated or corrupt backup ----------------------------------------------------------------------
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def unfinished_run(tmp_path_factory):
+    """A run of 2 epochs stopped before its final stage: backups after epoch 1 (previous) and 2 (latest)."""
+    run_dir = tmp_path_factory.mktemp("unfinished") / "run"
+
+    def stop(*args, **kwargs):
+        raise _Stop()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "finish", stop)
+        with pytest.raises(_Stop):
+            cli.main(["train", "--run-dir", str(run_dir), *TINY, "--epochs", "2"])
+    state = json.loads((run_dir / "backup" / "state.json").read_text())
+    assert (state["epoch"], state["previous"]["epoch"]) == (2, 1)
+    return run_dir
+
+
+def _copy(run_dir, tmp_path):
+    return pathlib.Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:500])
+
+
+def test_truncated_latest_backup_resumes_from_the_previous_one(unfinished_run, tmp_path, capsys, caplog):
+    run_dir = _copy(unfinished_run, tmp_path)
+    _truncate(run_dir / "backup" / "backup-e2-s0.weights.h5")
+    assert cli.main(["train", "--run-dir", str(run_dir), *TINY, "--epochs", "2"]) == 0
+    assert "1 epoch(s) done" in capsys.readouterr().err
+    assert "resuming from the previous one instead (epoch 1, step 0)" in caplog.text
+    results = json.loads((run_dir / runs.RESULTS).read_text())
+    assert results["resumed_from"] == {"epoch": 1, "step": 0}
+    assert [record["epoch"] for record in runs.read_history(run_dir)] == [1, 2]
+
+
+def test_restore_falls_back_and_drops_the_unreadable_backup(tmp_path):
+    model = helpers.build("simclr", True)
+    backup = RunBackup(tmp_path, every_steps=1)
+    backup.set_model(model)
+    backup.save(0, 1)
+    backup.save(0, 2)
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["backup-e0-s1.weights.h5", "backup-e0-s2.weights.h5"]
+    _truncate(tmp_path / "backup-e0-s2.weights.h5")
+    fresh = helpers.build("simclr", True)
+    assert RunBackup.restore(fresh, tmp_path) == {"epoch": 0, "step": 1, "weights": "backup-e0-s1.weights.h5"}
+    resumed = RunBackup(tmp_path, every_steps=1, initial_step=1)
+    resumed.set_model(fresh)
+    resumed.save(0, 3)  # the truncated file is not kept as a fallback
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["backup-e0-s1.weights.h5", "backup-e0-s3.weights.h5"]
+    assert RunBackup.backups(tmp_path)[1]["weights"] == "backup-e0-s1.weights.h5"
+
+
+@pytest.mark.parametrize("damage", ["both-weights-truncated", "state-json-garbage", "state-json-not-a-backup"])
+def test_unreadable_backup_stops_with_a_clear_message(damage, unfinished_run, tmp_path, capsys):
+    run_dir = _copy(unfinished_run, tmp_path)
+    backup = run_dir / "backup"
+    if damage == "both-weights-truncated":
+        for path in backup.glob("*.h5"):
+            _truncate(path)
+        expected = ["cannot be loaded", "backup-e2-s0.weights.h5", "backup-e1-s0.weights.h5"]
+    else:
+        (backup / "state.json").write_text('{"epoch": 2, "st' if damage == "state-json-garbage" else "[1, 2]")
+        expected = [f"The backup state {str(backup / 'state.json')!r} cannot be read"]
+    listing = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    assert cli.main(["train", "--run-dir", str(run_dir), *TINY, "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    for text in expected + ["Pass --overwrite to start the run over", f"delete the folder {str(backup)!r}"]:
+        assert text in err, err
+    assert "Traceback" not in err
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == listing  # nothing changed or removed
+    with pytest.raises(runs.RunDirectoryError, match="--overwrite"):
+        RunBackup.restore(helpers.build("simclr", True), backup)
+
+
+def test_a_history_line_cut_short_is_dropped_on_resume(tmp_path):
+    (tmp_path / runs.HISTORY).write_text('{"epoch": 1, "loss": 1.0}\n{"epoch": 2, "lo')
+    runs.trim_history(tmp_path, 2)
+    assert runs.read_history(tmp_path) == [{"epoch": 1, "loss": 1.0}]

@@ -32,7 +32,10 @@ def test_backup_restores_weights_optimizer_state_and_moco_queue(tmp_path):
     backup = RunBackup(tmp_path / "backup", every_steps=2)
     model.fit(data, epochs=1, verbose=0, callbacks=[backup])
     assert RunBackup.read_state(tmp_path / "backup") == {"epoch": 1, "step": 0, "weights": "backup-e1-s0.weights.h5"}
-    assert [p.name for p in (tmp_path / "backup").glob("*.h5")] == ["backup-e1-s0.weights.h5"]  # older ones removed
+    # the previous backup is kept as a fallback, older ones are removed
+    assert sorted(p.name for p in (tmp_path / "backup").glob("*.h5")) == ["backup-e0-s2.weights.h5",
+                                                                         "backup-e1-s0.weights.h5"]
+    assert RunBackup.backups(tmp_path / "backup")[1] == {"epoch": 0, "step": 2, "weights": "backup-e0-s2.weights.h5"}
 
     fresh = helpers.build("moco", True, lr=0.1)
     assert RunBackup.restore(fresh, tmp_path / "backup")["epoch"] == 1

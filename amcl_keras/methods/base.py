@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from amcl_keras.config import require
 from amcl_keras.constants import ENCODER_FORWARDS
+from amcl_keras.heads import check_feature_shape
 
 
 class StepLoss(typing.NamedTuple):
@@ -49,9 +50,10 @@ def built_output_shape(layer, input_shape):
     """Build `layer` for `input_shape` (batch first) and return its output shape. Functional and
     Sequential models know it; a subclassed model is called once on zeros (batch 2, inference)."""
     try:
-        return tuple(layer.output.shape)  # functional models (and Sequential ones once called)
+        output = layer.output  # functional models (and Sequential ones once called)
     except (AttributeError, ValueError):
-        return tuple(layer(tf.zeros((2,) + tuple(input_shape[1:])), training=False).shape)
+        output = layer(tf.zeros((2,) + tuple(input_shape[1:])), training=False)
+    return keras.tree.map_structure(lambda tensor: tuple(tensor.shape), output)  # nested for several outputs
 
 
 @dataclasses.dataclass
@@ -241,11 +243,7 @@ class ContrastiveTrainer(keras.Model):
         if self.built:
             return
         feature_shape = built_output_shape(self.encoder, input_shape)
-        if len(feature_shape) != 2:
-            raise ValueError(
-                f"The encoder must output [batch, features], got output shape {feature_shape} for input shape "
-                f"{tuple(input_shape)}. End it with a pooling or flatten layer (e.g. keras.layers.GlobalAveragePooling2D)."
-            )
+        check_feature_shape(feature_shape, input_shape)
         self.projector.build(feature_shape)
         self.build_method_state(tuple(input_shape), feature_shape)
         self.built = True
