@@ -12,6 +12,7 @@ from amcl_keras import (  # noqa: E402
 )
 from amcl_keras.heads import MultiHeadPredictor, MultiHeadProjector, ProjectionHead
 from amcl_keras.methods import BarlowTwins, ContrastiveTrainer, MoCo, SimCLR, SimSiam
+from amcl_keras.distribute import enable_determinism
 from amcl_keras.temperature import AdaptiveTemperature, omega
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ = [
     "config",
     "constants",
     "data",
+    "enable_determinism",
     "encoders",
     "evaluation",
     "export",

@@ -8,7 +8,8 @@
 
 Exit codes: 0 done, 2 bad input (config, run directory, data, a path that cannot be read or
 written, a full disk; the message says what to change), 3 training stopped because the loss or
-a gradient stopped being finite.
+a gradient stopped being finite, 75 pre-empted (SIGTERM: a backup was written at the next step;
+re-run the same command to resume).
 """
 
 import argparse
@@ -184,6 +185,9 @@ def main(argv=None):
     run_dir = args.run_dir or os.path.join("runs", f"{config.model.method}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         results = train_lib.run(config, run_dir, overwrite=args.overwrite)
+    except runs.RunPreempted as error:
+        print(f"amcl: pre-empted: {error}", file=sys.stderr)
+        return runs.PREEMPTED_EXIT_CODE
     except (OSError, ValueError, RuntimeError) as error:  # RunDirectoryError, RunWriteError, ExportError included
         print(f"amcl: error: {_text(error)}", file=sys.stderr)
         return 2

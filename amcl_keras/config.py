@@ -109,6 +109,7 @@ class TrainConfig:
     mixed_precision: str = "float32"  # or "mixed_float16" (loss scaling) / "mixed_bfloat16"; losses stay float32
     backup_every_steps: typing.Optional[int] = 100  # resume backups: every epoch and every N steps (None: epochs)
     seed: int = 0
+    deterministic: bool = False  # bit-identical reruns and exact resume (amcl_keras.enable_determinism); costs speed
 
 
 @dataclasses.dataclass

@@ -1,5 +1,6 @@
 """Choosing the `tf.distribute` strategy from the config."""
 
+import keras
 import tensorflow as tf
 
 from amcl_keras.constants import STRATEGIES
@@ -25,6 +26,25 @@ def use_cpu_replicas(count):
         ) from error
 
 
+
+
+def enable_determinism(seed=0):
+    """Make training reproducible bit for bit: seed Python, NumPy, TensorFlow and Keras with `seed`
+    and turn on TensorFlow's op determinism (`tf.config.experimental.enable_op_determinism`: every op,
+    tf.data included, gives the same result for the same inputs; ops without a deterministic kernel
+    raise). Call it once, before building the data and the model. Two processes that then run the
+    same code on the same data get the same weights (on the same machine and TF build). Op
+    determinism stays on for the rest of the process. `amcl train` does this with
+    `train.deterministic: true`.
+
+    Example:
+    ```python
+    import amcl_keras as amcl
+    amcl.enable_determinism(seed=0)
+    ```
+    """
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
 
 
 def make_strategy(name="auto", cpu_replicas=1):

@@ -24,7 +24,9 @@ import logging
 import os
 import pathlib
 import shutil
+import signal
 import tempfile
+import threading
 
 import keras
 
@@ -45,6 +47,15 @@ class RunDirectoryError(FileExistsError):
 
 class RunReadError(RuntimeError):
     """A run directory cannot be read: missing, unfinished, or holding a corrupt file."""
+
+
+# `amcl train` exits with this code after a SIGTERM (pre-emption): a backup was written, re-run to resume.
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure, the command can be retried
+
+
+class RunPreempted(RuntimeError):
+    """Training received SIGTERM; a backup was written at the next step boundary. Re-run the same
+    command to resume from it."""
 
 
 class RunWriteError(OSError):
@@ -260,17 +271,45 @@ class RunBackup(keras.callbacks.Callback):
     write (disk full) raises `RunWriteError` and leaves it too. The backup before the latest is
     kept as `previous` (at most two weights files): `RunBackup.restore` loads the latest one,
     or the previous one when the latest file is truncated or corrupt.
+
+    With `preemptible=True` (what `amcl train` uses), SIGTERM during `fit` is caught: at the next
+    step boundary a backup is written and `RunPreempted` is raised (the CLI then exits with
+    `PREEMPTED_EXIT_CODE`); the previous SIGTERM handler is put back when training ends.
     """
 
     STATE = "state.json"
 
-    def __init__(self, directory, every_steps=None, initial_epoch=0, initial_step=0):
+    def __init__(self, directory, every_steps=None, initial_epoch=0, initial_step=0, preemptible=False):
         super().__init__()
         if every_steps is not None and every_steps < 1:
             raise ValueError(f"`every_steps` must be None (epochs only) or >= 1, got {every_steps}.")
         self.directory = pathlib.Path(directory)
         self.every_steps = every_steps
         self._epoch, self._step = initial_epoch, initial_step
+        self.preemptible, self.preempted, self._previous_handler = preemptible, False, None
+
+    def on_train_begin(self, logs=None):
+        if self.preemptible and threading.current_thread() is threading.main_thread() and self._previous_handler is None:
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame):
+        self.preempted = True  # acted on at the next step boundary
+
+    def restore_signal_handler(self):
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+
+    def on_train_end(self, logs=None):
+        self.restore_signal_handler()
+
+    def _stop_if_preempted(self):
+        if self.preempted:
+            self.restore_signal_handler()
+            raise RunPreempted(
+                f"Stopped by SIGTERM after epoch {self._epoch} + {self._step} step(s); the backup in "
+                f"{str(self.directory)!r} holds that point. Re-run the same command to resume."
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch != self._epoch:  # a new epoch (not the resumed remainder of one)
@@ -278,12 +317,17 @@ class RunBackup(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._step += 1
-        if self.every_steps and self._step % self.every_steps == 0:
+        last_of_epoch = batch + 1 == (self.params or {}).get("steps")  # the epoch-end backup follows at once
+        if last_of_epoch:
+            return  # on_epoch_end backs up (and acts on a pending SIGTERM) once the epoch's records exist
+        if (self.every_steps and self._step % self.every_steps == 0) or self.preempted:
             self.save(self._epoch, self._step)
+        self._stop_if_preempted()
 
     def on_epoch_end(self, epoch, logs=None):
         self._epoch, self._step = epoch + 1, 0
         self.save(epoch + 1, 0)
+        self._stop_if_preempted()
 
     def save(self, epoch, step):
         """Write one backup (under several workers every worker saves; non-chiefs into a scratch folder).

@@ -19,7 +19,7 @@ from amcl_keras import augment, data, encoders, evaluation, export, registry, ru
 from amcl_keras.callbacks import (
     JSONLinesHistory, KNNMonitor, NonFiniteLossGuard, OnlineLinearProbe, PairTelemetry, TemperatureSaturationWarning,
 )
-from amcl_keras.distribute import is_chief, make_strategy
+from amcl_keras.distribute import enable_determinism, is_chief, make_strategy
 from amcl_keras.optimizers import CoupledWeightDecaySGD
 from amcl_keras.runs import RunBackup, RunDirectoryError  # noqa: F401 (RunDirectoryError: part of this API)
 
@@ -71,6 +71,14 @@ class TrainingData:
     augment_in_step: bool
     train_split: tuple  # (uint8 images, labels) for the kNN bank and the probe's training
     test_split: tuple
+    stream: bool = False  # deterministic mode: `views` is one endless stream, replayed to a resume point
+
+    def views_from(self, epoch, step):
+        """The views from batch `step` of `epoch` on. In deterministic mode the stream is replayed up to
+        there (its shuffles and augmentation draws included: exact resume), costing the input pipeline's
+        time for those batches (~1% of the training time they took on the demo); otherwise from the start."""
+        position = epoch * self.steps_per_epoch + step if self.stream else 0
+        return self.views.skip(position) if position else self.views
 
     @property
     def image_size(self):
@@ -101,11 +109,17 @@ def load_data(config):
     steps = config.train.steps_per_epoch
     if steps is None:
         steps = known if known > 0 else None
-    else:
+    if config.train.deterministic:
+        if steps is None:
+            raise ValueError("train.deterministic=true needs train.steps_per_epoch for a dataset of unknown length "
+                             "(one stream of batches is numbered across epochs); set it, e.g. --steps-per-epoch 100.")
+        views = views.repeat()  # one stream: batch i of epoch e is element e·steps + i, so a resume can replay to it
+    elif config.train.steps_per_epoch is not None:
         views = views.repeat()
     splits = [data.labelled_arrays(cfg.dataset, split, cfg.data_dir, config.eval.max_examples, cfg.download,
                                    **folder_options) for split in (cfg.eval_train_split, cfg.eval_test_split)]
-    return TrainingData(views, steps, (image_size, image_size, native_shape[-1]), augmenter, in_step, *splits)
+    return TrainingData(views, steps, (image_size, image_size, native_shape[-1]), augmenter, in_step, *splits,
+                        stream=config.train.deterministic)
 
 
 def build(config, training_data, strategy):
@@ -150,21 +164,32 @@ def fit(job, training_data, model, resume=False, verbose="auto"):
               file=sys.stderr)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
-    steps, epochs = training_data.steps_per_epoch, config.train.epochs
+    steps = training_data.steps_per_epoch
     backup = RunBackup(write_dir / runs.BACKUP, config.train.backup_every_steps if steps else None, initial_epoch,
-                       initial_step)
+                       initial_step, preemptible=not isinstance(job.strategy, tf.distribute.MultiWorkerMirroredStrategy))
+    # SIGTERM: a backup at the next step, then RunPreempted (not across workers: each would stop at its own step)
     callbacks = monitoring_callbacks(config, write_dir, model, training_data.views, training_data.train_split,
                                      training_data.test_split, training_data.image_size,
                                      resumed=(initial_epoch, initial_step) if initial_step else None)
     callbacks.append(backup)  # after the history: a backup never claims an epoch the history lacks
+    try:
+        _fit_epochs(model, training_data, config, callbacks, initial_epoch, initial_step, verbose)
+    finally:
+        backup.restore_signal_handler()
+    return state
+
+
+def _fit_epochs(model, training_data, config, callbacks, initial_epoch, initial_step, verbose):
+    steps, epochs = training_data.steps_per_epoch, config.train.epochs
     if initial_step and initial_epoch < epochs:  # finish the interrupted epoch first
-        model.fit(training_data.views, initial_epoch=initial_epoch, epochs=initial_epoch + 1,
-                  steps_per_epoch=steps - initial_step, callbacks=callbacks, verbose=verbose, shuffle=False)
+        model.fit(training_data.views_from(initial_epoch, initial_step), initial_epoch=initial_epoch,
+                  epochs=initial_epoch + 1, steps_per_epoch=steps - initial_step, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)
         initial_epoch += 1
     if initial_epoch < epochs:
-        model.fit(training_data.views, initial_epoch=initial_epoch, epochs=epochs,
-                  steps_per_epoch=config.train.steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
-    return state
+        model.fit(training_data.views_from(initial_epoch, 0), initial_epoch=initial_epoch, epochs=epochs,
+                  steps_per_epoch=steps if training_data.stream else config.train.steps_per_epoch, callbacks=callbacks,
+                  verbose=verbose, shuffle=False)
 
 
 def finish(job, training_data, model, random_init, resumed_from):
@@ -222,7 +247,10 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
         return runs.read_results(run_dir)
     started = time.perf_counter()
     strategy = make_strategy(config.train.strategy, config.train.cpu_replicas)  # first: it may need a fresh TF
-    keras.utils.set_random_seed(config.train.seed)
+    if config.train.deterministic:
+        enable_determinism(config.train.seed)
+    else:
+        keras.utils.set_random_seed(config.train.seed)
     _check_replicas(config, strategy.num_replicas_in_sync)
     chief = is_chief(strategy)
     job = Job(config, run_dir, run_dir if chief else runs.scratch_directory(), strategy, started)
