@@ -83,3 +83,61 @@ def test_amcl_train_on_two_workers_writes_the_run_directory_once_from_the_chief(
     assert sorted(p.name for p in (run_dir / "export").iterdir()) == ["encoder.onnx", "metadata.json"]
     assert not (run_dir / "backup").exists()
     assert not list((tmp_path / "train-tmp1").glob("amcl-worker-*")), "the non-chief's scratch folder is removed"
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_both_at_the_same_step_and_a_rerun_resumes(tmp_path):
+    """TF's PreemptionCheckpointHandler: SIGTERM to the non-chief worker makes both workers save a
+    checkpoint at the same step and exit with code 75; re-running both finishes the run, each epoch
+    written once, and reports where it resumed from."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    argv = [sys.executable, "-m", "amcl_keras.cli", "train", "--run-dir", str(run_dir), "--epochs", "3",
+            "--steps-per-epoch", "6", "--set", "train.strategy=multi_worker", "--set", "data.batch_size=32",
+            "--set", "model.encoder_width=4", "--set", "model.hidden_dim=16", "--set", "model.projection_dim=8",
+            "--set", "eval.probe_epochs=1", "--set", "eval.max_examples=64", "--set", "export.formats=[]",
+            "--set", "train.backup_every_steps=1000"]
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+
+    def start(name):
+        processes = []
+        for index in range(2):
+            scratch = tmp_path / f"{name}-tmp{index}"
+            scratch.mkdir()
+            env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", TMPDIR=str(scratch),
+                       TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            log = open(tmp_path / f"{name}-worker{index}.log", "w")
+            processes.append(subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+        return processes
+
+    def logs(name):
+        return "\n".join((tmp_path / f"{name}-worker{i}.log").read_text()[-2000:] for i in range(2))
+
+    first = start("first")
+    state, deadline = run_dir / "backup" / "state.json", time.time() + 300
+    try:
+        while not state.is_file():  # epoch 1 done: now inside epoch 2
+            assert time.time() < deadline and all(p.poll() is None for p in first), logs("first")
+            time.sleep(0.02)
+        first[1].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=180) for p in first]
+    finally:
+        for p in first:
+            if p.poll() is None:
+                p.kill()
+    assert codes == [75, 75], logs("first")
+    assert "every worker saved a checkpoint" in logs("first")
+    assert not (run_dir / "results.json").exists()
+
+    second = start("second")
+    codes = [p.wait(timeout=300) for p in second]
+    assert codes == [0, 0], logs("second")
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    results = json.loads((run_dir / "results.json").read_text())
+    # from the handler's checkpoint (mid-epoch), not the file backup of epoch 1's end
+    assert results["resumed_from"]["epoch"] == 1 and results["resumed_from"]["step"] >= 1
+    assert "Resuming" in logs("second")
