@@ -213,7 +213,7 @@ class OnlineLinearProbe(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         features = evaluation.extract_features(self.model.encoder, self.test[0], self.image_size)
-        logits = self.classifier.predict(features, batch_size=1024, verbose=0)
+        logits = np.asarray(self.classifier(features, training=False))  # no per-epoch predict() pipeline (soak)
         if logs is not None:
             logs["probe_accuracy"] = float(np.mean(np.argmax(logits, axis=1) == self.test[1]))
             logs["probe_train_accuracy"] = float(self.accuracy.result())
