@@ -76,7 +76,7 @@ def test_report_png_for_one_and_two_runs(tmp_path, capsys):
             pixels = np.asarray(image.convert("L"))
         assert pixels.std() > 10, "the figure has content, not a blank canvas"
     assert cli.main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")]) == 2
-    assert "not a run directory" in capsys.readouterr().err
+    assert "does not exist. Pass the folder `amcl train` wrote" in capsys.readouterr().err
 
 
 def test_similarity_samples_are_cosines_and_positives_are_more_alike(tmp_path):
