@@ -59,7 +59,7 @@ class ModelConfig:
     `cfg.queue_size` reads the method's setting through `cfg.settings`."""
 
     method: str = "simclr"  # a registered method: "simclr", "moco", "barlow_twins", "simsiam"
-    encoder: str = "small_convnet"  # a registered encoder: "small_convnet", "resnet18_cifar"
+    encoder: str = "small_convnet"  # a registered encoder: "small_convnet", "resnet18_cifar", "resnet50_cifar"
     encoder_width: int = 32
     num_heads: int = NUM_HEADS
     amcl: bool = True

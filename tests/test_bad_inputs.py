@@ -43,7 +43,7 @@ TRAIN_CASES = [
     ("batch-over-replicas", ["--set", "train.cpu_replicas=3"], "divide evenly over train.cpu_replicas=3"),
     ("batch-of-one", ["--set", "data.batch_size=1"], "at least 2"),
     ("unknown-method", ["--set", "model.method=byol"], "one of ['barlow_twins', 'moco', 'simclr', 'simsiam']"),
-    ("unknown-encoder", ["--set", "model.encoder=vit"], "one of ['resnet18_cifar', 'small_convnet']"),
+    ("unknown-encoder", ["--set", "model.encoder=vit"], "one of ['resnet18_cifar', 'resnet50_cifar', 'small_convnet']"),
     ("bad-preset", ["--set", "data.augmentation=xyz"], "Use 'simclr', 'strong' or letters"),
     ("bad-strategy", ["--set", "train.strategy=tpu"], "one of ('auto', 'default', 'mirrored', 'multi_worker')"),
     ("bad-precision", ["--set", "train.mixed_precision=float16"], "one of ('float32', 'mixed_float16', 'mixed_bfloat16')"),
