@@ -3,6 +3,7 @@
 import keras
 
 from amcl_keras import registry
+from amcl_keras.normalization import SyncBatchNormalization
 from amcl_keras.registry import register_encoder
 
 layers = keras.layers
@@ -10,7 +11,7 @@ layers = keras.layers
 
 def _conv_bn_relu(x, filters, strides, synchronized, name, kernel=3):
     x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(synchronized=synchronized, name=f"{name}_bn")(x)
+    x = SyncBatchNormalization(synchronized=synchronized, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -37,10 +38,10 @@ def _basic_block(x, filters, strides, synchronized, name):
     shortcut = x
     y = _conv_bn_relu(x, filters, strides, synchronized, f"{name}_a")
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
-    y = layers.BatchNormalization(synchronized=synchronized, name=f"{name}_b_bn")(y)
+    y = SyncBatchNormalization(synchronized=synchronized, name=f"{name}_b_bn")(y)
     if strides != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj_conv")(x)
-        shortcut = layers.BatchNormalization(synchronized=synchronized, name=f"{name}_proj_bn")(shortcut)
+        shortcut = SyncBatchNormalization(synchronized=synchronized, name=f"{name}_proj_bn")(shortcut)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 
@@ -71,11 +72,11 @@ def _bottleneck_block(x, planes, strides, synchronized, name):
     y = _conv_bn_relu(x, planes, 1, synchronized, f"{name}_a", kernel=1)
     y = _conv_bn_relu(y, planes, strides, synchronized, f"{name}_b")
     y = layers.Conv2D(4 * planes, 1, use_bias=False, name=f"{name}_c_conv")(y)
-    y = layers.BatchNormalization(synchronized=synchronized, name=f"{name}_c_bn")(y)
+    y = SyncBatchNormalization(synchronized=synchronized, name=f"{name}_c_bn")(y)
     shortcut = x
     if strides != 1 or x.shape[-1] != 4 * planes:
         shortcut = layers.Conv2D(4 * planes, 1, strides=strides, use_bias=False, name=f"{name}_proj_conv")(x)
-        shortcut = layers.BatchNormalization(synchronized=synchronized, name=f"{name}_proj_bn")(shortcut)
+        shortcut = SyncBatchNormalization(synchronized=synchronized, name=f"{name}_proj_bn")(shortcut)
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from amcl_keras.normalization import SyncBatchNormalization
 from amcl_keras.temperature import check_positive_int
 
 
@@ -46,12 +47,12 @@ class ProjectionHead(keras.layers.Layer):
             self.blocks.append(keras.layers.Dense(width, use_bias=not batch_norm, name=f"dense_{index}"))
             if batch_norm:
                 self.blocks.append(
-                    keras.layers.BatchNormalization(synchronized=synchronized_batch_norm, name=f"batch_norm_{index}")
+                    SyncBatchNormalization(synchronized=synchronized_batch_norm, name=f"batch_norm_{index}")
                 )
             self.blocks.append(keras.layers.Activation(activation, name=f"activation_{index}"))
         self.blocks.append(keras.layers.Dense(output_dim, use_bias=not output_batch_norm, name="output"))
         if output_batch_norm:
-            self.blocks.append(keras.layers.BatchNormalization(
+            self.blocks.append(SyncBatchNormalization(
                 center=False, scale=False, epsilon=1e-5, momentum=0.9, synchronized=synchronized_batch_norm,
                 name="output_batch_norm",
             ))

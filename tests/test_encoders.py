@@ -25,3 +25,25 @@ def test_cifar_resnets_have_torchvisions_weight_count_and_feature_size(name, exp
 
 def test_resnet50_cifar_is_selectable_in_the_config():
     assert config_lib.load(None, ["model.encoder=resnet50_cifar"]).model.encoder == "resnet50_cifar"
+
+
+def test_two_pass_statistics_equal_one_device_where_the_one_pass_ones_do_not(two_replicas):
+    """Per-channel mean 1e3, std 1: Keras's synchronized E[x²] − E[x]² loses the variance in float32; the
+    two-pass SyncBatchNormalization keeps it (NumPy float64 reference)."""
+    import keras
+    import tensorflow as tf
+
+    from amcl_keras.normalization import SyncBatchNormalization
+
+    x = (1e3 + np.random.default_rng(0).normal(size=(8, 4))).astype("float32")
+    expected_var = x.astype(np.float64).var(axis=0)
+    results = {}
+    for cls in (SyncBatchNormalization, keras.layers.BatchNormalization):
+        with two_replicas.scope():
+            layer = cls(synchronized=True, momentum=0.0)
+            layer.build((None, 4))
+        dataset = two_replicas.experimental_distribute_dataset(tf.data.Dataset.from_tensors(x))
+        two_replicas.run(lambda batch: layer(batch, training=True), args=(next(iter(dataset)),))
+        results[cls.__name__] = layer.moving_variance.numpy()
+    np.testing.assert_allclose(results["SyncBatchNormalization"], expected_var, rtol=1e-3)
+    assert np.max(np.abs(results["BatchNormalization"] - expected_var) / expected_var) > 1e-2
