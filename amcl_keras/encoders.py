@@ -35,10 +35,15 @@ def small_convnet(input_shape=(28, 28, 1), width=32, synchronized_batch_norm=Fal
 
 
 def _basic_block(x, filters, strides, synchronized, name):
-    shortcut = x
     y = _conv_bn_relu(x, filters, strides, synchronized, f"{name}_a")
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_b_conv")(y)
     y = SyncBatchNormalization(synchronized=synchronized, name=f"{name}_b_bn")(y)
+    return _residual(x, y, filters, strides, synchronized, name)
+
+
+def _residual(x, y, filters, strides, synchronized, name):
+    """ReLU(y + shortcut): x itself, or a 1×1 projection with batch norm when the shape changes."""
+    shortcut = x
     if strides != 1 or x.shape[-1] != filters:
         shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False, name=f"{name}_proj_conv")(x)
         shortcut = SyncBatchNormalization(synchronized=synchronized, name=f"{name}_proj_bn")(shortcut)
@@ -56,13 +61,18 @@ def resnet18_cifar(input_shape=(32, 32, 3), width=64, synchronized_batch_norm=Fa
     encoder = amcl_keras.encoders.resnet18_cifar((32, 32, 3))   # → [batch, 512]
     ```
     """
+    return _cifar_resnet(input_shape, width, synchronized_batch_norm, name, _basic_block, (2, 2, 2, 2))
+
+
+def _cifar_resnet(input_shape, width, synchronized, name, block_fn, blocks_per_stage):
+    """CIFAR stem (3×3 stride 1, no max-pool), four stages of `block_fn` at width·{1, 2, 4, 8} (stride 2 from
+    the second stage on), global average pooling."""
     inputs = keras.Input(tuple(input_shape), name="images")
-    x = _conv_bn_relu(inputs, width, 1, synchronized_batch_norm, "stem")
-    for stage, (multiplier, strides) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2))):
-        for block in range(2):
-            x = _basic_block(
-                x, width * multiplier, strides if block == 0 else 1, synchronized_batch_norm, f"stage{stage}_block{block}"
-            )
+    x = _conv_bn_relu(inputs, width, 1, synchronized, "stem")
+    for stage, blocks in enumerate(blocks_per_stage):
+        for block in range(blocks):
+            strides = 2 if stage and not block else 1
+            x = block_fn(x, width * 2**stage, strides, synchronized, f"stage{stage}_block{block}")
     outputs = layers.GlobalAveragePooling2D(name="features")(x)
     return keras.Model(inputs, outputs, name=name)
 
@@ -73,11 +83,7 @@ def _bottleneck_block(x, planes, strides, synchronized, name):
     y = _conv_bn_relu(y, planes, strides, synchronized, f"{name}_b")
     y = layers.Conv2D(4 * planes, 1, use_bias=False, name=f"{name}_c_conv")(y)
     y = SyncBatchNormalization(synchronized=synchronized, name=f"{name}_c_bn")(y)
-    shortcut = x
-    if strides != 1 or x.shape[-1] != 4 * planes:
-        shortcut = layers.Conv2D(4 * planes, 1, strides=strides, use_bias=False, name=f"{name}_proj_conv")(x)
-        shortcut = SyncBatchNormalization(synchronized=synchronized, name=f"{name}_proj_bn")(shortcut)
-    return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
+    return _residual(x, y, 4 * planes, strides, synchronized, name)
 
 
 @register_encoder("resnet50_cifar")
@@ -93,15 +99,7 @@ def resnet50_cifar(input_shape=(32, 32, 3), width=64, synchronized_batch_norm=Fa
     encoder = amcl_keras.encoders.resnet50_cifar((32, 32, 3))   # → [batch, 2048]
     ```
     """
-    inputs = keras.Input(tuple(input_shape), name="images")
-    x = _conv_bn_relu(inputs, width, 1, synchronized_batch_norm, "stem")
-    for stage, (multiplier, strides, blocks) in enumerate(((1, 1, 3), (2, 2, 4), (4, 2, 6), (8, 2, 3))):
-        for block in range(blocks):
-            x = _bottleneck_block(
-                x, width * multiplier, strides if block == 0 else 1, synchronized_batch_norm, f"stage{stage}_block{block}"
-            )
-    outputs = layers.GlobalAveragePooling2D(name="features")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return _cifar_resnet(input_shape, width, synchronized_batch_norm, name, _bottleneck_block, (3, 4, 6, 3))
 
 
 ENCODERS = registry.ENCODERS  # name -> builder, filled by @register_encoder
