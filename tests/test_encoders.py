@@ -28,14 +28,15 @@ def test_resnet50_cifar_is_selectable_in_the_config():
 
 
 def test_two_pass_statistics_equal_one_device_where_the_one_pass_ones_do_not(two_replicas):
-    """Per-channel mean 1e3, std 1: Keras's synchronized E[x²] − E[x]² loses the variance in float32; the
-    two-pass SyncBatchNormalization keeps it (NumPy float64 reference)."""
+    """Per-channel mean 1e4, std 1: in float32 E[x²] ≈ 1e8 is spaced by 8, so Keras's synchronized
+    E[x²] − E[x]² cannot hold a variance of 1 on any CPU; the two-pass SyncBatchNormalization keeps it
+    (NumPy float64 reference on the same float32 inputs)."""
     import keras
     import tensorflow as tf
 
     from amcl_keras.normalization import SyncBatchNormalization
 
-    x = (1e3 + np.random.default_rng(0).normal(size=(8, 4))).astype("float32")
+    x = (1e4 + np.random.default_rng(0).normal(size=(8, 4))).astype("float32")
     expected_var = x.astype(np.float64).var(axis=0)
     results = {}
     for cls in (SyncBatchNormalization, keras.layers.BatchNormalization):
@@ -46,4 +47,4 @@ def test_two_pass_statistics_equal_one_device_where_the_one_pass_ones_do_not(two
         two_replicas.run(lambda batch: layer(batch, training=True), args=(next(iter(dataset)),))
         results[cls.__name__] = layer.moving_variance.numpy()
     np.testing.assert_allclose(results["SyncBatchNormalization"], expected_var, rtol=1e-3)
-    assert np.max(np.abs(results["BatchNormalization"] - expected_var) / expected_var) > 1e-2
+    assert np.max(np.abs(results["BatchNormalization"] - expected_var) / expected_var) > 0.5
