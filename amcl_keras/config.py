@@ -18,9 +18,9 @@ import yaml
 
 from amcl_keras import registry
 from amcl_keras.constants import (
-    DEFAULT_OBJECTIVE, ENCODER_FORWARDS, EXPORT_FORMATS, EXPORT_TOLERANCE, KNN_K, KNN_TEMPERATURE, NEGATIVE_FORMS,
-    NUM_HEADS, OBJECTIVES, PRECISIONS, PROBE_EPOCHS, STRATEGIES, TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX,
-    TEMPERATURE_MIN, TOP_K, WEIGHT_DECAY_MODES, parse_preset,
+    DEFAULT_OBJECTIVE, ENCODER_FORWARDS, EXPORT_FORMATS, EXPORT_TOLERANCE, JIT_COMPILE_SETTINGS, KNN_K,
+    KNN_TEMPERATURE, NEGATIVE_FORMS, NUM_HEADS, OBJECTIVES, PRECISIONS, PROBE_EPOCHS, STRATEGIES, TEMPERATURE_HIDDEN_DIM,
+    TEMPERATURE_MAX, TEMPERATURE_MIN, TOP_K, WEIGHT_DECAY_MODES, parse_preset,
 )
 
 
@@ -105,7 +105,7 @@ class TrainConfig:
     clipnorm: float = 1.0  # global gradient-norm clipping (the authors' 1.0)
     strategy: str = "mirrored"  # "auto": Mirrored over GPUs, else default; "mirrored": always; "multi_worker": TF_CONFIG
     cpu_replicas: int = 1  # with "mirrored" and no GPU: logical CPU devices to mirror over
-    jit_compile: bool = False
+    jit_compile: typing.Union[bool, str] = "auto"  # true/false, or "auto": measured on the first steps (autotune.py)
     mixed_precision: str = "float32"  # or "mixed_float16" (loss scaling) / "mixed_bfloat16"; losses stay float32
     backup_every_steps: typing.Optional[int] = 100  # resume backups: every epoch and every N steps (None: epochs)
     seed: int = 0
@@ -181,6 +181,13 @@ def _coerce(where, value, annotation):
             return None
         annotation = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:  # e.g. bool or "auto": the first annotation the value fits
+        for option in args:
+            try:
+                return _coerce(where, value, option)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where} must be one of the types {[a.__name__ for a in args]}, got {value!r}.")
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}.")
@@ -334,7 +341,9 @@ def validate(config):
             f"one of {WEIGHT_DECAY_MODES} ('coupled': PyTorch's SGD, the authors'; 'decoupled': Keras's SGD)")
     require(train.clipnorm > 0, "train.clipnorm", train.clipnorm, "it must be > 0")
     require(train.strategy in STRATEGIES, "train.strategy", train.strategy, f"one of {STRATEGIES}")
-    require(not (train.jit_compile and train.cpu_replicas > 1), "train.jit_compile", train.jit_compile,
+    require(train.jit_compile in JIT_COMPILE_SETTINGS, "train.jit_compile", train.jit_compile,
+            "true, false or 'auto' (measure both on the first steps and keep the faster)")
+    require(not (train.jit_compile is True and train.cpu_replicas > 1), "train.jit_compile", train.jit_compile,
             "false with train.cpu_replicas > 1: Keras 3 cannot XLA-compile a step spanning several devices "
             "(keras-team/keras#19005). Set train.jit_compile=false, or train on one device")
     require(train.mixed_precision in PRECISIONS, "train.mixed_precision", train.mixed_precision, f"one of {PRECISIONS}")

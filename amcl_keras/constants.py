@@ -34,6 +34,7 @@ ENCODER_FORWARDS = ("per_view", "concatenated")
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")  # PyTorch's SGD (the authors') / Keras's SGD(weight_decay=)
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+JIT_COMPILE_SETTINGS = (True, False, "auto")  # train.jit_compile; "auto": amcl_keras/autotune.py
 
 # --- augmentation presets: letters of the six families (amcl_keras.augment) -------------------------
 AUGMENTATION_FAMILIES = "abcdef"

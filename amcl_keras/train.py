@@ -15,7 +15,7 @@ import typing
 import keras
 import tensorflow as tf
 
-from amcl_keras import augment, data, encoders, evaluation, export, registry, runs
+from amcl_keras import augment, autotune, data, encoders, evaluation, export, registry, runs
 from amcl_keras.callbacks import (
     JSONLinesHistory, KNNMonitor, NonFiniteLossGuard, OnlineLinearProbe, PairTelemetry, TemperatureSaturationWarning,
 )
@@ -54,6 +54,7 @@ class Job:
     write_dir: pathlib.Path  # the run directory (chief), or a scratch folder (other workers)
     strategy: tf.distribute.Strategy
     started: float  # time.perf_counter() at the start
+    jit_compile: typing.Optional[dict] = None  # how train.jit_compile was resolved (fit fills it in)
 
     @property
     def chief(self):
@@ -135,7 +136,7 @@ def build(config, training_data, strategy):
     steps = training_data.steps_per_epoch
     with strategy.scope():
         model.compile(optimizer=build_optimizer(config, steps * config.train.epochs if steps else None),
-                      jit_compile=config.train.jit_compile)
+                      jit_compile=config.train.jit_compile is True)  # "auto": decided in `fit`
     return model
 
 
@@ -190,11 +191,49 @@ def fit(job, training_data, model, resume=False, verbose="auto"):
     callbacks.append(backup)  # after the history: a backup never claims an epoch the history lacks
     if preemption is not None:
         callbacks.append(preemption)
+    remaining = steps * (config.train.epochs - initial_epoch) - initial_step if steps else None
+    chooser = _resolve_jit_compile(job, training_data, model, remaining)
+    if chooser is not None:
+        callbacks.insert(0, chooser)
     try:
         _fit_epochs(model, training_data, config, callbacks, initial_epoch, initial_step, verbose)
     finally:
         backup.restore_signal_handler()
+        if chooser is not None:
+            job.jit_compile = {"setting": "auto", **(chooser.record or {"chosen": bool(model.jit_compile),
+                                                                       "source": "the run ended before the measurement"})}
     return state
+
+
+def _resolve_jit_compile(job, training_data, model, remaining_steps):
+    """`train.jit_compile`: true/false as given; "auto": no XLA where it cannot or should not be measured, the
+    cached choice for this machine and step, or a `JitCompileChooser` (returned) that measures it."""
+    config, setting = job.config, job.config.train.jit_compile
+    job.jit_compile = {"setting": setting, "chosen": setting is True, "source": "config"}
+    if setting != "auto":
+        return None
+    reason = None
+    if job.strategy.num_replicas_in_sync > 1 or isinstance(job.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        reason = "several replicas or workers: Keras cannot XLA-compile a step spanning devices"
+    elif config.train.deterministic:
+        reason = "deterministic mode: a choice made from timings could differ between reruns"
+    elif remaining_steps is None or remaining_steps < autotune.AUTO_MIN_STEPS:
+        reason = f"fewer than {autotune.AUTO_MIN_STEPS} steps to train (or an unknown number): XLA would not pay back"
+    if reason:
+        job.jit_compile.update(chosen=False, source=reason)
+        return None
+    key = autotune.choice_key(config.to_dict()["model"], config.data.batch_size, training_data.input_shape,
+                              config.data.augment_on, config.train.mixed_precision)
+    cached = autotune.read_choice(key)
+    if cached is not None:
+        model.jit_compile = cached["chosen"]
+        model.train_function = None  # made on the next fit, with the cached setting
+        job.jit_compile.update(cached, source=f"cached in {autotune.cache_path()}")
+        print(f"amcl: jit_compile auto: training {'with' if cached['chosen'] else 'without'} XLA, as measured on "
+              f"{cached.get('measured_on', '?')} ({cached.get('seconds_per_step')}; cache {autotune.cache_path()})",
+              file=sys.stderr)
+        return None
+    return autotune.JitCompileChooser(key)
 
 
 class PreemptionCheckpoint(keras.callbacks.Callback):
@@ -272,6 +311,7 @@ def finish(job, training_data, model, random_init, resumed_from):
         "replicas": strategy.num_replicas_in_sync,
         "strategy": type(strategy).__name__,
         "mixed_precision": config.train.mixed_precision,
+        "jit_compile": job.jit_compile,
         "seconds": None,
         "resumed_from": resumed_from and {"epoch": resumed_from["epoch"], "step": resumed_from["step"]},
         "hardware": {"machine": platform.machine(), "cpus": os.cpu_count(), "gpus": len(tf.config.list_logical_devices("GPU"))},
@@ -338,7 +378,7 @@ def _check_replicas(config, replicas):
             f"data.batch_size={config.data.batch_size} does not divide over the {replicas} replicas; "
             f"use a multiple of {replicas}."
         )
-    if config.train.jit_compile and replicas > 1:
+    if config.train.jit_compile is True and replicas > 1:
         raise ValueError(
             f"train.jit_compile=true does not work with {replicas} replicas: Keras 3 compiles the whole distributed "
             "step with XLA, which cannot reach variables on other devices (keras-team/keras#19005). Set "

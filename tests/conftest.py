@@ -3,6 +3,10 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# train.jit_compile "auto" caches its measurements: keep the tests' out of the user's ~/.cache
+import tempfile  # noqa: E402
+
+os.environ.setdefault("AMCL_CACHE_DIR", tempfile.mkdtemp(prefix="amcl-test-cache-"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

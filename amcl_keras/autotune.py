@@ -1,0 +1,221 @@
+"""`train.jit_compile: auto`: XLA or not, measured on the run's own first steps and remembered.
+
+Whether XLA speeds up a training step depends on the machine, not only on the model: on an
+AVX2-only EPYC the ResNet-18 AMCL-SimCLR step was 1.25× faster with XLA, on an AVX-512 Xeon
+1.6× slower (README, "Benchmarks"). So `auto` (the default) measures it where the run trains:
+
+1. A run on one device with at least `AUTO_MIN_STEPS` steps (shorter runs would not pay back
+   XLA's compile time) and not in deterministic mode (a choice made from timings would make two
+   runs on the same machine differ) is eligible; anything else trains without XLA.
+2. If the cache (`cache_path()`) holds a choice for this machine and model, it is used.
+3. Otherwise `JitCompileChooser` (a callback) times the first steps of the real training:
+   `WARMUP_STEPS` + `TIMED_STEPS` without XLA, then the same with XLA, keeps the faster step
+   (the median of the timed steps) and caches it. No step is thrown away: both halves train the
+   model. If XLA cannot compile the step, the step is retried without XLA (one batch is skipped),
+   and "without" is cached.
+
+The key (`choice_key`) is the machine (CPU model and vector ISA, cores, oneDNN's ISA cap, GPUs,
+TF and Keras versions) and everything that shapes the step (the `model:` config, batch size,
+input shape, augmentation placement, precision). The record says what was measured, so
+`results.json` can show it (`train_speed.jit_compile`).
+
+Example (what `amcl train` does; from Python):
+```python
+chooser = amcl_keras.autotune.JitCompileChooser(key)
+model.fit(dataset, epochs=20, callbacks=[chooser])   # steps 0-13 measure, the rest run the faster way
+print(chooser.record)   # {"chosen": False, "seconds_per_step": {"without_xla": 0.16, "xla": 0.23}, ...}
+```
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+AUTO_MIN_STEPS = 100  # runs shorter than this train without XLA (compile time would not pay back)
+WARMUP_STEPS = 2  # per variant: the trace (or XLA compile) and one more step, not timed
+TIMED_STEPS = 5  # per variant: the median of these decides
+CACHE_FILE = "jit_compile.json"
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+# what an XLA compile failure of the step raises
+_XLA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError)
+
+
+def cache_path():
+    """`$AMCL_CACHE_DIR/jit_compile.json`, else `$XDG_CACHE_HOME/amcl-keras/...`, else `~/.cache/amcl-keras/...`."""
+    root = os.environ.get("AMCL_CACHE_DIR")
+    if not root:
+        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+                            "amcl-keras")
+    return pathlib.Path(root) / CACHE_FILE
+
+
+def machine_description():
+    """What makes one machine's step speed differ from another's."""
+    cpu, flags = "unknown", set()
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "isa": [flag for flag in _ISA_FLAGS if flag in flags],
+        "cores": os.cpu_count(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "gpus": [device.name for device in tf.config.list_physical_devices("GPU")],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
+def choice_key(model_config, batch_size, input_shape, augment_on, mixed_precision):
+    """The cache key: this machine and the shape of this run's training step."""
+    description = {
+        "machine": machine_description(),
+        "model": model_config,
+        "batch_size": batch_size,
+        "input_shape": list(input_shape),
+        "augment_on": augment_on,
+        "mixed_precision": mixed_precision,
+    }
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def read_choice(key, path=None):
+    """The cached record for `key`, or None (a missing or unreadable cache is no error)."""
+    try:
+        record = json.loads((path or cache_path()).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("chosen"), bool) else None
+
+
+def write_choice(key, record, path=None):
+    """Add `record` to the cache (atomically); a cache that cannot be written is warned about, not fatal."""
+    path = path or cache_path()
+    try:
+        try:
+            cache = json.loads(path.read_text())
+            cache = cache if isinstance(cache, dict) else {}
+        except (OSError, ValueError):
+            cache = {}
+        cache[key] = record
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(cache, indent=1, sort_keys=True))
+        os.replace(partial, path)
+    except OSError as error:
+        print(f"amcl: could not cache the jit_compile choice in {str(path)!r} ({error.strerror or error}); "
+              "it will be measured again next time. Set AMCL_CACHE_DIR to a writable folder.", file=sys.stderr)
+
+
+class JitCompileChooser(keras.callbacks.Callback):
+    """Times the first steps of `fit` without and with XLA and trains on with the faster one.
+
+    The model must have been compiled with `jit_compile=False`. After the measurement
+    `record` holds `{"chosen": bool, "source": "measured", "seconds_per_step": {...}}` and, with
+    a `key`, the choice is cached (`write_choice`). Keras reads `model.train_function` before
+    every step, so swapping it between steps switches the remaining steps of this `fit` (and of
+    later `fit` calls) to the chosen function.
+    """
+
+    def __init__(self, key=None, warmup_steps=WARMUP_STEPS, timed_steps=TIMED_STEPS, cache_file=None, log=True,
+                 clock=time.perf_counter):
+        super().__init__()
+        self.key, self.cache_file, self.log, self.clock = key, cache_file, log, clock
+        self.warmup_steps, self.timed_steps = warmup_steps, timed_steps
+        self.record = None
+        self._count = 0
+        self._started = None
+        self._times = {False: [], True: []}
+        self._plain_function = self._xla_function = None
+        self._xla_failed = None
+
+    @property
+    def decided(self):
+        return self.record is not None
+
+    def _variant(self):
+        return self._count >= self.warmup_steps + self.timed_steps  # True: measuring XLA
+
+    def on_train_begin(self, logs=None):
+        if not self.decided and self.model.jit_compile:
+            raise ValueError("JitCompileChooser needs a model compiled with jit_compile=False; it switches XLA on itself.")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.decided:
+            return
+        per_variant = self.warmup_steps + self.timed_steps
+        if self._count == per_variant and self._plain_function is None:
+            self._switch_to_xla()
+        elif self._count >= 2 * per_variant:
+            self._decide()
+            return
+        self._started = self.clock()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.decided or self._started is None:
+            return
+        if logs:  # make sure the step has finished before reading the clock
+            np.asarray(next(iter(logs.values())))
+        elapsed = self.clock() - self._started
+        self._started = None
+        variant = self._variant()
+        position = self._count - (self.warmup_steps + self.timed_steps if variant else 0)
+        if position >= self.warmup_steps:
+            self._times[variant].append(elapsed)
+        self._count += 1
+
+    def _switch_to_xla(self):
+        model = self.model
+        self._plain_function = model.train_function
+        model.jit_compile = True
+        model.make_train_function(force=True)
+        self._xla_function = xla_function = model.train_function
+
+        def guarded(iterator):
+            if self.decided:  # decided inside an earlier call
+                return model.train_function(iterator)
+            try:
+                return xla_function(iterator)
+            except _XLA_ERRORS as error:  # XLA cannot compile this step: train on without it
+                self._xla_failed = str(error).strip().splitlines()[0][:300]
+                self._finish(False)
+                return self._plain_function(iterator)
+
+        model.train_function = guarded
+
+    def _decide(self):
+        plain, xla = (statistics.median(self._times[v]) for v in (False, True))
+        self._finish(xla < plain, {"without_xla": round(plain, 5), "xla": round(xla, 5)})
+
+    def _finish(self, chosen, seconds=None):
+        model = self.model
+        model.jit_compile = bool(chosen)
+        model.train_function = self._xla_function if chosen else self._plain_function  # no guard once chosen
+        self.record = {"chosen": bool(chosen), "source": "measured", "seconds_per_step": seconds,
+                       "timed_steps": self.timed_steps, "measured_on": time.strftime("%Y-%m-%d")}
+        if self._xla_failed:
+            self.record["xla_error"] = self._xla_failed
+        if self.log:
+            if seconds:
+                print(f"amcl: jit_compile auto: {seconds['without_xla']:.3f} s/step without XLA, {seconds['xla']:.3f} "
+                      f"s/step with XLA (median of {self.timed_steps}) -> training {'with' if chosen else 'without'} "
+                      "XLA", file=sys.stderr)
+            else:
+                print(f"amcl: jit_compile auto: XLA could not compile the step ({self._xla_failed}); training "
+                      "without XLA", file=sys.stderr)
+        if self.key is not None:
+            write_choice(self.key, self.record, self.cache_file)
