@@ -1,10 +1,16 @@
 """Batch normalization whose cross-replica statistics match one device.
 
 Keras 3.15's `BatchNormalization(synchronized=True)` all-reduces Σx and Σx² and takes the variance as
-E[x²] − E[x]², which cancels in float32 when |mean| ≫ std (post-ReLU and residual activations); in a
-ResNet-50 the 53 layers compound it (measured: the loss of one step on 2 replicas 7e-4 off one device).
+E[x²] − E[x]², which cancels in float32 when |mean| ≫ std (post-ReLU and residual activations).
 `SyncBatchNormalization` takes two passes instead — the global mean, then the all-reduced Σ(x − mean)² —
-one more all-reduce per layer, and equals one device's statistics to float32 rounding.
+one more all-reduce per layer, and equals one device's statistics to rounding (float32, or float64 for a
+float64 layer).
+
+A whole training step of a tiny-batch ResNet on 2 replicas still differs from one device in float32
+(ResNet-50 at width 4, 8×8 images, batch 8: gradients up to ~1e-3..1e-1 of the largest entry), but
+that is float32 round-off amplified by the deep BN network — one device on the same batch in another
+order differs as much, and in float64 the two agree to ~1e-12 (tests/methods/test_distributed.py,
+`test_resnet_two_replicas_equal_one_device_in_float64`).
 """
 
 import keras
@@ -28,8 +34,10 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
         if not self.synchronized or mask is not None or context is None or context.num_replicas_in_sync == 1:
             return super()._moments(inputs, mask)
         axes = list(self._reduction_axes)
-        x = tf.cast(inputs, tf.float32)  # as Keras: statistics of half-precision inputs in float32
-        count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), tf.float32)
+        # as Keras: statistics of half-precision inputs in float32; float32 and float64 kept as they are
+        dtype = tf.float64 if inputs.dtype == tf.float64 else tf.float32
+        x = tf.cast(inputs, dtype)
+        count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), axes)), dtype)
         total, count = context.all_reduce(tf.distribute.ReduceOp.SUM, [tf.reduce_sum(x, axes, keepdims=True), count])
         mean = total / count
         squares = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(tf.square(x - mean), axes, keepdims=True))

@@ -48,3 +48,21 @@ def test_two_pass_statistics_equal_one_device_where_the_one_pass_ones_do_not(two
         results[cls.__name__] = layer.moving_variance.numpy()
     np.testing.assert_allclose(results["SyncBatchNormalization"], expected_var, rtol=1e-3)
     assert np.max(np.abs(results["BatchNormalization"] - expected_var) / expected_var) > 0.5
+
+
+def test_two_pass_statistics_keep_float64(two_replicas):
+    """A float64 layer's synchronized statistics are computed in float64 (not cast to float32): per-channel
+    mean 1e8, std 1, where float32 is spaced by 8 and would lose the variance entirely."""
+    import tensorflow as tf
+
+    from amcl_keras.normalization import SyncBatchNormalization
+
+    x = 1e8 + np.random.default_rng(0).normal(size=(8, 4))
+    with two_replicas.scope():
+        layer = SyncBatchNormalization(synchronized=True, momentum=0.0, dtype="float64")
+        layer.build((None, 4))
+    dataset = two_replicas.experimental_distribute_dataset(tf.data.Dataset.from_tensors(x))
+    outputs = two_replicas.run(lambda batch: layer(batch, training=True), args=(next(iter(dataset)),))
+    assert all(output.dtype == tf.float64 for output in two_replicas.experimental_local_results(outputs))
+    np.testing.assert_allclose(layer.moving_mean.numpy(), x.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), x.var(axis=0), rtol=1e-6)

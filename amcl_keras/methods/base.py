@@ -397,7 +397,7 @@ class ContrastiveTrainer(keras.Model):
         if replicas > 1:  # every replica takes the same branch below
             bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(bad, tf.int32)) > 0
             gradients = self._clip_global_gradients(gradients, replicas)
-        loss = tf.where(bad, float("nan"), loss)
+        loss = tf.where(bad, tf.constant(float("nan"), loss.dtype), loss)
 
         def apply(gradients, carry):
             self.optimizer.apply(gradients, self.trainable_variables)
