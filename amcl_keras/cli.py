@@ -128,8 +128,9 @@ def _eval(args):
               f"one of {', '.join(EXPORT_FORMATS)})", file=sys.stderr)
         return 2
     try:
+        features = args.artefact and export_lib.artefact_features(args.run_dir, args.artefact, args.export_dir)
         result = evaluation.evaluate_run(args.run_dir, args.probe_epochs, args.knn_k, args.knn_temperature, args.seed,
-                                         artefact=args.artefact, export_dir=args.export_dir)
+                                         features=features or None)
     except (runs.RunReadError, OSError, ValueError, RuntimeError) as error:  # ConfigError, RunWriteError, ExportError
         print(f"amcl: eval failed: {_text(error)}", file=sys.stderr)
         return 2

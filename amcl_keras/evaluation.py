@@ -2,20 +2,24 @@
 
 `protocol_text` describes both protocols from the same constants the functions below use, so
 results files and messages state what actually ran. The features come from a pluggable
-extractor, `features(uint8 images [N, H, W, C]) -> float32 [N, F]`: the Keras encoder
-(`keras_features`) or an exported artefact (`artefact_features`: SavedModel, ONNX, LiteRT, int8).
+extractor, `extract(uint8 images [N, H, W, C]) -> float32 [N, F]`: the Keras encoder
+(`keras_features`) or anything else wrapped in a `FeatureSource` (`export.artefact_features`: an
+exported SavedModel, ONNX, LiteRT or int8 artefact).
 """
+
+import dataclasses
 
 import os
 import pathlib
 import platform
 import time
+import typing
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from amcl_keras import data, export, runs
+from amcl_keras import data, runs
 from amcl_keras.constants import KNN_K, KNN_TEMPERATURE, PROBE_BATCH_SIZE, PROBE_EPOCHS, PROBE_LEARNING_RATE
 from amcl_keras.data import to_float_images
 
@@ -42,20 +46,27 @@ def extract_features(encoder, images, image_size=None, batch_size=512):
 
 
 def keras_features(encoder, image_size=None, batch_size=512):
-    """The feature extractor of a Keras encoder: `features(uint8 images) -> [N, F]`."""
+    """The feature extractor of a Keras encoder: `extract(uint8 images) -> [N, F]`."""
     return lambda images: extract_features(encoder, images, image_size, batch_size)
 
 
-def artefact_features(export_dir, format, batch_size=512, metadata=None):
-    """The feature extractor of an exported artefact (`export.open_artefact`), batch by batch: the
-    artefact itself scales and resizes the uint8 images."""
-    run = export.open_artefact(export_dir, format, metadata)
-
-    def features(images):
+def batched_features(run, batch_size=512):
+    """The feature extractor of any `run(uint8 batch) -> [B, F]` (an exported artefact, which scales
+    and resizes the images itself), fed `batch_size` images at a time."""
+    def extract(images):
         return np.concatenate([np.asarray(run(images[start : start + batch_size]), np.float32)
                                for start in range(0, len(images), batch_size)])
 
-    return features
+    return extract
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSource:
+    """Where `evaluate_run` takes its features from instead of the run's Keras encoder."""
+
+    extract: typing.Callable  # uint8 images [N, H, W, C] → float32 [N, F]
+    name: str  # names the result file: eval-NAME.json
+    description: dict  # recorded as the result's "features"
 
 
 def knn_predict(train_features, train_labels, query_features, num_classes, k=KNN_K, temperature=KNN_TEMPERATURE,
@@ -112,7 +123,7 @@ def evaluate_encoder(encoder, train, test, image_size=None, knn_k=KNN_K, knn_tem
 def evaluate_features(features, train, test, knn_k=KNN_K, knn_temperature=KNN_TEMPERATURE, probe_epochs=PROBE_EPOCHS,
                       seed=0):
     """Linear-probe and kNN accuracy of the features `features(images)` (`keras_features`,
-    `artefact_features`); `train`/`test` are `(images uint8, labels)`."""
+    `batched_features`); `train`/`test` are `(images uint8, labels)`."""
     train_features = features(train[0])
     test_features = features(test[0])
     return {
@@ -123,45 +134,22 @@ def evaluate_features(features, train, test, knn_k=KNN_K, knn_temperature=KNN_TE
     }
 
 
-def eval_path(run_dir, artefact=None):
-    """`RUN_DIR/eval.json` for the Keras encoder, `RUN_DIR/eval-FORMAT.json` for an exported artefact."""
-    return pathlib.Path(run_dir) / (runs.EVAL if artefact is None else f"eval-{artefact}.json")
-
-
-def _artefact_source(run_dir, config_text, encoder, artefact, export_dir):
-    """The feature extractor and a description of the exported artefact `artefact` of the run."""
-    export_dir = pathlib.Path(export_dir) if export_dir is not None else run_dir / runs.EXPORT
-    metadata = export.read_metadata(export_dir, artefact)  # clear errors for a missing export or format
-    made_from = metadata.get("training_config_sha256")
-    if made_from and made_from != export.config_hash(config_text):
-        raise export.ExportReadError(
-            f"The export in {str(export_dir)!r} was made from another run (its training config differs from "
-            f"{str(run_dir / runs.CONFIG)!r}). Pass the export of this run (--export-dir), or export it: "
-            f"`amcl export {run_dir} --formats {artefact}`."
-        )
-    expected = (int(encoder.outputs[0].shape[-1]), int(encoder.inputs[0].shape[-1]))
-    if (metadata["feature_dim"], metadata["input"]["shape"][-1]) != expected:
-        raise export.ExportReadError(
-            f"The export in {str(export_dir)!r} maps {metadata['input']['shape'][-1]}-channel images to "
-            f"{metadata['feature_dim']} features; the run's encoder maps {expected[1]}-channel images to {expected[0]}. "
-            f"It is another model's export: pass this run's (--export-dir) or `amcl export {run_dir} --formats {artefact}`."
-        )
-    described = {"format": artefact, "path": str(export_dir / metadata["formats"][artefact]["path"]),
-                 "weights": metadata["formats"][artefact].get("weights")}
-    return artefact_features(export_dir, artefact, metadata=metadata), described
+def eval_path(run_dir, name=None):
+    """`RUN_DIR/eval.json` for the Keras encoder, `RUN_DIR/eval-NAME.json` for another `FeatureSource`."""
+    return pathlib.Path(run_dir) / (runs.EVAL if name in (None, "keras") else f"eval-{name}.json")
 
 
 def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, seed=None, max_examples=None,
-                 artefact=None, export_dir=None):
+                 features=None):
     """Offline evaluation of a run directory's encoder; writes and returns `eval.json`.
 
     Protocols (`protocol_text`): linear probe and kNN on the run's dataset, the parameters
-    defaulting to its config. With `artefact` (an export format, `export.FORMATS`), the features
-    come from that exported artefact in `export_dir` (default `RUN_DIR/export`) instead of the
-    Keras encoder, and the result goes to `eval-FORMAT.json`.
+    defaulting to its config. With `features` (a `FeatureSource`, e.g.
+    `export.artefact_features(run_dir, "onnx_int8")`), the features come from it instead of the
+    Keras encoder, and the result goes to `eval-NAME.json`.
     """
     run_dir = pathlib.Path(run_dir)
-    encoder, config_text = runs.load_run(run_dir)  # clear errors for missing or corrupt runs
+    encoder, _ = runs.load_run(run_dir)  # clear errors for missing or corrupt runs
     config = runs.load_config(run_dir)
     ev, cfg = config.eval, config.data
     probe_epochs = probe_epochs or ev.probe_epochs
@@ -169,10 +157,8 @@ def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, s
     seed = config.train.seed if seed is None else seed
     max_examples = max_examples or ev.max_examples
     size, channels = encoder.inputs[0].shape[1], encoder.inputs[0].shape[-1]
-    if artefact is None:
-        features, source = keras_features(encoder, size), {"format": "keras", "path": str(run_dir / runs.ENCODER)}
-    else:
-        features, source = _artefact_source(run_dir, config_text, encoder, artefact, export_dir)
+    features = features or FeatureSource(keras_features(encoder, size), "keras",
+                                         {"format": "keras", "path": str(run_dir / runs.ENCODER)})
     options = {"image_size": size, "channels": channels, "on_bad_image": cfg.on_bad_image}
     train = data.labelled_arrays(cfg.dataset, cfg.eval_train_split, cfg.data_dir, max_examples, cfg.download, **options)
     test = data.labelled_arrays(cfg.dataset, cfg.eval_test_split, cfg.data_dir, max_examples, cfg.download, **options)
@@ -180,11 +166,11 @@ def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, s
         raise ValueError(f"The run's dataset {cfg.dataset!r} has no labels for {cfg.eval_train_split!r}/"
                          f"{cfg.eval_test_split!r}; evaluation needs labelled splits.")
     started = time.perf_counter()
-    scores = evaluate_features(features, train, test, knn_k, knn_temperature, probe_epochs, seed)
+    scores = evaluate_features(features.extract, train, test, knn_k, knn_temperature, probe_epochs, seed)
     protocols = protocol_text(probe_epochs, knn_k, knn_temperature, cfg.eval_train_split, cfg.eval_test_split)
     result = {
         "run_dir": str(run_dir),
-        "features": source,
+        "features": features.description,
         "linear_probe": {
             "accuracy": scores["linear_probe"], "protocol": protocols["linear_probe"], "optimizer": PROBE_OPTIMIZER,
             "learning_rate": PROBE_LEARNING_RATE, "epochs": probe_epochs, "batch": PROBE_BATCH_SIZE, "augmentation": None,
@@ -197,5 +183,5 @@ def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, s
                      "gpus": len(tf.config.list_logical_devices("GPU"))},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    runs.write_json(eval_path(run_dir, artefact), result)
+    runs.write_json(eval_path(run_dir, features.name), result)
     return result

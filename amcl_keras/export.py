@@ -41,7 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from amcl_keras import runs
+from amcl_keras import evaluation, runs
 from amcl_keras.constants import DEFAULT_EXPORT_FORMATS, EXPORT_FORMATS, EXPORT_INT8_TOLERANCE, EXPORT_TOLERANCE
 from amcl_keras.data import load_shipped, to_float_images
 
@@ -400,6 +400,35 @@ def open_artefact(export_dir, format, metadata=None):
     metadata = metadata or read_metadata(export_dir, format)
     info = metadata["formats"][format]
     return FORMATS[format].open(pathlib.Path(export_dir) / info["path"], info)
+
+
+def artefact_features(run_dir, format, export_dir=None, batch_size=512):
+    """An `evaluation.FeatureSource` computing a run's features with its exported artefact `format`
+    (from `export_dir`, default `RUN_DIR/export`), for `evaluation.evaluate_run(run_dir, features=...)`.
+    Refuses, with what to do, a missing export or format and another model's export."""
+    run_dir = pathlib.Path(run_dir)
+    encoder, config_text = runs.load_run(run_dir)
+    export_dir = pathlib.Path(export_dir) if export_dir is not None else run_dir / runs.EXPORT
+    metadata = read_metadata(export_dir, format)
+    made_from = metadata.get("training_config_sha256")
+    if made_from and made_from != config_hash(config_text):
+        raise ExportReadError(
+            f"The export in {str(export_dir)!r} was made from another run (its training config differs from "
+            f"{str(run_dir / runs.CONFIG)!r}). Pass the export of this run (--export-dir), or export it: "
+            f"`amcl export {run_dir} --formats {format}`."
+        )
+    expected = (int(encoder.outputs[0].shape[-1]), int(encoder.inputs[0].shape[-1]))
+    if (metadata["feature_dim"], metadata["input"]["shape"][-1]) != expected:
+        raise ExportReadError(
+            f"The export in {str(export_dir)!r} maps {metadata['input']['shape'][-1]}-channel images to "
+            f"{metadata['feature_dim']} features; the run's encoder maps {expected[1]}-channel images to {expected[0]}. "
+            f"It is another model's export: pass this run's (--export-dir) or `amcl export {run_dir} --formats {format}`."
+        )
+    info = metadata["formats"][format]
+    return evaluation.FeatureSource(
+        evaluation.batched_features(open_artefact(export_dir, format, metadata), batch_size), format,
+        {"format": format, "path": str(export_dir / info["path"]), "weights": info["weights"]},
+    )
 
 
 def verify_export(export_dir, source, images=None, formats=None, tolerance=EXPORT_TOLERANCE,

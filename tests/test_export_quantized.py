@@ -164,7 +164,7 @@ def test_eval_on_artefacts_matches_the_keras_eval(tiny_run, tmp_path, capsys):
     images = data.load_shipped("test")[0][:64]
     reference = evaluation.keras_features(keras.saving.load_model(run / "encoder.keras", compile=False), 28)(images)
     for name in ("saved_model", "onnx", "litert"):
-        np.testing.assert_allclose(evaluation.artefact_features(run / "export", name)(images), reference,
+        np.testing.assert_allclose(export.artefact_features(run, name).extract(images), reference,
                                    atol=EXPORT_TOLERANCE)
         assert cli.main(["eval", str(run), "--artefact", name]) == 0
         assert f"eval-{name}.json" in capsys.readouterr().out
@@ -173,7 +173,7 @@ def test_eval_on_artefacts_matches_the_keras_eval(tiny_run, tmp_path, capsys):
                                        "weights": "float32"}
         for protocol in ("linear_probe", "knn"):  # same features: the same predictions, up to one tie
             assert abs(result[protocol]["accuracy"] - keras_result[protocol]["accuracy"]) * test_examples <= 1.0001
-    int8 = evaluation.evaluate_run(run, artefact="onnx_int8")
+    int8 = evaluation.evaluate_run(run, features=export.artefact_features(run, "onnx_int8"))
     assert int8["features"]["weights"] == "int8" and 0 <= int8["knn"]["accuracy"] <= 1
     assert (run / "eval.json").read_text() == keras_eval  # the Keras evaluation is left as it was
     assert keras_result["features"] == {"format": "keras", "path": str(run / "encoder.keras")}
