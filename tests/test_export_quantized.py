@@ -82,7 +82,7 @@ def test_metadata_lists_the_new_formats_with_their_measured_errors(exported):
     assert json.loads((out / "metadata.json").read_text()) == json.loads(json.dumps(metadata))
     formats = metadata["formats"]
     assert list(formats) == ["onnx", *NEW_FORMATS]
-    assert [formats[name]["weights"] for name in NEW_FORMATS] == ["int8", "float32", "int8"]
+    assert [formats[name]["weights"] for name in NEW_FORMATS] == ["uint8", "float32", "int8"]
     assert formats["litert"]["signature"] == "serving_default" and formats["litert"]["input_name"] == "images"
     verification = metadata["verification"]
     for name in NEW_FORMATS:
@@ -142,7 +142,7 @@ def test_cli_exports_the_new_formats_without_leftovers(tiny_run, tmp_path, capsy
         line = next(line for line in printed.splitlines() if line.strip().startswith(f"{name} ") and "relative" in line)
         bound = "relative_error <= 0.05" if name.endswith("int8") else "max_abs_diff <= 0.0001"
         assert bound in line, line
-    assert "int8 weights" in printed and "MB" in printed
+    assert "uint8 weights" in printed and " int8 weights" in printed and "MB" in printed
 
 
 def test_cli_refuses_a_bad_int8_tolerance_and_format(tiny_run, tmp_path, capsys):
@@ -174,7 +174,7 @@ def test_eval_on_artefacts_matches_the_keras_eval(tiny_run, tmp_path, capsys):
         for protocol in ("linear_probe", "knn"):  # same features: the same predictions, up to one tie
             assert abs(result[protocol]["accuracy"] - keras_result[protocol]["accuracy"]) * test_examples <= 1.0001
     int8 = evaluation.evaluate_run(run, features=export.artefact_features(run, "onnx_int8"))
-    assert int8["features"]["weights"] == "int8" and 0 <= int8["knn"]["accuracy"] <= 1
+    assert int8["features"]["weights"] == "uint8" and 0 <= int8["knn"]["accuracy"] <= 1
     assert (run / "eval.json").read_text() == keras_eval  # the Keras evaluation is left as it was
     assert keras_result["features"] == {"format": "keras", "path": str(run / "encoder.keras")}
 
