@@ -114,15 +114,6 @@ def verification_images(channels, count=7):
     return np.repeat(images, channels, axis=-1) if channels != 1 else images
 
 
-def _rename_onnx_output(model_proto, new_name):
-    old_name = model_proto.graph.output[0].name
-    for node in model_proto.graph.node:
-        node.output[:] = [new_name if name == old_name else name for name in node.output]
-        node.input[:] = [new_name if name == old_name else name for name in node.input]
-    model_proto.graph.output[0].name = new_name
-    return model_proto
-
-
 # --- the shared inputs of the writers ----------------------------------------------------------------
 class _Build:
     """What the writers share: the float32 encoder, its serving functions, and the float artefacts
@@ -176,11 +167,12 @@ def _size(path):
 def _quiet_logging():
     """onnxruntime.quantization logs a root-logger warning on every call (a hint about its shape
     pre-processing, which dynamic quantization does not need)."""
-    logging.disable(logging.WARNING)
+    previous = logging.root.manager.disable
+    logging.disable(max(previous, logging.WARNING))
     try:
         yield
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(previous)
 
 
 # --- writers: (build, path) → the format's entry in metadata.json (besides path, size, weights) ------
