@@ -1,8 +1,9 @@
 """`amcl` command line, five commands:
 
     amcl train [--config FILE] [--set section.key=value ...]   pre-train, evaluate, export; writes a run directory
-    amcl eval RUN_DIR                                          linear probe and kNN of a run's encoder (eval.json)
-    amcl export RUN_DIR [--formats saved_model onnx]           verified SavedModel / ONNX export of a run's encoder
+    amcl eval RUN_DIR [--artefact FORMAT]                      linear probe and kNN of a run's encoder (eval.json),
+                                                               or of its exported artefact (eval-FORMAT.json)
+    amcl export RUN_DIR [--formats saved_model onnx ...]       verified SavedModel / ONNX / LiteRT / int8 export
     amcl report RUN_DIR [RUN_DIR ...] --out report.png          curves and similarity histograms of runs
     amcl augment-preview [--preset abcde]                      a PNG of images and two augmented views of each
 
@@ -22,7 +23,7 @@ import numpy as np
 from amcl_keras import config as config_lib, data, evaluation, export as export_lib, preview, registry, report
 from amcl_keras import runs, train as train_lib
 from amcl_keras.callbacks import NonFiniteLossError
-from amcl_keras.constants import EXPORT_FORMATS, EXPORT_TOLERANCE
+from amcl_keras.constants import DEFAULT_EXPORT_FORMATS, EXPORT_FORMATS, EXPORT_INT8_TOLERANCE, EXPORT_TOLERANCE
 
 
 def _parser():
@@ -45,21 +46,31 @@ def _parser():
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     export = commands.add_parser(
         "export",
-        help="export a run's encoder to SavedModel and ONNX, verified",
-        description="Export the trained encoder of RUN_DIR (SavedModel for TF Serving, ONNX for onnxruntime). "
-        "Both are reloaded and compared with Keras on real images before the export is kept.",
+        help="export a run's encoder to SavedModel, ONNX and LiteRT (float32 or int8 weights), verified",
+        description="Export the trained encoder of RUN_DIR (SavedModel for TF Serving, ONNX for onnxruntime, LiteRT; "
+        "onnx_int8 and litert_int8: dynamic-range int8 weights). Each artefact is reloaded and compared with Keras "
+        "on real images before the export is kept.",
     )
     export.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `amcl train`")
     export.add_argument("--out", help="output folder (default: RUN_DIR/export)")
-    export.add_argument("--formats", nargs="+", default=list(EXPORT_FORMATS), choices=EXPORT_FORMATS)
-    export.add_argument("--tolerance", type=float, default=EXPORT_TOLERANCE, help="max |difference| to Keras allowed")
+    export.add_argument("--formats", nargs="+", default=list(DEFAULT_EXPORT_FORMATS), choices=EXPORT_FORMATS,
+                        help=f"default: {' '.join(DEFAULT_EXPORT_FORMATS)}")
+    export.add_argument("--tolerance", type=float, default=EXPORT_TOLERANCE,
+                        help="float formats: max |difference| to Keras allowed (default %(default)g)")
+    export.add_argument("--int8-tolerance", type=float, default=EXPORT_INT8_TOLERANCE,
+                        help="int8 formats: max relative error ||E - E_keras|| / ||E_keras|| allowed (default %(default)g)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     evaluate = commands.add_parser(
         "eval",
-        help="linear probe and kNN of a run's encoder; writes RUN_DIR/eval.json",
-        description="Evaluate the frozen encoder of RUN_DIR: linear probe and kNN (defaults: the run's config).",
+        help="linear probe and kNN of a run's encoder (or of an exported artefact); writes RUN_DIR/eval.json",
+        description="Evaluate the frozen encoder of RUN_DIR: linear probe and kNN (defaults: the run's config). "
+        "With --artefact FORMAT the features come from that exported artefact (RUN_DIR/export unless --export-dir) "
+        "and the result goes to RUN_DIR/eval-FORMAT.json.",
     )
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--artefact", metavar="FORMAT", choices=EXPORT_FORMATS,
+                          help=f"evaluate this exported artefact instead of the Keras encoder: {', '.join(EXPORT_FORMATS)}")
+    evaluate.add_argument("--export-dir", help="the export folder holding the artefact (default: RUN_DIR/export)")
     evaluate.add_argument("--probe-epochs", type=int)
     evaluate.add_argument("--knn-k", type=int)
     evaluate.add_argument("--knn-temperature", type=float)
@@ -112,14 +123,21 @@ def _preview(args):
 
 
 def _eval(args):
+    if args.export_dir and not args.artefact:
+        print("amcl: eval failed: --export-dir needs --artefact FORMAT (which artefact of the export to evaluate, "
+              f"one of {', '.join(EXPORT_FORMATS)})", file=sys.stderr)
+        return 2
     try:
-        result = evaluation.evaluate_run(args.run_dir, args.probe_epochs, args.knn_k, args.knn_temperature, args.seed)
-    except (runs.RunReadError, OSError, ValueError, RuntimeError) as error:  # ConfigError, RunWriteError
+        features = args.artefact and export_lib.artefact_features(args.run_dir, args.artefact, args.export_dir)
+        result = evaluation.evaluate_run(args.run_dir, args.probe_epochs, args.knn_k, args.knn_temperature, args.seed,
+                                         features=features or None)
+    except (runs.RunReadError, OSError, ValueError, RuntimeError) as error:  # ConfigError, RunWriteError, ExportError
         print(f"amcl: eval failed: {_text(error)}", file=sys.stderr)
         return 2
     probe, knn = result["linear_probe"], result["knn"]
-    print(f"linear probe {probe['accuracy'] * 100:.1f}% ({probe['protocol']})\n"
-          f"kNN {knn['accuracy'] * 100:.1f}% ({knn['protocol']})\n-> {os.path.join(args.run_dir, runs.EVAL)}")
+    print(f"features: {result['features']['format']} ({result['features']['path']})\n"
+          f"linear probe {probe['accuracy'] * 100:.1f}% ({probe['protocol']})\n"
+          f"kNN {knn['accuracy'] * 100:.1f}% ({knn['protocol']})\n-> {evaluation.eval_path(args.run_dir, args.artefact)}")
     return 0
 
 
@@ -137,15 +155,23 @@ def _export(args):
     out = args.out or os.path.join(args.run_dir, "export")
     try:
         metadata = export_lib.export_encoder(
-            args.run_dir, out, formats=args.formats, tolerance=args.tolerance, overwrite=args.overwrite
+            args.run_dir, out, formats=args.formats, tolerance=args.tolerance, overwrite=args.overwrite,
+            int8_tolerance=args.int8_tolerance,
         )
     except (export_lib.ExportError, OSError) as error:  # ExportWriteError: the folder cannot be written
         print(f"amcl: export failed: {_text(error)}", file=sys.stderr)
         return 2
     print(f"Exported to {out}: {', '.join(metadata['formats'])}; input uint8 {metadata['input']['shape']}, "
           f"output {metadata['output']['name']} float32 [batch, {metadata['feature_dim']}]")
-    for name, diffs in metadata["verification"]["max_abs_diff"].items():
-        print(f"  {name:18s} max |diff| vs Keras: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    verification = metadata["verification"]
+    for name, diffs in verification["max_abs_diff"].items():
+        relative, bound = verification["relative_error"][name], verification["bounds"][name]
+        print(f"  {name:18s} max |diff| vs Keras: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+              + "; relative error: " + ", ".join(f"{k} {v:.2e}" for k, v in relative.items())
+              + f"  ({bound['measure']} <= {bound['limit']:g})")
+    for name, info in metadata["formats"].items():
+        print(f"  {name:18s} {info['path']}: {info['size_bytes'] / 1e6:.2f} MB, {info['weights']} weights, "
+              f"runs on {info['runtime']}")
     return 0
 
 

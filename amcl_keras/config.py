@@ -18,9 +18,9 @@ import yaml
 
 from amcl_keras import registry
 from amcl_keras.constants import (
-    DEFAULT_OBJECTIVE, ENCODER_FORWARDS, EXPORT_FORMATS, EXPORT_TOLERANCE, JIT_COMPILE_SETTINGS, KNN_K,
-    KNN_TEMPERATURE, NEGATIVE_FORMS, NUM_HEADS, OBJECTIVES, PRECISIONS, PROBE_EPOCHS, STRATEGIES, TEMPERATURE_HIDDEN_DIM,
-    TEMPERATURE_MAX, TEMPERATURE_MIN, TOP_K, WEIGHT_DECAY_MODES, parse_preset,
+    DEFAULT_EXPORT_FORMATS, DEFAULT_OBJECTIVE, ENCODER_FORWARDS, EXPORT_FORMATS, EXPORT_INT8_TOLERANCE, EXPORT_TOLERANCE,
+    JIT_COMPILE_SETTINGS, KNN_K, KNN_TEMPERATURE, NEGATIVE_FORMS, NUM_HEADS, OBJECTIVES, PRECISIONS, PROBE_EPOCHS,
+    STRATEGIES, TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN, TOP_K, WEIGHT_DECAY_MODES, parse_preset,
 )
 
 
@@ -127,8 +127,10 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class ExportConfig:
-    formats: typing.Tuple[str, ...] = EXPORT_FORMATS  # [] to skip the export after training
-    tolerance: float = EXPORT_TOLERANCE  # max |difference| to the Keras encoder allowed in the verification
+    # [] to skip the export after training; also onnx_int8, litert, litert_int8 (amcl_keras.export)
+    formats: typing.Tuple[str, ...] = DEFAULT_EXPORT_FORMATS
+    tolerance: float = EXPORT_TOLERANCE  # float formats: max |difference| to the Keras encoder allowed
+    int8_tolerance: float = EXPORT_INT8_TOLERANCE  # int8 formats: max relative error to the Keras encoder allowed
 
 
 @dataclasses.dataclass
@@ -360,6 +362,7 @@ def validate(config):
         require(name in EXPORT_FORMATS, "export.formats", list(config.export.formats),
                 f"a list drawn from {list(EXPORT_FORMATS)}")
     require(config.export.tolerance > 0, "export.tolerance", config.export.tolerance, "it must be > 0")
+    require(config.export.int8_tolerance > 0, "export.int8_tolerance", config.export.int8_tolerance, "it must be > 0")
     require(evaluation.knn_k >= 1, "eval.knn_k", evaluation.knn_k, "it must be >= 1")
     require(evaluation.knn_temperature > 0, "eval.knn_temperature", evaluation.knn_temperature, "it must be > 0")
     require(evaluation.knn_every >= 0, "eval.knn_every", evaluation.knn_every, "0 (off) or a number of epochs")

@@ -1,13 +1,19 @@
 """Evaluation of a frozen encoder: kNN (cosine, weighted votes) and a linear probe.
 
 `protocol_text` describes both protocols from the same constants the functions below use, so
-results files and messages state what actually ran.
+results files and messages state what actually ran. The features come from a pluggable
+extractor, `extract(uint8 images [N, H, W, C]) -> float32 [N, F]`: the Keras encoder
+(`keras_features`) or anything else wrapped in a `FeatureSource` (`export.artefact_features`: an
+exported SavedModel, ONNX, LiteRT or int8 artefact).
 """
+
+import dataclasses
 
 import os
 import pathlib
 import platform
 import time
+import typing
 
 import keras
 import numpy as np
@@ -37,6 +43,30 @@ def extract_features(encoder, images, image_size=None, batch_size=512):
     dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
     dataset = dataset.map(lambda x: to_float_images(x, image_size)).prefetch(tf.data.AUTOTUNE)
     return np.concatenate([np.asarray(encoder(batch, training=False), np.float32) for batch in dataset])
+
+
+def keras_features(encoder, image_size=None, batch_size=512):
+    """The feature extractor of a Keras encoder: `extract(uint8 images) -> [N, F]`."""
+    return lambda images: extract_features(encoder, images, image_size, batch_size)
+
+
+def batched_features(run, batch_size=512):
+    """The feature extractor of any `run(uint8 batch) -> [B, F]` (an exported artefact, which scales
+    and resizes the images itself), fed `batch_size` images at a time."""
+    def extract(images):
+        return np.concatenate([np.asarray(run(images[start : start + batch_size]), np.float32)
+                               for start in range(0, len(images), batch_size)])
+
+    return extract
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSource:
+    """Where `evaluate_run` takes its features from instead of the run's Keras encoder."""
+
+    extract: typing.Callable  # uint8 images [N, H, W, C] → float32 [N, F]
+    name: str  # names the result file: eval-NAME.json
+    description: dict  # recorded as the result's "features"
 
 
 def knn_predict(train_features, train_labels, query_features, num_classes, k=KNN_K, temperature=KNN_TEMPERATURE,
@@ -86,8 +116,16 @@ def linear_probe_accuracy(
 def evaluate_encoder(encoder, train, test, image_size=None, knn_k=KNN_K, knn_temperature=KNN_TEMPERATURE,
                      probe_epochs=PROBE_EPOCHS, seed=0):
     """Linear-probe and kNN accuracy of `encoder`; `train`/`test` are `(images uint8, labels)`."""
-    train_features = extract_features(encoder, train[0], image_size)
-    test_features = extract_features(encoder, test[0], image_size)
+    return evaluate_features(keras_features(encoder, image_size), train, test, knn_k, knn_temperature, probe_epochs,
+                             seed)
+
+
+def evaluate_features(features, train, test, knn_k=KNN_K, knn_temperature=KNN_TEMPERATURE, probe_epochs=PROBE_EPOCHS,
+                      seed=0):
+    """Linear-probe and kNN accuracy of the features `features(images)` (`keras_features`,
+    `batched_features`); `train`/`test` are `(images uint8, labels)`."""
+    train_features = features(train[0])
+    test_features = features(test[0])
     return {
         "linear_probe": linear_probe_accuracy(
             train_features, train[1], test_features, test[1], epochs=probe_epochs, seed=seed
@@ -96,11 +134,19 @@ def evaluate_encoder(encoder, train, test, image_size=None, knn_k=KNN_K, knn_tem
     }
 
 
-def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, seed=None, max_examples=None):
+def eval_path(run_dir, name=None):
+    """`RUN_DIR/eval.json` for the Keras encoder, `RUN_DIR/eval-NAME.json` for another `FeatureSource`."""
+    return pathlib.Path(run_dir) / (runs.EVAL if name in (None, "keras") else f"eval-{name}.json")
+
+
+def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, seed=None, max_examples=None,
+                 features=None):
     """Offline evaluation of a run directory's encoder; writes and returns `eval.json`.
 
     Protocols (`protocol_text`): linear probe and kNN on the run's dataset, the parameters
-    defaulting to its config.
+    defaulting to its config. With `features` (a `FeatureSource`, e.g.
+    `export.artefact_features(run_dir, "onnx_int8")`), the features come from it instead of the
+    Keras encoder, and the result goes to `eval-NAME.json`.
     """
     run_dir = pathlib.Path(run_dir)
     encoder, _ = runs.load_run(run_dir)  # clear errors for missing or corrupt runs
@@ -111,6 +157,8 @@ def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, s
     seed = config.train.seed if seed is None else seed
     max_examples = max_examples or ev.max_examples
     size, channels = encoder.inputs[0].shape[1], encoder.inputs[0].shape[-1]
+    features = features or FeatureSource(keras_features(encoder, size), "keras",
+                                         {"format": "keras", "path": str(run_dir / runs.ENCODER)})
     options = {"image_size": size, "channels": channels, "on_bad_image": cfg.on_bad_image}
     train = data.labelled_arrays(cfg.dataset, cfg.eval_train_split, cfg.data_dir, max_examples, cfg.download, **options)
     test = data.labelled_arrays(cfg.dataset, cfg.eval_test_split, cfg.data_dir, max_examples, cfg.download, **options)
@@ -118,10 +166,11 @@ def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, s
         raise ValueError(f"The run's dataset {cfg.dataset!r} has no labels for {cfg.eval_train_split!r}/"
                          f"{cfg.eval_test_split!r}; evaluation needs labelled splits.")
     started = time.perf_counter()
-    scores = evaluate_encoder(encoder, train, test, size, knn_k, knn_temperature, probe_epochs, seed)
+    scores = evaluate_features(features.extract, train, test, knn_k, knn_temperature, probe_epochs, seed)
     protocols = protocol_text(probe_epochs, knn_k, knn_temperature, cfg.eval_train_split, cfg.eval_test_split)
     result = {
         "run_dir": str(run_dir),
+        "features": features.description,
         "linear_probe": {
             "accuracy": scores["linear_probe"], "protocol": protocols["linear_probe"], "optimizer": PROBE_OPTIMIZER,
             "learning_rate": PROBE_LEARNING_RATE, "epochs": probe_epochs, "batch": PROBE_BATCH_SIZE, "augmentation": None,
@@ -134,5 +183,5 @@ def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, s
                      "gpus": len(tf.config.list_logical_devices("GPU"))},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    runs.write_json(run_dir / runs.EVAL, result)
+    runs.write_json(eval_path(run_dir, features.name), result)
     return result

@@ -320,11 +320,13 @@ def finish(job, training_data, model, random_init, resumed_from):
     if config.export.formats:
         metadata = export.export_encoder(
             model.encoder, write_dir / runs.EXPORT, formats=config.export.formats, tolerance=config.export.tolerance,
+            int8_tolerance=config.export.int8_tolerance,
             images=training_data.test_split[0][:16],
             config_text=(write_dir / runs.CONFIG).read_text(encoding="utf-8"),
             overwrite=True,  # an export left by a run killed while exporting is replaced
         )
-        results["export"] = {"path": str(job.run_dir / runs.EXPORT), "max_abs_diff": metadata["verification"]["max_abs_diff"]}
+        results["export"] = {"path": str(job.run_dir / runs.EXPORT),
+                             **{key: metadata["verification"][key] for key in ("max_abs_diff", "relative_error")}}
     results["seconds"] = round(time.perf_counter() - job.started, 1)
     runs.write_json(write_dir / runs.RESULTS, results)
     shutil.rmtree(write_dir / runs.BACKUP, ignore_errors=True)

@@ -137,11 +137,12 @@ def markdown(results):
     for name, row in pipeline.items():
         lines.append(f"| {name} | {row['tf_data_images_per_s']:.0f} | {row['step_consumes_images_per_s']:.0f} | "
                      f"{row['headroom']:.0f}× |")
-    export = results["export_latency"]["paths"]
-    lines += ["", "**Export latency** (small_convnet, uint8 input, median ms per call):", "",
-              "| path | batch 1 | batch 64 |", "|---|---|---|"]
+    export, artefacts = results["export_latency"]["paths"], results["export_latency"].get("artefacts", {})
+    lines += ["", "**Export latency** (small_convnet, uint8 input, median ms per call; size on disk):", "",
+              "| path | batch 1 | batch 64 | size |", "|---|---|---|---|"]
     for name, row in export.items():
-        lines.append(f"| {name} | {row['batch_1']['median_ms']:.2f} | {row['batch_64']['median_ms']:.2f} |")
+        size = f"{artefacts[name]['size_bytes'] / 1e6:.3f} MB" if name in artefacts else "-"
+        lines.append(f"| {name} | {row['batch_1']['median_ms']:.2f} | {row['batch_64']['median_ms']:.2f} | {size} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,10 @@
-"""Encoder latency and throughput: Keras vs the reloaded SavedModel vs onnxruntime, side by side.
+"""Encoder latency, throughput and size on disk: Keras vs every export format, side by side.
 
-Exports an encoder (a run directory, or a fresh one by name), then times each path on uint8
-images at batch 1 and 64 in one process, interleaving the paths round by round. Prints JSON
-and a table.
+Exports an encoder (a run directory, or a fresh one by name) to every format (SavedModel, ONNX,
+ONNX int8, LiteRT, LiteRT int8), then times Keras and each reloaded artefact (the runners of
+`amcl_keras.export.open_artefact`: TF SavedModel signature, onnxruntime, LiteRT interpreter with
+all cores) on uint8 images at batch 1 and 64 in one process, interleaving the paths round by
+round. Prints JSON (with each artefact's size and measured difference to Keras) and a table.
 
     python -m benchmarks.export_latency                         # small_convnet on 28x28x1
     python -m benchmarks.export_latency --encoder resnet18_cifar --image-size 32 --channels 3
@@ -46,26 +48,25 @@ def main():
         encoder = amcl.encoders.get(args.encoder, (args.image_size, args.image_size, args.channels))
     height, _, channels = encoder.inputs[0].shape[1:]
     workdir = tempfile.mkdtemp(prefix="amcl-export-bench-")
-    metadata = export.export_encoder(encoder, os.path.join(workdir, "export"), images=_images(8, height, channels))
+    export_dir = os.path.join(workdir, "export")
+    metadata = export.export_encoder(encoder, export_dir, formats=export.FORMATS, images=_images(8, height, channels))
 
-    import onnxruntime
-
-    loaded = tf.saved_model.load(os.path.join(workdir, "export", "saved_model"))
-    signature = loaded.signatures["serving_default"]
-    session = onnxruntime.InferenceSession(os.path.join(workdir, "export", "encoder.onnx"), providers=["CPUExecutionProvider"])
-    input_name = metadata["formats"]["onnx"]["input_name"]
     keras_fn = tf.function(lambda x: encoder(to_float_images(x, height), training=False))
-    paths = {
-        "keras": lambda x: keras_fn(tf.constant(x)).numpy(),
-        "saved_model": lambda x: signature(images=tf.constant(x))["embedding"].numpy(),
-        "onnxruntime": lambda x: session.run(["embedding"], {input_name: x})[0],
-    }
+    paths = {"keras": lambda x: keras_fn(tf.constant(x)).numpy()}
+    paths.update({name: export.open_artefact(export_dir, name, metadata) for name in metadata["formats"]})
+    verification = metadata["verification"]
     result = {
         "benchmark": "export_latency",
         "encoder": encoder.name,
         "input": [int(height), int(height), int(channels)],
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "versions": metadata["versions"],
+        "artefacts": {
+            name: {"file": info["path"], "size_bytes": info["size_bytes"], "weights": info["weights"],
+                   "max_abs_diff": max(verification["max_abs_diff"][name].values()),
+                   "relative_error": max(verification["relative_error"][name].values())}
+            for name, info in metadata["formats"].items()
+        },
         "paths": {},
     }
     for batch in args.batches:
@@ -87,20 +88,24 @@ def main():
             }
     for batch in args.batches:
         key = f"batch_{batch}"
-        result[f"onnx_over_saved_model_time_{key}"] = round(
-            result["paths"]["onnxruntime"][key]["median_ms"] / result["paths"]["saved_model"][key]["median_ms"], 3
-        )
+        result[f"time_over_keras_{key}"] = {
+            name: round(result["paths"][name][key]["median_ms"] / result["paths"]["keras"][key]["median_ms"], 3)
+            for name in paths if name != "keras"
+        }
     print(json.dumps(result, indent=2))
     print()
     header = " | ".join(f"batch {b}: ms (img/s)" for b in args.batches)
-    print(f"| path | {header} |")
-    print("|---|" + "---|" * len(args.batches))
+    print(f"| path | {header} | size on disk | max rel. error vs Keras |")
+    print("|---|" + "---|" * (len(args.batches) + 2))
     for name in paths:
         cells = " | ".join(
             f"{result['paths'][name][f'batch_{b}']['median_ms']:.2f} ({result['paths'][name][f'batch_{b}']['images_per_s']:.0f})"
             for b in args.batches
         )
-        print(f"| {name} | {cells} |")
+        artefact = result["artefacts"].get(name)
+        size = f"{artefact['size_bytes'] / 1e6:.3f} MB" if artefact else "-"
+        error = f"{artefact['relative_error']:.1e}" if artefact else "-"
+        print(f"| {name} | {cells} | {size} | {error} |")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)

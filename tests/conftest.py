@@ -34,3 +34,22 @@ def two_replicas():
     """MirroredStrategy over the 2 logical CPUs, one per test session: several strategy instances
     in one process can collide in their collective keys."""
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A real (tiny) training run, no export: 3 SGD steps on the shipped photos, then its run directory.
+    Shared by the export tests; a test that writes into it must write only what it checks for itself."""
+    import keras
+
+    from amcl_keras import config as config_lib, train
+
+    keras.utils.set_random_seed(7)
+    config = config_lib.load(None, [
+        "train.epochs=1", "train.steps_per_epoch=3", "data.batch_size=32", "model.encoder_width=4",
+        "model.hidden_dim=32", "model.projection_dim=16", "eval.probe_epochs=1", "eval.max_examples=64",
+        "export.formats=[]",
+    ])
+    path = tmp_path_factory.mktemp("runs") / "tiny"
+    train.run(config, path, verbose=0)
+    return path

@@ -7,6 +7,7 @@ In the `amcl train` table, `{tmp}` is a folder holding `notes.txt` (a text file)
 (a folder), `garbage.npz` (bytes that are neither an .npz file nor UTF-8 text).
 """
 
+import dataclasses
 import errno
 import json
 import os
@@ -49,7 +50,8 @@ TRAIN_CASES = [
     ("bad-precision", ["--set", "train.mixed_precision=float16"], "one of ('float32', 'mixed_float16', 'mixed_bfloat16')"),
     ("crop-scale-reversed", ["--set", "data.crop_scale=[0.9, 0.1]"], "0 < low <= high <= 1"),
     ("moco-queue-too-small", ["--method", "moco", "--set", "model.queue_size=16"], "use at least that"),
-    ("bad-export-format", ["--set", "export.formats=[tflite]"], "a list drawn from ['saved_model', 'onnx']"),
+    ("bad-export-format", ["--set", "export.formats=[tflite]"],
+     "a list drawn from ['saved_model', 'onnx', 'onnx_int8', 'litert', 'litert_int8']"),
     ("backup-every-zero", ["--set", "train.backup_every_steps=0"], "None (every epoch only) or >= 1"),
     ("negative-beta", ["--set", "model.beta=-1.0"], "model.beta=-1.0 is out of range: it must be >= 0"),
     ("override-without-value", ["--set", "train.epochs"], "must look like section.key=value"),
@@ -423,7 +425,7 @@ def test_full_disk_while_exporting_keeps_the_previous_export(tmp_path, monkeypat
     out = tmp_path / "export"
     amcl.export.export_encoder(_encoder(), out, formats=["onnx"])
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    monkeypatch.setattr(amcl.export, "_write_onnx", _no_space)
+    monkeypatch.setitem(amcl.export.FORMATS, "onnx", dataclasses.replace(amcl.export.FORMATS["onnx"], write=_no_space))
     with pytest.raises(amcl.export.ExportWriteError) as raised:
         amcl.export.export_encoder(_encoder(), out, formats=["onnx"], overwrite=True)
     message = str(raised.value)

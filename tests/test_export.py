@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import pathlib
@@ -13,21 +14,13 @@ import tensorflow as tf
 from PIL import Image
 
 import amcl_keras as amcl
-from amcl_keras import cli, config as config_lib, data, evaluation, export, train
+from amcl_keras import cli, data, evaluation, export
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A real (tiny) training run: 3 SGD steps on the shipped photos, then its run directory."""
-    keras.utils.set_random_seed(7)
-    config = config_lib.load(None, [
-        "train.epochs=1", "train.steps_per_epoch=3", "data.batch_size=32", "model.encoder_width=4",
-        "model.hidden_dim=32", "model.projection_dim=16", "eval.probe_epochs=1", "eval.max_examples=64",
-        "export.formats=[]",
-    ])
-    path = tmp_path_factory.mktemp("runs") / "tiny"
-    train.run(config, path, verbose=0)
-    return path
+def run_dir(tiny_run):
+    """The tiny training run of conftest (3 SGD steps on the shipped photos)."""
+    return tiny_run
 
 
 def _keras_embedding(run_dir, images, size=28):
@@ -131,17 +124,17 @@ def test_missing_and_corrupt_run_directories(tmp_path, run_dir):
 
 def test_failed_verification_leaves_nothing(run_dir, tmp_path, monkeypatch):
     """An ONNX file from other weights must be caught, and no export folder must remain."""
-    real_write = export._write_onnx
     impostor = amcl.encoders.small_convnet((28, 28, 1), width=4)
+    other = export.export_encoder(impostor, tmp_path / "other", formats=["onnx"])
 
-    def write_other_weights(serve_uint8, spec, path, opset):
-        other = tf.function(lambda images: {"embedding": impostor(data.to_float_images(images, 28), training=False)})
-        return real_write(other, spec, path, opset)
+    def write_other_weights(build, path):
+        shutil.copy(tmp_path / "other" / "encoder.onnx", path)
+        return {"input_name": other["formats"]["onnx"]["input_name"]}
 
-    monkeypatch.setattr(export, "_write_onnx", write_other_weights)
-    with pytest.raises(export.ExportVerificationError, match="onnx"):
+    monkeypatch.setitem(export.FORMATS, "onnx", dataclasses.replace(export.FORMATS["onnx"], write=write_other_weights))
+    with pytest.raises(export.ExportVerificationError, match="onnx max_abs_diff"):
         export.export_encoder(run_dir, tmp_path / "bad")
-    assert sorted(os.listdir(tmp_path)) == []
+    assert sorted(os.listdir(tmp_path)) == ["other"]
 
 
 def test_cli_export_and_overwrite(run_dir, capsys):
