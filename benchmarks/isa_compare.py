@@ -36,7 +36,7 @@ Modes: default 1 warm-up + 4 timed steps per ResNet-18 run; --quick 1 + 2; --smo
 width 8, 16×16 images, batch 8, 1 + 1 steps, a 512² peak, loss_time at batch 8 (numbers meaningless:
 it checks the script end to end: 8 min with the 2 cores shared by other jobs, a few minutes idle).
 Expected wall time on the idle 2-core machine (ResNet-18 step ≈ 9–12 s native, ~1.3× that on AVX2; about
-15 s of TensorFlow start-up and tracing per run): --quick with PyTorch ≈ 30–40 min, the default ≈ 40–50 min.
+15 s of TensorFlow start-up and tracing per run): --quick with PyTorch ≈ 25–40 min (~30 expected), the default ≈ 35–50 min.
 `--only` reruns a part (e.g. `--only torch simclr`), into another `--out`.
 """
 
@@ -394,7 +394,7 @@ def main():
                                                   "(peak, simclr, moco, barlow, simsiam, xla, loss_time, torch)")
     parser.add_argument("--out", type=pathlib.Path,
                         help="output path without suffix (default benchmarks/results/isa_compare_cpu2; "
-                             "with --smoke a temporary directory)")
+                             "with --smoke <tmpdir>/isa_compare_smoke)")
     args = parser.parse_args()
     out = args.out or (pathlib.Path(tempfile.gettempdir()) / "isa_compare_smoke" if args.smoke
                        else ROOT / "benchmarks" / "results" / "isa_compare_cpu2")
