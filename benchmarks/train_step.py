@@ -22,6 +22,25 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def openblas_core():
+    """The kernel family NumPy's OpenBLAS dispatched to (e.g. SkylakeX, Zen, Haswell), or None."""
+    import ctypes
+
+    import numpy  # noqa: F401  (loads OpenBLAS)
+
+    with open("/proc/self/maps") as maps:
+        paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line})
+    for path in paths:
+        library = ctypes.CDLL(path)
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
+                     "openblas_get_corename"):
+            function = getattr(library, name, None)
+            if function is not None:
+                function.restype = ctypes.c_char_p
+                return function().decode()
+    return None
+
+
 def matmul_peak(size=4096, repeats=3):
     """Best-of GFLOP/s of a size² float32 matmul in NumPy and in TensorFlow (dense peak)."""
     import numpy as np
@@ -39,6 +58,7 @@ def matmul_peak(size=4096, repeats=3):
             times.append(time.perf_counter() - start)
         results[name] = round(flops / min(times) / 1e9, 1)
     results["best_gflops"] = max(results["numpy"], results["tensorflow"])
+    results.update(size=size, repeats=repeats, openblas_core=openblas_core())
     return results
 
 
@@ -83,6 +103,8 @@ def build(args):
         overrides.append(f"model.projection_dim={args.projection_dim}")
     if args.hidden_dim:
         overrides.append(f"model.hidden_dim={args.hidden_dim}")
+    if args.objective:
+        overrides.append(f"model.objective={args.objective}")
     config = amcl.config.load(None, overrides)
     model = amcl.methods.get(args.method).from_model_config(encoder, config.model, args.batch)
     model.compile(
@@ -90,7 +112,7 @@ def build(args):
         jit_compile=args.jit,
         steps_per_execution=args.steps_per_execution,
     )
-    return model, encoder
+    return model, encoder, config.model
 
 
 def measure(args):
@@ -108,7 +130,7 @@ def measure(args):
     keras.utils.set_random_seed(0)
     keras.config.set_dtype_policy(args.precision)
     with strategy.scope():
-        model, encoder = build(args)
+        model, encoder, model_config = build(args)
     rng = np.random.default_rng(0)
     shape = (args.batch, args.image_size, args.image_size, args.channels)
     views = (rng.uniform(size=shape).astype("float32"), rng.uniform(size=shape).astype("float32"))
@@ -130,6 +152,7 @@ def measure(args):
     flops = 3 * 2 * macs * 2 * args.batch
     result = {
         "method": args.method, "amcl": args.amcl, "encoder": args.encoder, "batch_pairs": args.batch,
+        "num_heads": model_config.num_heads, "objective": model_config.objective if args.amcl else None,
         "image_shape": list(shape[1:]), "jit_compile": args.jit, "replicas": args.replicas,
         "steps_per_execution": args.steps_per_execution, "precision": args.precision,
         "gpus": len(tf.config.list_physical_devices("GPU")), "threads": os.environ.get("TF_NUM_INTRAOP_THREADS"),
@@ -147,6 +170,7 @@ def measure(args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peak", action="store_true", help="measure the matmul peak instead of a step")
+    parser.add_argument("--peak-size", type=int, default=4096, help="matrix side of the --peak matmul")
     parser.add_argument("--method", default="simclr")
     parser.add_argument("--amcl", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--encoder", default="resnet18_cifar")
@@ -156,6 +180,7 @@ def main():
     parser.add_argument("--batch", type=int, default=256, help="pairs per step")
     parser.add_argument("--projection-dim", type=int)
     parser.add_argument("--hidden-dim", type=int)
+    parser.add_argument("--objective", help="AMCL objective (authors, normalized, rectified; default: the library's)")
     parser.add_argument("--jit", action=argparse.BooleanOptionalAction, default=False,
                         help="XLA (measured slower on CPU: see benchmarks/results/all_cpu2.md)")
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_float16", "mixed_bfloat16"])
@@ -164,7 +189,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
-    result = matmul_peak() if args.peak else measure(args)
+    result = matmul_peak(args.peak_size) if args.peak else measure(args)
     print(json.dumps(result))
 
 
