@@ -3,6 +3,7 @@ a backup) → evaluate and export → write the results. `run` strings them toge
 directory's layout, lifecycle and backups live in `amcl_keras.runs`.
 """
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -55,6 +56,16 @@ class Job:
     strategy: tf.distribute.Strategy
     started: float  # time.perf_counter() at the start
     jit_compile: typing.Optional[dict] = None  # how train.jit_compile was resolved (fit fills it in)
+    stage_seconds: dict = dataclasses.field(default_factory=dict)  # wall time of each stage, for results.json
+
+    @contextlib.contextmanager
+    def timed(self, stage):
+        """Adds the wall time of the `with` block to `stage_seconds[stage]`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + time.perf_counter() - started, 2)
 
     @property
     def chief(self):
@@ -297,15 +308,18 @@ def finish(job, training_data, model, random_init, resumed_from):
     """Stage 4: save the model and encoder, evaluate, export, and write `results.json` (last: its
     presence marks the run finished); the backups are removed."""
     config, write_dir, strategy = job.config, job.write_dir, job.strategy
-    runs.atomic_write(write_dir / runs.FINAL_WEIGHTS, model.save_weights)
-    runs.atomic_write(write_dir / runs.ENCODER, model.encoder.save)
+    with job.timed("save"):
+        runs.atomic_write(write_dir / runs.FINAL_WEIGHTS, model.save_weights)
+        runs.atomic_write(write_dir / runs.ENCODER, model.encoder.save)
     ev, cfg = config.eval, config.data
+    with job.timed("evaluate"):
+        trained = evaluate(config, training_data, model.encoder)
     results = {
         "method": registry.method(config.model.method).label(config.model.amcl),
         "protocol": evaluation.protocol_text(ev.probe_epochs, ev.knn_k, ev.knn_temperature, cfg.eval_train_split,
                                              cfg.eval_test_split),
         "examples": {"train": int(len(training_data.train_split[1])), "test": int(len(training_data.test_split[1]))},
-        "trained": evaluate(config, training_data, model.encoder),
+        "trained": trained,
         "random_init": random_init,
         "epochs": config.train.epochs,
         "replicas": strategy.num_replicas_in_sync,
@@ -318,16 +332,18 @@ def finish(job, training_data, model, random_init, resumed_from):
         "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
     if config.export.formats:
-        metadata = export.export_encoder(
-            model.encoder, write_dir / runs.EXPORT, formats=config.export.formats, tolerance=config.export.tolerance,
-            int8_tolerance=config.export.int8_tolerance,
-            images=training_data.test_split[0][:16],
-            config_text=(write_dir / runs.CONFIG).read_text(encoding="utf-8"),
-            overwrite=True,  # an export left by a run killed while exporting is replaced
-        )
+        with job.timed("export"):
+            metadata = export.export_encoder(
+                model.encoder, write_dir / runs.EXPORT, formats=config.export.formats,
+                tolerance=config.export.tolerance, int8_tolerance=config.export.int8_tolerance,
+                images=training_data.test_split[0][:16],
+                config_text=(write_dir / runs.CONFIG).read_text(encoding="utf-8"),
+                overwrite=True,  # an export left by a run killed while exporting is replaced
+            )
         results["export"] = {"path": str(job.run_dir / runs.EXPORT),
                              **{key: metadata["verification"][key] for key in ("max_abs_diff", "relative_error")}}
     results["seconds"] = round(time.perf_counter() - job.started, 1)
+    results["stage_seconds"] = dict(job.stage_seconds)  # data, build, evaluate_random_init, fit, save, evaluate, export
     runs.write_json(write_dir / runs.RESULTS, results)
     shutil.rmtree(write_dir / runs.BACKUP, ignore_errors=True)
     return results
@@ -359,15 +375,19 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
     chief = is_chief(strategy)
     job = Job(config, run_dir, run_dir if chief else runs.scratch_directory(), strategy, started)
     try:
-        training_data = load_data(config)
-        model = build(config, training_data, strategy)
-        random_init = evaluate(config, training_data, model.encoder) if config.eval.random_init else None
+        with job.timed("data"):
+            training_data = load_data(config)
+        with job.timed("build"):
+            model = build(config, training_data, strategy)
+        with job.timed("evaluate_random_init"):
+            random_init = evaluate(config, training_data, model.encoder) if config.eval.random_init else None
         # Everything above only reads. From here on the run directory is written.
         if status == "new" and chief:
             runs.prepare_run_directory(run_dir, overwrite)
         if status == "new" or not chief:
             runs.write_config(job.write_dir, config)
-        resumed_from = fit(job, training_data, model, resume=status == "resume", verbose=verbose)
+        with job.timed("fit"):
+            resumed_from = fit(job, training_data, model, resume=status == "resume", verbose=verbose)
         return finish(job, training_data, model, random_init, resumed_from)
     finally:
         if not chief:

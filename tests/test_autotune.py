@@ -177,3 +177,4 @@ def test_auto_measures_once_per_machine_and_step_then_reads_the_cache(tmp_path, 
 
     assert cli.main(["train", "--run-dir", str(tmp_path / "other"), *long_enough, "--set", "model.num_heads=2"]) == 0
     assert _results(tmp_path / "other")["source"] == "measured"  # another step shape is measured anew
+

@@ -93,3 +93,14 @@ def test_method_shortcuts_train_the_baseline(method, tmp_path, capsys):
     assert config["train"]["learning_rate"] == {"moco": 0.08, "barlow_twins": 0.11, "simsiam": 0.05}[method]
     history = [json.loads(line) for line in (tmp_path / method / "history.jsonl").read_text().splitlines()]
     assert set(history[0]) >= {"loss"} and not any(key.startswith("tau_") for key in history[0])
+
+
+def test_results_record_the_wall_time_of_each_stage(tiny_run):
+    """The demo's time breakdown comes from here (README, "Benchmarks"): every stage is timed and
+    together they fit in the run's total."""
+    results = json.loads((tiny_run / "results.json").read_text())
+    stages = results["stage_seconds"]
+    assert set(stages) == {"data", "build", "evaluate_random_init", "fit", "save", "evaluate"}  # no export asked
+    assert all(seconds >= 0 for seconds in stages.values())
+    assert sum(stages.values()) <= results["seconds"] + 0.05
+    assert stages["fit"] > 0 and stages["evaluate"] > 0
