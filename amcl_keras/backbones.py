@@ -18,7 +18,6 @@ import os
 
 import keras
 
-from amcl_keras import registry
 from amcl_keras.normalization import SyncBatchNormalization
 from amcl_keras.registry import register_encoder_family
 
@@ -130,11 +129,9 @@ def check_application(model_name, weights=None, options=None):
     `weights` and `options` (extra keyword arguments of the application) can be built."""
     names = application_names()
     if model_name not in names:
-        raise ValueError(
-            f"model.encoder='{APPLICATIONS_PREFIX}{model_name}' is not a keras.applications model. Valid names "
-            f"include {', '.join(APPLICATIONS_PREFIX + n for n in ('ResNet50', 'MobileNetV3Small', 'EfficientNetV2B0', 'ConvNeXtTiny'))} "
-            f"({len(names)} in all: {', '.join(names)})."
-        )
+        examples = ", ".join(APPLICATIONS_PREFIX + n for n in ("ResNet50", "MobileNetV3Small", "EfficientNetV2B0"))
+        raise ValueError(f"model.encoder='{APPLICATIONS_PREFIX}{model_name}' is not a keras.applications model. "
+                         f"Valid names include {examples} ({len(names)} in all: {', '.join(names)}).")
     application_preprocessing(model_name)
     _check_weights_file("model.encoder_weights", weights, (".h5",))
     allowed = [p for p in inspect.signature(getattr(keras.applications, model_name)).parameters
@@ -198,6 +195,14 @@ def keras_application(model_name, input_shape, synchronized_batch_norm=False, we
     return keras.Model(inputs, outputs, name=name or f"{model_name.lower()}_encoder")
 
 
+VIT_POOLINGS = ("cls", "mean")
+# model.encoder_options of keras_hub.ViTBackbone and their defaults: ViT-Tiny (Steiner et al.) with 4×4 patches
+VIT_OPTIONS = {"patch_size": 4, "hidden_dim": 192, "num_layers": 12, "num_heads": 3, "mlp_dim": 768,
+               "dropout_rate": 0.0, "attention_dropout": 0.0, "layer_norm_epsilon": 1e-6, "pooling": "cls"}
+KERAS_HUB_MODELS = ("ViTBackbone",)
+KERAS_HUB_INSTALL = "pip install --no-deps -r requirements-keras-hub.txt"
+
+
 @keras.saving.register_keras_serializable(package="amcl_keras")
 class TokenPooling(keras.layers.Layer):
     """`[batch, tokens, dim]` → `[batch, dim]`: the first token (`"cls"`) or the mean of all tokens (`"mean"`)."""
@@ -216,14 +221,6 @@ class TokenPooling(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pooling": self.pooling}
-
-
-VIT_POOLINGS = ("cls", "mean")
-# model.encoder_options of keras_hub.ViTBackbone and their defaults: ViT-Tiny (Steiner et al.) with 4×4 patches
-VIT_OPTIONS = {"patch_size": 4, "hidden_dim": 192, "num_layers": 12, "num_heads": 3, "mlp_dim": 768,
-               "dropout_rate": 0.0, "attention_dropout": 0.0, "layer_norm_epsilon": 1e-6, "pooling": "cls"}
-KERAS_HUB_MODELS = ("ViTBackbone",)
-KERAS_HUB_INSTALL = "pip install --no-deps -r requirements-keras-hub.txt"
 
 
 def keras_hub_available():
@@ -257,7 +254,7 @@ def check_keras_hub(model_name, weights=None, options=None):
         raise ValueError(f"model.encoder_options.layer_norm_epsilon={epsilon!r}: it must be a number > 0.")
     if options.get("pooling", "cls") not in VIT_POOLINGS:
         raise ValueError(f"model.encoder_options.pooling={options['pooling']!r}: one of {VIT_POOLINGS}.")
-    hidden, heads = options.get("hidden_dim", VIT_OPTIONS["hidden_dim"]), options.get("num_heads", VIT_OPTIONS["num_heads"])
+    hidden, heads = (options.get(key, VIT_OPTIONS[key]) for key in ("hidden_dim", "num_heads"))
     if hidden % heads:
         raise ValueError(f"model.encoder_options: hidden_dim={hidden} must be divisible by num_heads={heads}.")
 
@@ -296,5 +293,3 @@ def keras_hub_backbone(model_name, input_shape, synchronized_batch_norm=False, w
     outputs = TokenPooling(pooling, name="features")(backbone(x))
     return keras.Model(inputs, outputs, name=name or "vit_encoder")
 
-
-FAMILIES = registry.ENCODER_FAMILIES  # prefix -> EncoderFamily, filled by @register_encoder_family

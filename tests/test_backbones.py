@@ -149,6 +149,11 @@ def test_a_local_weights_file_is_loaded_and_a_missing_one_is_named(tmp_path):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="no such file"):
         amcl.encoders.get(APP + "MobileNetV3Small", SHAPE, weights=str(tmp_path / "missing.weights.h5"))
+    small = amcl.encoders.small_convnet((8, 8, 1), width=4)  # a built-in encoder loads a file saved from itself
+    small.save_weights(tmp_path / "small.weights.h5")
+    again = amcl.encoders.get("small_convnet", (8, 8, 1), width=4, weights=str(tmp_path / "small.weights.h5"))
+    for a, b in zip(again.get_weights(), small.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 # --- KerasHub ViT ---------------------------------------------------------------------------------------------
@@ -251,16 +256,26 @@ def test_method_model_round_trips_through_a_keras_file(name, tmp_path):
     assert type(loaded.encoder.layers[1]) is type(model.encoder.layers[1])
 
 
-@pytest.mark.slow
-@needs_keras_hub
-def test_amcl_train_with_a_vit_from_the_command_line(tmp_path):
-    from amcl_keras import cli
+CLI_ENCODERS = [
+    pytest.param([f"model.encoder={VIT}", "model.encoder_options={patch_size: 7, hidden_dim: 16, num_layers: 1, "
+                  "num_heads: 2, mlp_dim: 32, pooling: mean}"], id="ViT", marks=needs_keras_hub),
+    # grayscale 28×28 photos, resized to the application's minimum of 32 and repeated to RGB inside the encoder
+    pytest.param([f"model.encoder={APP}MobileNetV3Small", "model.encoder_options={minimalistic: true}",
+                  "data.image_size=32", "model.synchronized_batch_norm=true"], id="MobileNetV3Small"),
+]
 
-    run_dir = tmp_path / "vit"
-    code = cli.main(["train", "--run-dir", str(run_dir), "--epochs", "1", "--steps-per-epoch", "2",
-                     "--set", f"model.encoder={VIT}", "--set", "model.encoder_options={patch_size: 7, hidden_dim: 16, "
-                     "num_layers: 1, num_heads: 2, mlp_dim: 32, pooling: mean}",
-                     "--set", "data.batch_size=16", "--set", "model.hidden_dim=16", "--set", "model.projection_dim=8",
-                     "--set", "eval.probe_epochs=1", "--set", "eval.max_examples=64"])
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", CLI_ENCODERS)
+def test_amcl_train_from_the_command_line(settings, tmp_path):
+    from amcl_keras import cli, runs
+
+    run_dir = tmp_path / "run"
+    overrides = settings + ["data.batch_size=16", "model.hidden_dim=16", "model.projection_dim=8", "eval.probe_epochs=1",
+                            "eval.max_examples=64"]
+    code = cli.main(["train", "--run-dir", str(run_dir), "--epochs", "1", "--steps-per-epoch", "2"]
+                    + [arg for override in overrides for arg in ("--set", override)])
     assert code == 0
     assert (run_dir / "results.json").exists() and (run_dir / "export" / "encoder.onnx").exists()
+    encoder, _ = runs.load_run(run_dir)  # the saved encoder reloads
+    assert encoder.input.shape[1:3] == ((32, 32) if "data.image_size=32" in settings else (28, 28))
