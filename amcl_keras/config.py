@@ -59,8 +59,12 @@ class ModelConfig:
     `cfg.queue_size` reads the method's setting through `cfg.settings`."""
 
     method: str = "simclr"  # a registered method: "simclr", "moco", "barlow_twins", "simsiam"
-    encoder: str = "small_convnet"  # a registered encoder: "small_convnet", "resnet18_cifar", "resnet50_cifar"
-    encoder_width: int = 32
+    # a registered encoder ("small_convnet", "resnet18_cifar", "resnet50_cifar"), "keras.applications.<Name>"
+    # (e.g. keras.applications.ResNet50) or "keras_hub.ViTBackbone" (amcl_keras/backbones.py, README "Encoders")
+    encoder: str = "small_convnet"
+    encoder_width: int = 32  # the registered encoders' width
+    encoder_weights: typing.Optional[str] = None  # a local weights file to start from (never downloaded)
+    encoder_options: typing.Dict[str, typing.Any] = dataclasses.field(default_factory=dict)  # the backbone's settings
     num_heads: int = NUM_HEADS
     amcl: bool = True
     negatives: str = "topk"  # SimCLR/MoCo: "topk" (authors' code) or "hardest" (paper Eq. 2.1)
@@ -190,6 +194,10 @@ def _coerce(where, value, annotation):
             except ConfigError:
                 pass
         raise ConfigError(f"{where} must be one of the types {[a.__name__ for a in args]}, got {value!r}.")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            raise ConfigError(f"{where} must be a mapping of names to values, e.g. {{patch_size: 4}}, got {value!r}.")
+        return dict(value)
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}.")
@@ -317,7 +325,10 @@ def validate(config):
     except ValueError as error:
         raise ConfigError(f"data.augmentation: {error}") from None
     require(model.method in registry.METHODS, "model.method", model.method, f"one of {sorted(registry.METHODS)}")
-    require(model.encoder in registry.ENCODERS, "model.encoder", model.encoder, f"one of {sorted(registry.ENCODERS)}")
+    try:
+        registry.check_encoder(model.encoder, model.encoder_weights, model.encoder_options)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     for key in ("encoder_width", "num_heads", "top_k", "temperature_hidden_dim"):
         value = getattr(model, key)
         require(value >= 1, f"model.{key}", value, "it must be a positive integer")
@@ -361,6 +372,11 @@ def validate(config):
     for name in config.export.formats:
         require(name in EXPORT_FORMATS, "export.formats", list(config.export.formats),
                 f"a list drawn from {list(EXPORT_FORMATS)}")
+    onnx_formats = [name for name in config.export.formats if name.startswith("onnx")]  # onnx, onnx_int8
+    problem = registry.encoder_onnx_problem(model.encoder) if onnx_formats else None
+    require(problem is None, "export.formats", list(config.export.formats),
+            f"model.encoder={model.encoder!r} cannot be exported to ONNX ({problem}); drop {onnx_formats}, e.g. "
+            "export.formats=[saved_model]")
     require(config.export.tolerance > 0, "export.tolerance", config.export.tolerance, "it must be > 0")
     require(config.export.int8_tolerance > 0, "export.int8_tolerance", config.export.int8_tolerance, "it must be > 0")
     require(evaluation.knn_k >= 1, "eval.knn_k", evaluation.knn_k, "it must be >= 1")

@@ -2,7 +2,7 @@
 
 import keras
 
-from amcl_keras import registry
+from amcl_keras import backbones, registry  # noqa: F401 (backbones registers the encoder families)
 from amcl_keras.normalization import SyncBatchNormalization
 from amcl_keras.registry import register_encoder
 
@@ -105,11 +105,28 @@ def resnet50_cifar(input_shape=(32, 32, 3), width=64, synchronized_batch_norm=Fa
 ENCODERS = registry.ENCODERS  # name -> builder, filled by @register_encoder
 
 
-def get(name, input_shape, width=None, synchronized_batch_norm=False):
-    """Build a registered encoder by name (`small_convnet`, `resnet18_cifar`, `resnet50_cifar`)."""
-    if name not in ENCODERS:
-        raise ValueError(f"Unknown encoder {name!r}. Known encoders: {sorted(ENCODERS)}.")
-    kwargs = {"synchronized_batch_norm": synchronized_batch_norm}
-    if width is not None:
-        kwargs["width"] = width
-    return ENCODERS[name](tuple(input_shape), **kwargs)
+def get(name, input_shape, width=None, synchronized_batch_norm=False, weights=None, options=None):
+    """Build an encoder by name: a registered one (`small_convnet`, `resnet18_cifar`, `resnet50_cifar`; `width`
+    applies to these), `keras.applications.<Name>` or `keras_hub.ViTBackbone` (`amcl_keras.backbones`; `options`
+    are the family's own settings). `weights`: a local weights file (keras.applications: its no-top `.h5` /
+    `.weights.h5`; otherwise a `.weights.h5` saved from the same encoder); nothing is downloaded.
+
+    Example:
+    ```python
+    encoder = amcl_keras.encoders.get("keras.applications.MobileNetV3Small", (32, 32, 3))   # → [batch, 576]
+    ```
+    """
+    registry.check_encoder(name, weights, options)
+    family, model_name = registry.encoder_family(name)
+    if family is not None:
+        encoder = family.builder(model_name, tuple(input_shape), synchronized_batch_norm=synchronized_batch_norm,
+                                 weights=weights if family.weights else None, options=options)
+    else:
+        kwargs = {"synchronized_batch_norm": synchronized_batch_norm}
+        if width is not None:
+            kwargs["width"] = width
+        encoder = ENCODERS[name](tuple(input_shape), **kwargs)
+    if weights is not None and not (family and family.weights):
+        backbones.require_weights_file(weights)
+        encoder.load_weights(weights)
+    return encoder

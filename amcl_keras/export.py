@@ -194,12 +194,33 @@ def _rename_onnx_output(model_proto, new_name):
     return model_proto
 
 
+def _erfc_as_one_minus_erf(ctx, node, name, args):
+    """tf2onnx handler: TensorFlow's exact GELU (ViT, ConvNeXt) uses Erfc, which ONNX lacks: 1 − Erf(x)."""
+    from tf2onnx import utils
+
+    node.type = "Erf"
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
+    one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.ones((), dtype))
+    ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]],
+                                  name=utils.make_name(f"{node.name}_erfc"))
+
+
 def _write_onnx(build, path):
+    """Convert the uint8 serving function. The graph is frozen with only the signature's input as input: the
+    function's other captures (variables, and constants such as a `Normalization(mean=...)` layer's, in
+    EfficientNetV2 and ConvNeXt) become constants (tf2onnx's `from_function` would leave the constants as inputs)."""
     import onnx
     import tf2onnx
 
-    model_proto, _ = tf2onnx.convert.from_function(build.serve_uint8, input_signature=[build.uint8_spec],
-                                                   opset=build.opset)
+    concrete = build.serve_uint8.get_concrete_function(build.uint8_spec)
+    input_names = [t.name for t in concrete.inputs[:len(tf.nest.flatten(concrete.structured_input_signature))]]
+    output_names = [t.name for t in concrete.outputs]
+    frozen = tf2onnx.tf_loader.from_function(concrete, input_names, output_names)
+    model_proto, _ = tf2onnx.convert.from_graph_def(
+        frozen, name=concrete.name, input_names=input_names, output_names=output_names, opset=build.opset,
+        custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
+        tensors_to_rename=tf2onnx.convert.tensor_names_from_structed(concrete, input_names, output_names),
+    )
     model_proto = _rename_onnx_output(model_proto, OUTPUT_NAME)
     onnx.checker.check_model(model_proto)
     onnx.save(model_proto, str(path))

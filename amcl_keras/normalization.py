@@ -4,7 +4,8 @@ Keras 3.15's `BatchNormalization(synchronized=True)` all-reduces Σx and Σx² a
 E[x²] − E[x]², which cancels in float32 when |mean| ≫ std (post-ReLU and residual activations).
 `SyncBatchNormalization` takes two passes instead — the global mean, then the all-reduced Σ(x − mean)² —
 one more all-reduce per layer, and equals one device's statistics to rounding (float32, or float64 for a
-float64 layer).
+float64 layer). On one replica a synchronized layer takes the unsynchronized (two-pass) moments, not Keras's
+one-pass synchronized ones, so one device and several compute the same statistics.
 
 A whole training step of a tiny-batch ResNet on 2 replicas still differs from one device in float32
 (ResNet-50 at width 4, 8×8 images, batch 8: gradients up to ~1e-3..1e-1 of the largest entry), but
@@ -31,8 +32,12 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
 
     def _moments(self, inputs, mask):
         context = tf.distribute.get_replica_context()
-        if not self.synchronized or mask is not None or context is None or context.num_replicas_in_sync == 1:
+        if not self.synchronized or mask is not None:
             return super()._moments(inputs, mask)
+        if context is None or context.num_replicas_in_sync == 1:
+            # one replica: the two-pass moments of an unsynchronized layer (Keras's synchronized ones would take
+            # the one-pass E[x²] − E[x]² here too, and differ from what several replicas compute below)
+            return keras.ops.moments(inputs, axes=self._reduction_axes)
         axes = list(self._reduction_axes)
         # as Keras: statistics of half-precision inputs in float32; float32 and float64 kept as they are
         dtype = tf.float64 if inputs.dtype == tf.float64 else tf.float32

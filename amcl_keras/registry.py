@@ -73,3 +73,68 @@ def register_encoder(name):
         return builder
 
     return register
+
+
+ENCODER_FAMILIES = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderFamily:
+    """Encoders named `<prefix><Model>` from another library (e.g. `keras.applications.ResNet50`).
+
+    builder: `builder(model_name, input_shape, synchronized_batch_norm=..., weights=..., options=...)`
+    check:   `check(model_name, weights, options)` raises ValueError with a clear message unless it can be built
+    weights: whether `model.encoder_weights` goes to the builder (else it is loaded into the built encoder)
+    example: a valid name, for messages
+    onnx_problem: `onnx_problem(model_name)` → why that model cannot be exported to ONNX, or None
+    """
+
+    prefix: str
+    builder: typing.Callable
+    check: typing.Callable
+    weights: bool
+    example: str
+    onnx_problem: typing.Optional[typing.Callable] = None
+
+
+def register_encoder_family(prefix, check, example, weights=False, onnx_problem=None):
+    """Function decorator: register a builder of the encoders named `<prefix><Model>` (`example`: one of them)."""
+
+    def register(builder: typing.Callable):
+        ENCODER_FAMILIES[prefix] = EncoderFamily(prefix, builder, check, weights, example, onnx_problem)
+        return builder
+
+    return register
+
+
+def encoder_family(name):
+    """`(family, model_name)` for a name like `keras.applications.ResNet50`, or `(None, name)`."""
+    for prefix, family in ENCODER_FAMILIES.items():
+        if name.startswith(prefix):
+            return family, name[len(prefix):]
+    return None, name
+
+
+def check_encoder(name, weights=None, options=None):
+    """Raise ValueError (what is wrong, what is allowed) unless encoder `name` with `weights` (a local file)
+    and `options` (the family's own settings) can be built."""
+    family, model_name = encoder_family(name)
+    if family is not None:
+        family.check(model_name, weights, options)
+        return
+    if name not in ENCODERS:
+        examples = " or ".join(family.example for family in ENCODER_FAMILIES.values())
+        raise ValueError(f"model.encoder={name!r} is unknown: use one of {sorted(ENCODERS)}, or a name such as "
+                         f"{examples}.")
+    if options:
+        raise ValueError(f"model.encoder_options={options!r}: {name!r} takes no options (they are for "
+                         f"{' and '.join(p + '<Model>' for p in ENCODER_FAMILIES)}); use model.encoder_width.")
+    if weights is not None and (not isinstance(weights, str) or not weights.endswith(".weights.h5")):
+        raise ValueError(f"model.encoder_weights={weights!r}: for {name!r}, a .weights.h5 file saved from the same "
+                         "encoder (encoder.save_weights).")
+
+
+def encoder_onnx_problem(name):
+    """Why encoder `name` cannot be exported to ONNX (a sentence), or None."""
+    family, model_name = encoder_family(name)
+    return family.onnx_problem(model_name) if family is not None and family.onnx_problem else None

@@ -30,7 +30,8 @@ def build_model(config, input_shape, augmenter=None):
     (with `augmenter`, the model makes the two views inside its training step)."""
     cfg = config.model
     encoder = encoders.get(cfg.encoder, input_shape, width=cfg.encoder_width,
-                           synchronized_batch_norm=cfg.synchronized_batch_norm)
+                           synchronized_batch_norm=cfg.synchronized_batch_norm, weights=cfg.encoder_weights,
+                           options=cfg.encoder_options)
     return registry.method(cfg.method).model.from_model_config(encoder, cfg, config.data.batch_size, augmenter=augmenter)
 
 

@@ -2,11 +2,14 @@
 
     python -m benchmarks.train_step --method simclr --amcl --encoder resnet18_cifar --batch 256
     python -m benchmarks.train_step --peak          # the machine's dense float32 matmul peak
+    python -m benchmarks.train_step --encoder keras.applications.MobileNetV3Small --batch 64
+    python -m benchmarks.train_step --encoder keras_hub.ViTBackbone --encoder-options '{"patch_size": 4}'
 
 The step runs `model.fit` on a fixed batch of random images (augmentation excluded) for
 `--warmup` untimed and `--steps` timed steps; the median step time is reported. FLOPs are
 counted analytically: 2 × multiply-adds of every Conv2D and Dense layer of the encoder and the
-heads (batch norm, activations and the loss are left out, so MFU is slightly understated),
+heads (batch norm, activations and the loss are left out, so MFU is slightly understated; depthwise
+convolutions and attention (MobileNets, EfficientNets, ViT) are left out too, so their FLOP/s are not comparable),
 × 3 for forward + backward (the usual 1 : 2 ratio), × the 2·batch images of a step. Peak
 memory is this process's maximum resident set size, read at the end.
 """
@@ -69,7 +72,10 @@ def forward_macs(model):
     total = 0
     for layer in _leaf_layers(model):
         if isinstance(layer, keras.layers.Conv2D):
-            output = layer.output.shape  # the encoder is functional: every conv has a symbolic output
+            try:
+                output = layer.output.shape  # a conv of a functional model has a symbolic output
+            except (AttributeError, ValueError):
+                continue  # a sublayer of a custom layer (ViT's patch embedding): not counted
             kernel = layer.kernel.shape  # kh, kw, cin, cout
             spatial = output[1] * output[2]
             total += spatial * kernel[0] * kernel[1] * kernel[2] * kernel[3]
@@ -94,7 +100,7 @@ def build(args):
     import amcl_keras as amcl
 
     shape = (args.image_size, args.image_size, args.channels)
-    encoder = amcl.encoders.get(args.encoder, shape, width=args.width)
+    encoder = amcl.encoders.get(args.encoder, shape, width=args.width, options=json.loads(args.encoder_options or "null"))
     overrides = [
         f"model.method={args.method}", f"model.amcl={str(args.amcl).lower()}", f"model.num_heads={3 if args.amcl else 1}",
         f"data.batch_size={args.batch}", *([f"model.queue_size={max(4096, 2 * args.batch)}"] if args.method == "moco" else []),
@@ -151,7 +157,9 @@ def measure(args):
     macs = forward_macs(encoder) + forward_macs(model.projector)
     flops = 3 * 2 * macs * 2 * args.batch
     result = {
-        "method": args.method, "amcl": args.amcl, "encoder": args.encoder, "batch_pairs": args.batch,
+        "method": args.method, "amcl": args.amcl, "encoder": args.encoder, "encoder_options": args.encoder_options,
+        "trainable_weights": int(sum(np.prod(v.shape) for v in encoder.trainable_weights)),
+        "feature_dim": int(encoder.output.shape[-1]), "batch_pairs": args.batch,
         "num_heads": model_config.num_heads, "objective": model_config.objective if args.amcl else None,
         "image_shape": list(shape[1:]), "jit_compile": args.jit, "replicas": args.replicas,
         "steps_per_execution": args.steps_per_execution, "precision": args.precision,
@@ -175,6 +183,7 @@ def main():
     parser.add_argument("--amcl", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--encoder", default="resnet18_cifar")
     parser.add_argument("--width", type=int)
+    parser.add_argument("--encoder-options", help="model.encoder_options as JSON, e.g. '{\"patch_size\": 4}'")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--channels", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256, help="pairs per step")

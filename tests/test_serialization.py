@@ -8,6 +8,7 @@ import pytest
 
 import amcl_keras as amcl
 from amcl_keras.augment import RandomApply, RandomResizedCrop
+from amcl_keras.backbones import ApplicationPreprocessing, TokenPooling
 
 NON_DEFAULT = [
     (amcl.AdaptiveTemperature, dict(projection_dim=16, hidden_dim=7, temperature_min=1e-3, temperature_max=1.5)),
@@ -42,6 +43,8 @@ NON_DEFAULT = [
              temperature_min=1e-4, temperature_max=1.0, objective="normalized", temperature_center=0.5),
     ),
     (RandomResizedCrop, dict(size=20, scale=[0.3, 0.9], ratio=[0.5, 2.0])),
+    (ApplicationPreprocessing, dict(mode="torch")),
+    (TokenPooling, dict(pooling="mean")),
 ]
 
 

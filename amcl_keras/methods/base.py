@@ -386,6 +386,10 @@ class ContrastiveTrainer(keras.Model):
             # Each replica returns its share of the global mean; the optimizer sums replicas.
             scaled = self.optimizer.scale_loss(loss / replicas)
         gradients = tape.gradient(scaled, self.trainable_variables)
+        # An Embedding's gradient (ViT's position table, gathered once per view) is IndexedSlices with repeated rows;
+        # dense, global-norm clipping sees its true norm (tf.clip_by_global_norm takes the norm of the slices'
+        # values, sqrt(|g1|² + |g2|²) for |g1 + g2|), and the replicas' gradients can be summed and scaled.
+        gradients = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g for g in gradients]
         z = z1 if z2 is None else tf.concat([z1, z2], axis=0)
         # A NaN feature can leave a head's ReLU as 0 and the loss finite, and a finite loss can
         # have a non-finite gradient: any of these makes the step's loss NaN, so the guard stops
