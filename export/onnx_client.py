@@ -1,6 +1,6 @@
 """Embed a folder of images with an exported encoder (ONNX) and print each image's nearest neighbours.
 
-    python export/onnx_client.py runs/<run>/export path/to/images [--top 3]
+    python export/onnx_client.py runs/<run>/export path/to/images [--top 3] [--format onnx_int8]
 
 Needs only numpy, pillow and onnxruntime. Images are read as they are (PNG/JPEG, any size),
 converted to the model's channel count and resized to its nominal size with Pillow so they
@@ -32,11 +32,11 @@ def load_images(folder, size, channels):
     return paths, np.stack(batch)
 
 
-def embed(export_dir, images):
+def embed(export_dir, images, format="onnx"):
     import onnxruntime
 
     metadata = json.loads((pathlib.Path(export_dir) / "metadata.json").read_text())
-    info = metadata["formats"]["onnx"]
+    info = metadata["formats"][format]
     session = onnxruntime.InferenceSession(str(pathlib.Path(export_dir) / info["path"]), providers=["CPUExecutionProvider"])
     return session.run([metadata["output"]["name"]], {info["input_name"]: images})[0]
 
@@ -54,13 +54,16 @@ def main(argv=None):
     parser.add_argument("export_dir", help="folder written by `amcl export` (holds encoder.onnx, metadata.json)")
     parser.add_argument("images", help="folder of images")
     parser.add_argument("--top", type=int, default=3, help="neighbours to print per image")
+    parser.add_argument("--format", choices=["onnx", "onnx_int8"], default="onnx",
+                        help="the float model (encoder.onnx) or the int8-weight one (encoder_int8.onnx)")
     args = parser.parse_args(argv)
     metadata = json.loads((pathlib.Path(args.export_dir) / "metadata.json").read_text())
-    if "onnx" not in metadata["formats"]:
-        raise SystemExit(f"{args.export_dir!r} has no ONNX model; export with --formats onnx.")
+    if args.format not in metadata["formats"]:
+        raise SystemExit(f"{args.export_dir!r} has no {args.format} model (it holds {sorted(metadata['formats'])}); "
+                         f"export with `amcl export RUN_DIR --formats {args.format}`.")
     channels = metadata["input"]["shape"][-1]
     paths, images = load_images(args.images, metadata["input"]["nominal_size"], channels)
-    embeddings = embed(args.export_dir, images)
+    embeddings = embed(args.export_dir, images, args.format)
     order, similarity = nearest_neighbours(embeddings, min(args.top, len(paths) - 1))
     print(f"{len(paths)} images, embedding size {embeddings.shape[1]}")
     for index, path in enumerate(paths):

@@ -148,9 +148,10 @@ def test_cli_export_and_overwrite(run_dir, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["encoder.onnx", "metadata.json"]
 
 
-def test_onnx_client_finds_duplicate_images(run_dir, tmp_path, capsys):
+@pytest.mark.parametrize("fmt", ["onnx", "onnx_int8"])
+def test_onnx_client_finds_duplicate_images(run_dir, tmp_path, capsys, fmt):
     out = tmp_path / "e"
-    export.export_encoder(run_dir, out, formats=["onnx"])
+    export.export_encoder(run_dir, out, formats=[fmt])
     folder = tmp_path / "images"
     folder.mkdir()
     images, labels = data.load_shipped("test")
@@ -162,8 +163,11 @@ def test_onnx_client_finds_duplicate_images(run_dir, tmp_path, capsys):
         import onnx_client
     finally:
         sys.path.pop(0)
-    assert onnx_client.main([str(out), str(folder), "--top", "2"]) == 0
+    assert onnx_client.main([str(out), str(folder), "--top", "2", "--format", fmt]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "7 images, embedding size 16"
     copy_line = next(line for line in lines if line.startswith("copy_of_img2.png:"))
     assert copy_line.split(": ", 1)[1].startswith(f"img2_class{labels[2]}.png (1.000)")
+    other = "onnx_int8" if fmt == "onnx" else "onnx"
+    with pytest.raises(SystemExit, match=f"has no {other} model"):
+        onnx_client.main([str(out), str(folder), "--format", other])
