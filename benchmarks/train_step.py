@@ -65,6 +65,15 @@ def matmul_peak(size=4096, repeats=3):
     return results
 
 
+def training_passes(method, model_config):
+    """Forward-pass equivalents per image pair: a trained path costs 3 (forward + backward ≈ 2 forwards), a
+    momentum encoder's forward 1. Two trained views: 6; MoCo's asymmetric form (queries from view 1, keys
+    from view 2): 3 + 1 = 4; its symmetric form: 2 × 4 = 8."""
+    if method == "moco":
+        return 8 if model_config.settings.moco_form == "symmetric" else 4
+    return 6
+
+
 def forward_macs(model):
     """Multiply-adds of one image through every Conv2D and Dense layer (nested models and heads included)."""
     import keras
@@ -155,7 +164,7 @@ def measure(args):
     model.fit(dataset, epochs=1, steps_per_epoch=args.steps * per_call, verbose=0, callbacks=[Timer()])
     step = statistics.median(times)
     macs = forward_macs(encoder) + forward_macs(model.projector)
-    flops = 3 * 2 * macs * 2 * args.batch
+    flops = 2 * macs * args.batch * training_passes(args.method, model_config)
     result = {
         "method": args.method, "amcl": args.amcl, "encoder": args.encoder, "encoder_options": args.encoder_options,
         "trainable_weights": int(sum(np.prod(v.shape) for v in encoder.trainable_weights)),
