@@ -13,7 +13,7 @@ from amcl_keras.constants import TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPER
 from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
 from amcl_keras.losses.common import EmbeddingLoss, as_heads
 from amcl_keras.losses.distributed import gather_global_batch
-from amcl_keras.temperature import check_positive_int, omega
+from amcl_keras.temperature import bounded_omega, check_positive_int, omega
 
 
 def _global_views(z1, z2, dtype):
@@ -24,16 +24,80 @@ def _global_views(z1, z2, dtype):
     return tf.transpose(z1, [1, 0, 2]), tf.transpose(z2, [1, 0, 2])  # [C, B, d]
 
 
+def _standardise(z):
+    """`[C, B, d]` → centred over the batch and divided by the unbiased std + 1e-9."""
+    batch = tf.cast(tf.shape(z)[1], z.dtype)
+    centred = z - tf.reduce_mean(z, axis=1, keepdims=True)
+    std = tf.sqrt(tf.reduce_sum(tf.square(centred), axis=1, keepdims=True) / (batch - 1.0))
+    return centred / (std + 1e-9)
+
+
 def cross_correlation(z1, z2):
     """`[C, B, d]` views → `[C, d, d]`: standardise over the batch (unbiased std + 1e-9), then aᵀc / B."""
     batch = tf.cast(tf.shape(z1)[1], z1.dtype)
+    return tf.matmul(_standardise(z1), _standardise(z2), transpose_a=True) / batch
 
-    def standardise(z):
-        centred = z - tf.reduce_mean(z, axis=1, keepdims=True)
-        std = tf.sqrt(tf.reduce_sum(tf.square(centred), axis=1, keepdims=True) / (batch - 1.0))
-        return centred / (std + 1e-9)
 
-    return tf.matmul(standardise(z1), standardise(z2), transpose_a=True) / batch
+def _channel_pair_sums(product, scores, options):
+    """The `[C, d, d]` part of AMCL Barlow Twins, reduced to `[C, d]` per channel l (rows):
+
+    diag C, diag τ, and sums over the off-diagonal m ≠ l of the terms the objective needs — authors:
+    λ·C²/τ − β·Ω(τ); rectified: λ·C²/τ + β·R(τ); normalized: C²/τ, 1/τ and β·R(τ) separately (the mean
+    of 1/τ only rescales the first, so it needs no second pass); always τ (for the mean τ⁻).
+    `product` = B·C (C the cross-correlation), `scores` = φ(a)·φ(b); `options` = (objective, B, λ, β,
+    d, τ_min, τ_max, c), Python values. Elementwise work plus row sums, which XLA compiles into a few
+    fused loops (instead of ~40 TensorFlow kernels, each a pass over C·d² entries, forward and backward).
+    The rows are summed outside XLA: its CPU reduction of d² float32 values in one loop loses ~1e-4
+    relative at d = 2048; TensorFlow's, like XLA's row sums of d values, stays at round-off.
+    """
+    objective, batch, lambda_, beta, dim, t_min, t_max, center = options
+    correlation = product / batch
+    tau = t_min + (t_max - t_min) * tf.sigmoid(-scores)
+    index = tf.range(dim)
+    off = index[:, None] != index[None, :]  # compared iotas inside the fusion, no d×d mask in memory
+    zero = tf.zeros((), tau.dtype)
+
+    def rows(term):
+        return tf.reduce_sum(tf.where(off, term, zero), axis=2)
+
+    square_over_tau = tf.square(correlation) / tau
+    if objective == "authors":
+        sums = [rows(lambda_ * square_over_tau - beta * omega(tau, dim))]
+    elif objective == "rectified":
+        sums = [rows(lambda_ * square_over_tau + beta * bounded_omega(tau, dim, center))]
+    else:
+        sums = [rows(square_over_tau), rows(1.0 / tau), rows(beta * bounded_omega(tau, dim, center))]
+    return [tf.linalg.diag_part(correlation), tf.linalg.diag_part(tau), rows(tau)] + sums
+
+
+_pair_sums_forward = tf.function(_channel_pair_sums, jit_compile=True, autograph=False)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _pair_sums_backward(product, scores, upstream, options):
+    """∂(Σ upstream · sums)/∂(product, scores), the forward recomputed inside the same XLA cluster (cheaper
+    than handing `[C, d, d]` intermediates from the forward to the backward through memory)."""
+    with tf.GradientTape() as tape:
+        tape.watch([product, scores])
+        sums = _channel_pair_sums(product, scores, options)
+    return tape.gradient(sums, [product, scores], output_gradients=list(upstream))
+
+
+def _fused_pair_sums(product, scores, options):
+    """`_channel_pair_sums`, XLA-compiled forward and backward. A custom gradient: the backward needs
+    only the two inputs, so the forward hands back no `[C, d, d]` intermediates."""
+
+    @tf.custom_gradient
+    def pair_sums(product, scores):
+        outputs = _pair_sums_forward(product, scores, options)
+
+        def gradient(*upstream):
+            upstream = [tf.zeros_like(o) if u is None else u for u, o in zip(upstream, outputs)]
+            return _pair_sums_backward(product, scores, upstream, options)
+
+        return outputs, gradient
+
+    return pair_sums(product, scores)
 
 
 def _check_lambda(lambda_):
@@ -128,35 +192,32 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
                 f"of that length) but got a global batch of {global_batch}. Keep the batch fixed "
                 "(drop_remainder=True) or build the loss with batch_size equal to your global batch."
             )
-        correlation = cross_correlation(z1, z2)
-        # φ on the channel vectors: [C, d, B] → τ over channel pairs [C, d, d]
-        tau = self.temperature.pairwise(tf.transpose(z1, [0, 2, 1]), tf.transpose(z2, [0, 2, 1]))
+        # The two [C, d, d] products go through TensorFlow's (oneDNN) matmul; everything after them, elementwise
+        # over C·d² entries forward and backward, is one XLA-fused pass each way (`_channel_pair_sums`).
+        product = tf.matmul(_standardise(z1), _standardise(z2), transpose_a=True)  # B·C, C the cross-correlation
+        # φ on the channel vectors: [C, d, B] → pair scores r = φ(a)·φ(b) over channel pairs [C, d, d]
+        phi = self.temperature
+        scores = tf.matmul(phi.embed(tf.transpose(z1, [0, 2, 1])), phi.embed(tf.transpose(z2, [0, 2, 1])), transpose_b=True)
         dim = self.projection_dim
-        off = 1.0 - tf.eye(dim, dtype=correlation.dtype)
-        diagonal, tau_diagonal = tf.linalg.diag_part(correlation), tf.linalg.diag_part(tau)
+        options = (self.objective, float(self.batch_size), self.lambda_, self.beta, dim,
+                   phi.temperature_min, phi.temperature_max, self.temperature_center)
+        diagonal, tau_diagonal, tau_rows, *sums = _fused_pair_sums(product, scores, options)
+        pairs = float(dim * (dim - 1) or 1)  # off-diagonal channel pairs
         if self.objective == "authors":
-            positive = tf.reduce_sum(
-                tf.square(1.0 - diagonal / tau_diagonal) + self.beta * omega(tau_diagonal, dim), axis=1
-            )
-            negative = tf.reduce_sum(
-                off * (self.lambda_ * tf.square(correlation) / tau - self.beta * omega(tau, dim)), axis=[1, 2]
-            )
+            positive = tf.square(1.0 - diagonal / tau_diagonal) + self.beta * omega(tau_diagonal, dim)
+            negative = tf.reduce_sum(sums[0], axis=1)
         else:
-            inverse_diagonal, inverse = 1.0 / tau_diagonal, 1.0 / tau
+            inverse_diagonal = 1.0 / tau_diagonal
             if self.objective == "normalized":  # mean-one weights on the diagonal and off it
                 inverse_diagonal /= tf.reduce_mean(inverse_diagonal, axis=1, keepdims=True)
-                inverse /= (tf.reduce_sum(off * inverse, axis=[1, 2]) / float(max(dim * (dim - 1), 1)))[:, None, None]
-            positive = tf.reduce_sum(
-                tf.square(1.0 - diagonal * inverse_diagonal) + self.regularizer(tau_diagonal), axis=1
-            )
-            negative = tf.reduce_sum(
-                off * (self.lambda_ * tf.square(correlation) * inverse + self.regularizer(tau)), axis=[1, 2]
-            )
-        loss = tf.reduce_sum(positive + negative)
-        return loss, {
-            "tau_pos": tf.reduce_mean(tau_diagonal, axis=1),
-            "tau_neg": tf.reduce_sum(off * tau, axis=[1, 2]) / float(dim * (dim - 1) or 1),
-        }
+                square_over_tau, inverse, regularizer = (tf.reduce_sum(rows, axis=1) for rows in sums)
+                # λ·Σ C²/τ / mean(1/τ): the same as normalising 1/τ first, in one pass (0 when d = 1: no pairs)
+                negative = self.lambda_ * tf.math.divide_no_nan(square_over_tau, inverse / pairs) + regularizer
+            else:
+                negative = tf.reduce_sum(sums[0], axis=1)
+            positive = tf.square(1.0 - diagonal * inverse_diagonal) + self.regularizer(tau_diagonal)
+        loss = tf.reduce_sum(tf.reduce_sum(positive, axis=1) + negative)
+        return loss, {"tau_pos": tf.reduce_mean(tau_diagonal, axis=1), "tau_neg": tf.reduce_sum(tau_rows, axis=1) / pairs}
 
     def get_config(self):
         config = super().get_config()

@@ -36,6 +36,42 @@ def test_amcl_barlow_twins_matches_numpy(rng, batch, heads, dim):
     np.testing.assert_allclose(float(loss(z1, z2)), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("objective", ["authors", "rectified", "normalized"])
+def test_amcl_barlow_twins_float32_stays_at_round_off_for_many_channel_pairs(objective):
+    """d = 1024 (1M channel pairs per head): the float32 loss, its stats and its gradient agree with the same
+    loss in float64 to round-off, ~1e-7 (summing the d² pairs in one float32 loop, as XLA's CPU reduction
+    does, would be off by 3e-6 to 3e-5 here)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(3)
+    z1, z2 = (rng.normal(size=(16, 2, 1024)) for _ in range(2))
+    options = dict(beta=1e-3, temperature_hidden_dim=8, temperature_min=0.05, objective=objective)
+    losses = {dtype: AMCLBarlowTwinsLoss(1024, 16, dtype=dtype, **options) for dtype in ("float32", "float64")}
+    losses["float64"].temperature.set_weights(losses["float32"].temperature.get_weights())
+    results = {}
+    for dtype, loss in losses.items():
+        inputs = [tf.constant(z, dtype) for z in (z1, z2)]
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            value, stats = loss.loss_and_stats(*inputs)
+        results[dtype] = (value, stats, tape.gradient(value, inputs))
+    (value32, stats32, grad32), (value64, stats64, grad64) = results["float32"], results["float64"]
+    np.testing.assert_allclose(float(value32), float(value64), rtol=1e-6)
+    for name in ("tau_pos", "tau_neg"):
+        np.testing.assert_allclose(stats32[name].numpy(), stats64[name].numpy(), rtol=1e-6)
+    for g32, g64 in zip(grad32, grad64):
+        np.testing.assert_allclose(g32.numpy(), g64.numpy(), rtol=1e-3, atol=1e-4 * float(np.abs(g64).max()))
+
+
+def test_amcl_barlow_twins_with_one_channel_is_finite():
+    """d = 1 has no off-diagonal pairs: the negative terms are 0 (the normalized form divides by no pair)."""
+    z1, z2 = (np.random.default_rng(seed).normal(size=(8, 1)).astype("float32") for seed in (0, 1))
+    for objective in ("authors", "rectified", "normalized"):
+        loss = AMCLBarlowTwinsLoss(1, 8, temperature_hidden_dim=4, objective=objective)
+        value, stats = loss.loss_and_stats(z1, z2)
+        assert np.isfinite(float(value)) and np.isfinite(stats["tau_pos"].numpy()).all(), objective
+
+
 def test_amcl_barlow_twins_temperatures_are_over_channel_pairs(rng):
     z = rng.normal(size=(8, 2, 5)).astype("float32")
     loss = AMCLBarlowTwinsLoss(5, batch_size=8, temperature_min=0.1, temperature_max=0.9)
