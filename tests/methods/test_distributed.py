@@ -47,8 +47,9 @@ def test_two_replicas_equal_one_device(method, options, amcl_on, two_replicas):
         np.testing.assert_allclose(mirrored_logs[key], single_logs[key], rtol=1e-5, atol=1e-6, err_msg=key)
     moved = 0
     for variable, b, s, m in zip(single.weights, before, single.get_weights(), mirrored.get_weights()):
-        # 1e-5 relative to the variable's scale (float32 noise on entries near 0 is ~1e-6)
-        np.testing.assert_allclose(m, s, rtol=0, atol=1e-5 * np.abs(s).max() + 1e-6, err_msg=variable.path)
+        # 3e-5 of the variable's scale + 1e-6: float32 round-off differs with the CPU's kernels (AVX2-only oneDNN
+        # paths gave 2.8e-6 on a SimSiam predictor bias of scale 0.17); the bugs this guards against are 1e-2 and up
+        np.testing.assert_allclose(m, s, rtol=0, atol=3e-5 * np.abs(s).max() + 1e-6, err_msg=variable.path)
         moved += not np.allclose(b, s)
     assert moved > 10, "the step must change the weights for the comparison to mean anything"
     clipping_acted = any(not np.allclose(s, u) for s, u in zip(single.get_weights(), unclipped.get_weights()))
