@@ -19,8 +19,8 @@ import yaml
 from amcl_keras import registry
 from amcl_keras.constants import (
     DEFAULT_EXPORT_FORMATS, DEFAULT_OBJECTIVE, ENCODER_FORWARDS, EXPORT_FORMATS, EXPORT_INT8_TOLERANCE, EXPORT_TOLERANCE,
-    JIT_COMPILE_SETTINGS, KNN_K, KNN_TEMPERATURE, NEGATIVE_FORMS, NUM_HEADS, OBJECTIVES, PRECISIONS, PROBE_EPOCHS,
-    STRATEGIES, TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN, TOP_K, WEIGHT_DECAY_MODES, parse_preset,
+    JIT_COMPILE_SETTINGS, KNN_K, KNN_TEMPERATURE, NEGATIVE_FORMS, NUM_HEADS, ONNX_FORMATS, OBJECTIVES, PRECISIONS,
+    PROBE_EPOCHS, STRATEGIES, TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN, TOP_K, WEIGHT_DECAY_MODES, parse_preset,
 )
 
 
@@ -372,7 +372,7 @@ def validate(config):
     for name in config.export.formats:
         require(name in EXPORT_FORMATS, "export.formats", list(config.export.formats),
                 f"a list drawn from {list(EXPORT_FORMATS)}")
-    onnx_formats = [name for name in config.export.formats if name.startswith("onnx")]  # onnx, onnx_int8
+    onnx_formats = [name for name in config.export.formats if name in ONNX_FORMATS]
     problem = registry.encoder_onnx_problem(model.encoder) if onnx_formats else None
     require(problem is None, "export.formats", list(config.export.formats),
             f"model.encoder={model.encoder!r} cannot be exported to ONNX ({problem}); drop {onnx_formats}, e.g. "

@@ -66,6 +66,7 @@ PROBE_BATCH_SIZE = 256
 # float32: "saved_model" (TF Serving), "onnx" (onnxruntime), "litert" (the TFLite / LiteRT interpreter);
 # int8 weights (dynamic-range quantization, activations stay float): "onnx_int8", "litert_int8".
 EXPORT_FORMATS = ("saved_model", "onnx", "onnx_int8", "litert", "litert_int8")
+ONNX_FORMATS = ("onnx", "onnx_int8")  # made by tf2onnx (the int8 one from the float one): need a convertible graph
 DEFAULT_EXPORT_FORMATS = ("saved_model", "onnx")  # `amcl export` and the export at the end of `amcl train`
 EXPORT_TOLERANCE = 1e-4  # float formats: max |difference| to the Keras encoder allowed in the verification
 # int8 formats: max relative error ||E_int8 - E_keras|| / ||E_keras|| (Frobenius, per verified batch) allowed.

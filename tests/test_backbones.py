@@ -109,6 +109,8 @@ def test_cli_overrides_select_a_backbone_and_its_options():
 def test_convnext_is_refused_for_onnx_export_at_load_time():
     with pytest.raises(config_lib.ConfigError, match=r"cannot be exported to ONNX.*export.formats=\[saved_model\]"):
         config_lib.load(None, [f"model.encoder={APP}ConvNeXtTiny"])
+    with pytest.raises(config_lib.ConfigError, match=r"cannot be exported to ONNX.*drop \['onnx_int8'\]"):
+        config_lib.load(None, [f"model.encoder={APP}ConvNeXtTiny", "export.formats=[saved_model, onnx_int8]"])
     config = config_lib.load(None, [f"model.encoder={APP}ConvNeXtTiny", "export.formats=[saved_model]"])
     assert config.export.formats == ("saved_model",)
 
