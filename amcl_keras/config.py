@@ -18,7 +18,7 @@ import yaml
 
 from amcl_keras import registry
 from amcl_keras.constants import (
-    DEFAULT_EXPORT_FORMATS, DEFAULT_OBJECTIVE, ENCODER_FORWARDS, EXPORT_FORMATS, EXPORT_INT8_TOLERANCE, EXPORT_TOLERANCE,
+    DEFAULT_EXPORT_FORMATS, ENCODER_FORWARDS, EXPORT_FORMATS, EXPORT_INT8_TOLERANCE, EXPORT_TOLERANCE,
     JIT_COMPILE_SETTINGS, KNN_K, KNN_TEMPERATURE, NEGATIVE_FORMS, NUM_HEADS, ONNX_FORMATS, OBJECTIVES, PRECISIONS,
     PROBE_EPOCHS, STRATEGIES, TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN, TOP_K, WEIGHT_DECAY_MODES, parse_preset,
 )
@@ -72,11 +72,9 @@ class ModelConfig:
     temperature_hidden_dim: int = TEMPERATURE_HIDDEN_DIM
     temperature_min: float = TEMPERATURE_MIN
     temperature_max: float = TEMPERATURE_MAX
-    # How the temperatures enter the AMCL loss: "normalized" (bounded: per-pair τ inside NT-Xent's /
-    # InfoNCE's log-sum-exp; chosen on a validation split, docs/METHOD.md §9), "rectified" (bounded),
-    # or "authors" (the paper's form, unbounded below: τ collapses to temperature_min)
-    objective: str = DEFAULT_OBJECTIVE
-    temperature_center: typing.Optional[float] = None  # bounded objectives: τ the regulariser prefers (None: 2/d)
+    # model.objective and model.temperature_center (how the temperatures enter the AMCL loss) and
+    # model.beta are each method's own settings (MethodSettings): their defaults were chosen per method
+    # on validation splits (docs/METHOD.md §10).
     synchronized_batch_norm: bool = False  # encoder batch norm over the global batch (all replicas)
     encoder_forward: str = "per_view"  # each view through the encoder and heads on its own (batch-norm statistics
     # per view, the authors'), or "concatenated": both views in one batch (fewer, larger kernels)

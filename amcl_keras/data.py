@@ -1,5 +1,10 @@
-"""Datasets: the shipped Fashion-MNIST subset (offline default), any tfds dataset by name, a
-`.npz` file of arrays, or a folder of images.
+"""Datasets: the shipped ones (offline), any tfds dataset by name, a `.npz` file of arrays, or a
+folder of images.
+
+Shipped (`SHIPPED_DATASETS`, in `amcl_keras/data/` with their licences): `fashion_mnist_subset`
+(the default; grayscale 28x28, splits train/test) and `tuxpaint_stamps` (colour 32x32 crops of
+Tux Paint's stamp photos, 8 classes, splits train/val/test with no source image shared between
+them; `scripts/build_tuxpaint_stamps.py`).
 
 `load` returns unbatched `(image uint8 [H, W, C], label)` pairs; `pretraining_views` turns
 them into batches of two augmented views for `model.fit`.
@@ -17,19 +22,37 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-SHIPPED = "fashion_mnist_subset"
+SHIPPED = "fashion_mnist_subset"  # the default dataset
+# the datasets shipped in amcl_keras/data/<name>.npz, and their splits
+SHIPPED_DATASETS = {"fashion_mnist_subset": ("train", "test"), "tuxpaint_stamps": ("train", "val", "test")}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 BAD_IMAGE_POLICIES = ("skip", "error")
 log = logging.getLogger("amcl_keras.data")
 SHIPPED_PATH = pathlib.Path(__file__).parent / "data" / "fashion_mnist_subset.npz"
 
 
-def load_shipped(split="train"):
-    """The shipped subset as NumPy arrays: images `[N, 28, 28, 1]` uint8, labels `[N]` int64."""
-    if split not in ("train", "test"):
-        raise ValueError(f"The shipped subset has the splits 'train' and 'test', got split={split!r}.")
-    with np.load(SHIPPED_PATH) as arrays:
-        return arrays[f"{split}_images"], arrays[f"{split}_labels"]
+def load_shipped(split="train", name=SHIPPED):
+    """A shipped dataset as NumPy arrays: images uint8, labels `[N]` int64.
+
+    `fashion_mnist_subset` (default): `[N, 28, 28, 1]`, splits train/test. `tuxpaint_stamps`:
+    `[N, 32, 32, 3]`, splits train/val/test (class names: `shipped_class_names`).
+    """
+    if name not in SHIPPED_DATASETS:
+        raise ValueError(f"No shipped dataset {name!r}; the shipped ones are {sorted(SHIPPED_DATASETS)}.")
+    splits = SHIPPED_DATASETS[name]
+    if split not in splits:
+        listed = ", ".join(repr(s) for s in splits[:-1]) + f" and {splits[-1]!r}"
+        raise ValueError(f"The shipped dataset {name!r} has the splits {listed}, got split={split!r}.")
+    with np.load(SHIPPED_PATH.with_name(f"{name}.npz")) as arrays:
+        return arrays[f"{split}_images"], arrays[f"{split}_labels"].astype(np.int64)
+
+
+def shipped_class_names(name):
+    """The class names of a shipped dataset, in label order (None where the file has none)."""
+    if name not in SHIPPED_DATASETS:
+        raise ValueError(f"No shipped dataset {name!r}; the shipped ones are {sorted(SHIPPED_DATASETS)}.")
+    with np.load(SHIPPED_PATH.with_name(f"{name}.npz")) as arrays:
+        return arrays["class_names"].tolist() if "class_names" in arrays.files else None
 
 
 def load_rgb_samples():
@@ -166,17 +189,18 @@ def load_folder(root, split="train", image_size=None, channels=None, on_bad_imag
 
 
 def load(name=SHIPPED, split="train", data_dir=None, download=True, image_size=None, channels=None, on_bad_image="skip"):
-    """Unbatched `(image, label)` pairs from the shipped subset or a tfds dataset.
+    """Unbatched `(image, label)` pairs from a shipped dataset, a tfds dataset, an `.npz` file or a folder.
 
     Example:
     ```python
     train = amcl_keras.data.load("fashion_mnist_subset", "train")   # offline, shipped
+    val = amcl_keras.data.load("tuxpaint_stamps", "val")             # offline, shipped, colour
     cifar = amcl_keras.data.load("cifar10", "train")                 # tfds (downloads once)
     arrays = amcl_keras.data.load("my_data.npz", "train")            # train_images, train_labels
     ```
     """
-    if name == SHIPPED or name.endswith(".npz"):
-        images, labels = load_shipped(split) if name == SHIPPED else load_npz(name, split)
+    if name in SHIPPED_DATASETS or name.endswith(".npz"):
+        images, labels = load_shipped(split, name) if name in SHIPPED_DATASETS else load_npz(name, split)
         return tf.data.Dataset.from_tensor_slices((images, labels))
     if pathlib.Path(name).is_dir():  # image_size, channels and on_bad_image apply to folders
         return load_folder(name, split, image_size, channels, on_bad_image)[0]
@@ -196,7 +220,7 @@ def load(name=SHIPPED, split="train", data_dir=None, download=True, image_size=N
             f"Check the name and split (see tfds.list_builders()). To use it offline, prepare it once on a "
             f"machine with network access (`tfds build {name} --data_dir DIR`, or tfds.load(..., data_dir=DIR)), "
             f"copy DIR here and set data.data_dir: DIR (and data.download: false); or use a folder of images, "
-            f"or the offline dataset {SHIPPED!r}."
+            f"or an offline dataset shipped with amcl_keras: {', '.join(map(repr, SHIPPED_DATASETS))}."
         ) from error
     image_spec = dataset.element_spec[0]
     if image_spec.shape.rank != 3:
@@ -245,8 +269,8 @@ def labelled_arrays(name=SHIPPED, split="train", data_dir=None, max_examples=Non
 
     Labels are -1 for an unlabeled folder. `folder_options`: image_size, channels, on_bad_image.
     """
-    if name == SHIPPED or name.endswith(".npz"):
-        images, labels = load_shipped(split) if name == SHIPPED else load_npz(name, split)
+    if name in SHIPPED_DATASETS or name.endswith(".npz"):
+        images, labels = load_shipped(split, name) if name in SHIPPED_DATASETS else load_npz(name, split)
     else:
         dataset = load(name, split, data_dir, download, **folder_options)
         if max_examples:

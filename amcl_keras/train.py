@@ -387,12 +387,22 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
             runs.prepare_run_directory(run_dir, overwrite)
         if status == "new" or not chief:
             runs.write_config(job.write_dir, config)
+        caveat = amcl_caveat(config)
+        if caveat and chief:
+            print(caveat, file=sys.stderr)
         with job.timed("fit"):
             resumed_from = fit(job, training_data, model, resume=status == "resume", verbose=verbose)
         return finish(job, training_data, model, random_init, resumed_from)
     finally:
         if not chief:
             shutil.rmtree(job.write_dir, ignore_errors=True)
+
+
+def amcl_caveat(config):
+    """The line training prints when AMCL is on for a method whose validated ablation found no AMCL
+    variant better than its tuned baseline (the method's `amcl_caveat`), else None."""
+    caveat = registry.METHODS[config.model.method].settings.amcl_caveat
+    return f"amcl: note: {caveat}" if config.model.amcl and caveat else None
 
 
 def _check_replicas(config, replicas):

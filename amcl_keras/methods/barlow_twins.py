@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.config import require
-from amcl_keras.constants import DEFAULT_OBJECTIVE, NUM_HEADS
+from amcl_keras.constants import NUM_HEADS
 from amcl_keras.heads import MultiHeadProjector
 from amcl_keras.losses import AMCLBarlowTwinsLoss, BarlowTwinsLoss
 from amcl_keras.losses.barlow_twins import cross_correlation
@@ -66,7 +66,8 @@ class BarlowTwins(ContrastiveTrainer):
                 )
             settings = BarlowTwinsSettings
             loss = (AMCLBarlowTwinsLoss(projection_dim, batch_size, settings.lambda_, settings.beta,
-                                        objective=DEFAULT_OBJECTIVE) if amcl else BarlowTwinsLoss(settings.lambda_))
+                                        objective=settings.objective,
+                                        temperature_center=settings.temperature_center) if amcl else BarlowTwinsLoss(settings.lambda_))
         self.num_heads = num_heads
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim

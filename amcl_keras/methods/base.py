@@ -14,7 +14,7 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.config import require
-from amcl_keras.constants import ENCODER_FORWARDS
+from amcl_keras.constants import DEFAULT_OBJECTIVE, ENCODER_FORWARDS
 from amcl_keras.heads import check_feature_shape
 
 
@@ -66,6 +66,15 @@ class MethodSettings:
     projection_dim: int = 128
     hidden_dim: int = 512
     beta: float = 1e-4  # the weight of the temperature regulariser
+    # How the temperatures enter the AMCL loss: "normalized" / "rectified" (bounded) or "authors" (the
+    # paper's form, unbounded below: τ collapses to temperature_min); docs/METHOD.md §9. Each method's
+    # default is the one its validation ablation chose (docs/METHOD.md §10).
+    objective: str = DEFAULT_OBJECTIVE
+    temperature_center: typing.Optional[float] = None  # bounded objectives: τ the regulariser prefers (None: 2/d)
+
+    # Not a setting: one line printed when training starts with AMCL on, where the validated ablation
+    # found no AMCL variant of this method better than its tuned baseline (None: AMCL won).
+    amcl_caveat = None
 
     def check(self, config):
         """Refuse out-of-range values with a `ConfigError`; `config` is the whole `Config`

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.config import require
-from amcl_keras.constants import DEFAULT_OBJECTIVE, NUM_HEADS
+from amcl_keras.constants import NUM_HEADS
 from amcl_keras.heads import MultiHeadProjector
 from amcl_keras.losses import AMCLInfoNCELoss, InfoNCELoss
 from amcl_keras.losses.distributed import gather_global_batch
@@ -160,7 +160,8 @@ class MoCo(ContrastiveTrainer):
                 f"the authors'; 'symmetric': both views both ways), got {moco_form!r}."
             )
         if loss is None:
-            loss = (AMCLInfoNCELoss(projection_dim, MoCoSettings.beta, objective=DEFAULT_OBJECTIVE) if amcl
+            loss = (AMCLInfoNCELoss(projection_dim, MoCoSettings.beta, objective=MoCoSettings.objective,
+                    temperature_center=MoCoSettings.temperature_center) if amcl
                     else InfoNCELoss(MoCoSettings.temperature))
         self.moco_form = moco_form
         self.num_heads = num_heads

@@ -5,7 +5,7 @@ import dataclasses
 import keras
 
 from amcl_keras.config import require
-from amcl_keras.constants import DEFAULT_OBJECTIVE, NUM_HEADS
+from amcl_keras.constants import NUM_HEADS
 from amcl_keras.heads import MultiHeadProjector
 from amcl_keras.losses import AMCLNTXentLoss, NTXentLoss
 from amcl_keras.methods.base import ContrastiveTrainer, MethodSettings, StepLoss, temperature_options
@@ -55,7 +55,8 @@ class SimCLR(ContrastiveTrainer):
     def __init__(self, encoder, num_heads=NUM_HEADS, amcl=True, projection_dim=SimCLRSettings.projection_dim,
                  hidden_dim=SimCLRSettings.hidden_dim, loss=None, **kwargs):
         if loss is None:
-            loss = (AMCLNTXentLoss(projection_dim, SimCLRSettings.beta, objective=DEFAULT_OBJECTIVE) if amcl
+            loss = (AMCLNTXentLoss(projection_dim, SimCLRSettings.beta, objective=SimCLRSettings.objective,
+                    temperature_center=SimCLRSettings.temperature_center) if amcl
                     else NTXentLoss(SimCLRSettings.temperature))
         self.num_heads = num_heads
         self.projection_dim = projection_dim

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.config import require
-from amcl_keras.constants import DEFAULT_OBJECTIVE, NUM_HEADS
+from amcl_keras.constants import NUM_HEADS
 from amcl_keras.heads import MultiHeadPredictor, MultiHeadProjector
 from amcl_keras.losses import AMCLSimSiamLoss, SimSiamLoss
 from amcl_keras.methods.base import ContrastiveTrainer, MethodSettings, StepLoss, temperature_options
@@ -55,7 +55,8 @@ class SimSiam(ContrastiveTrainer):
         loss=None, projector_output_bn=SimSiamSettings.projector_output_bn, **kwargs,
     ):
         if loss is None:
-            loss = (AMCLSimSiamLoss(projection_dim, SimSiamSettings.beta, objective=DEFAULT_OBJECTIVE) if amcl
+            loss = (AMCLSimSiamLoss(projection_dim, SimSiamSettings.beta, objective=SimSiamSettings.objective,
+                    temperature_center=SimSiamSettings.temperature_center) if amcl
                     else SimSiamLoss())
         self.num_heads = num_heads
         self.projection_dim = projection_dim
