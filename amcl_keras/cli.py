@@ -42,7 +42,12 @@ def _parser():
     train.add_argument("--steps-per-epoch", type=int, help="shortcut for --set train.steps_per_epoch=N")
     train.add_argument("--method", choices=sorted(registry.METHODS),
                        help="shortcut for --set model.method=NAME (method defaults fill what the config leaves open)")
-    train.add_argument("--no-amcl", action="store_true", help="the method's baseline: shortcut for --set model.amcl=false")
+    train.add_argument("--no-amcl", action="store_true",
+                       help="the method's baseline, 1 head with its fixed temperature: shortcut for --set model.amcl=false "
+                            "--set model.num_heads=1")
+    train.add_argument("--heads-only", action="store_true",
+                       help="multi-head only: the config's C heads with the fixed temperature, no adaptive τ (shortcut "
+                            "for --set model.amcl=false); README 'Reproduction'")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     export = commands.add_parser(
         "export",
@@ -199,7 +204,13 @@ def main(argv=None):
         overrides.append(f"train.epochs={args.epochs}")
     if args.method is not None:
         overrides.append(f"model.method={args.method}")
+    if args.no_amcl and args.heads_only:
+        print("amcl: --no-amcl (1 head, the baseline) and --heads-only (C heads, no adaptive τ) exclude each other; "
+              "pass one.", file=sys.stderr)
+        return 2
     if args.no_amcl:
+        overrides += ["model.amcl=false", "model.num_heads=1"]
+    if args.heads_only:
         overrides.append("model.amcl=false")
     if args.steps_per_epoch is not None:
         overrides.append(f"train.steps_per_epoch={args.steps_per_epoch}")

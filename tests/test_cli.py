@@ -90,9 +90,16 @@ def test_method_shortcuts_train_the_baseline(method, tmp_path, capsys):
     assert code == 0
     config = yaml.safe_load((tmp_path / method / "config.yaml").read_text())
     assert config["model"]["method"] == method and config["model"]["amcl"] is False
+    assert config["model"]["num_heads"] == 1  # the baseline, not the multi-head arm (--heads-only)
     assert config["train"]["learning_rate"] == {"moco": 0.08, "barlow_twins": 0.11, "simsiam": 0.05}[method]
     history = [json.loads(line) for line in (tmp_path / method / "history.jsonl").read_text().splitlines()]
     assert set(history[0]) >= {"loss"} and not any(key.startswith("tau_") for key in history[0])
+
+
+def test_no_amcl_and_heads_only_exclude_each_other(tmp_path, capsys):
+    code = cli.main(["train", "--run-dir", str(tmp_path / "r"), "--no-amcl", "--heads-only"])
+    assert code == 2 and "--heads-only" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_results_record_the_wall_time_of_each_stage(tiny_run):

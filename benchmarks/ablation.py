@@ -1,0 +1,331 @@
+"""Which part of AMCL earns its gain? The paper's ablation against tuned baselines, chosen on validation.
+
+Two phases per dataset, every run an ordinary `amcl train` run directory under
+`--out/<dataset>/{validation,test}/`; finished runs are kept, so re-running the same command after an
+interruption only does what is missing (the script is resumable, and the phases can be run apart).
+
+1. **validation** (seed `--validation-seed`, scored on a split carved from the training images; the
+   test split is never read): every method's candidates, with the same budget for both sides —
+   - SimCLR / MoCo: the 1-head baseline at each τ of `TAUS` (4 runs), and AMCL (C heads, adaptive τ)
+     with each of its 4 knob settings in `AMCL_KNOBS` (objective, β, the centre of the regulariser);
+   - Barlow Twins / SimSiam (no temperature to tune): 1 head, C plain heads, and AMCL with each
+     setting of `AMCL_KNOBS`.
+   The choice is made by THE RULE: the highest mean of linear-probe and kNN accuracy on validation
+   (`score`); it is written to `--out/<dataset>/choice.json`.
+2. **test** (seeds `--seeds`, test split): the validated arms of the ablation grid —
+   - SimCLR / MoCo: `baseline` (1 head, τ*), `multihead` (C heads, τ*, no adaptive τ),
+     `adaptive` (1 head, adaptive τ with the chosen knobs), `amcl` (C heads, adaptive τ, chosen knobs);
+   - Barlow Twins / SimSiam: `baseline`, `multihead`, `amcl` (the chosen knobs), then every other knob
+     setting (`amcl-<knob>`), so each AMCL objective is on the test split too.
+   The first `ESSENTIAL` arms of every method and seed run before the other knob settings.
+
+Writes `--out/<dataset>/{validation,test}.md`, `--out/results.json` (every run, the choices, the
+paired per-seed deltas) and `--out/table.md` (both datasets).
+
+Datasets (both offline): `fashion_mnist` — the full Fashion-MNIST from Debian's
+`dataset-fashion-mnist` (validation: the last 10,000 training images), and `tuxpaint_stamps` — the
+colour set shipped with the package (its own validation split, disjoint source images).
+
+    python -m benchmarks.ablation                                 # both datasets, both phases
+    python -m benchmarks.ablation --datasets tuxpaint_stamps --methods simclr --phase validation
+    python -m benchmarks.ablation --quick                          # a few steps: checks the pipeline
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks import reproduce  # noqa: E402
+
+METHODS = ("simclr", "moco", "barlow_twins", "simsiam")
+TEMPERATURE_METHODS = ("simclr", "moco")  # the methods whose baseline has a temperature to tune
+TAUS = (0.05, 0.1, 0.2, 0.5)
+ESSENTIAL = 4  # test arms per method that run first for every seed (baseline, multihead, adaptive / amcl, ...)
+NUM_HEADS = 3
+# AMCL's own knobs, given the same validation budget as the baselines' τ (4 settings). "{tau}" is
+# replaced by the validated baseline τ* of the method (SimCLR / MoCo only).
+AMCL_KNOBS = {
+    "simclr": {
+        "normalized": ["model.objective=normalized"],
+        "normalized-c{tau}": ["model.objective=normalized", "model.temperature_center={tau}", "model.beta=0.01"],
+        "rectified": ["model.objective=rectified"],
+        "authors": ["model.objective=authors"],
+    },
+    "barlow_twins": {
+        "normalized": ["model.objective=normalized"],
+        "normalized-beta1": ["model.objective=normalized", "model.beta=1.0"],
+        "rectified": ["model.objective=rectified"],
+        "authors": ["model.objective=authors"],
+    },
+}
+AMCL_KNOBS["moco"] = AMCL_KNOBS["simclr"]
+AMCL_KNOBS["simsiam"] = AMCL_KNOBS["barlow_twins"]
+DATASETS = ("fashion_mnist", "tuxpaint_stamps")
+DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST (full, grayscale)", "tuxpaint_stamps": "Tux Paint stamps (colour)"}
+
+
+def score(record):
+    """THE RULE's number: the mean of linear-probe and kNN accuracy (both in [0, 1])."""
+    return (record["linear_probe"] + record["knn"]) / 2
+
+
+def dataset_value(name, out, validation):
+    """`data.dataset` and `data.eval_test_split` for one dataset and phase."""
+    if name == "fashion_mnist":
+        path, _ = reproduce.dataset_for("full", out, validation)
+        return path, "val" if validation else "test"
+    return name, "val" if validation else "test"
+
+
+def arm_overrides(method, arm):
+    """(amcl, heads, extra overrides) of an arm described as a dict."""
+    extra = list(arm.get("knobs", []))
+    if "tau" in arm:
+        extra.append(f"model.temperature={arm['tau']}")
+        extra = [o.replace("{tau}", str(arm["tau"])) for o in extra]
+    return arm["amcl"], arm["heads"], extra
+
+
+def config_overrides(args, dataset, split, method, arm, seed):
+    amcl, heads, extra = arm_overrides(method, arm)
+    return [
+        f"data.dataset={dataset}", f"data.eval_test_split={split}", "data.augmentation=abcde",
+        f"data.batch_size={args.batch}", f"model.method={method}", f"model.amcl={str(amcl).lower()}",
+        f"model.num_heads={heads}", f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}",
+        f"train.seed={seed}", "train.strategy=default", f"eval.probe_epochs={args.probe_epochs}",
+        f"eval.max_examples={args.eval_examples}", "eval.random_init=false", "export.formats=[]",
+        "eval.online_probe_every=0", "eval.tensorboard=false", *extra,
+    ]
+
+
+def validation_arms(method, tau_star=None):
+    """name → arm for the validation phase of one method (τ* fills the knobs that use it)."""
+    arms = {}
+    if method in TEMPERATURE_METHODS:
+        for tau in TAUS:
+            arms[f"baseline-tau{tau}"] = {"amcl": False, "heads": 1, "tau": tau}
+    else:
+        arms["baseline"] = {"amcl": False, "heads": 1}
+        arms["multihead"] = {"amcl": False, "heads": NUM_HEADS}
+    for knob, knobs in AMCL_KNOBS[method].items():
+        if "{tau}" in knob and tau_star is None:
+            continue  # filled once τ* is known
+        arm = {"amcl": True, "heads": NUM_HEADS, "knobs": knobs}
+        if tau_star is not None and method in TEMPERATURE_METHODS:
+            arm["tau"] = tau_star
+        arms["amcl-" + knob.replace("{tau}", str(tau_star))] = arm
+    return arms
+
+
+def test_arms(method, choice):
+    """name → arm for the test phase, essential arms first."""
+    if method in TEMPERATURE_METHODS:
+        tau, knobs = choice["tau"], AMCL_KNOBS[method][choice["knob"]]
+        return {
+            "baseline": {"amcl": False, "heads": 1, "tau": tau},
+            "multihead": {"amcl": False, "heads": NUM_HEADS, "tau": tau},
+            "adaptive": {"amcl": True, "heads": 1, "tau": tau, "knobs": knobs},
+            "amcl": {"amcl": True, "heads": NUM_HEADS, "tau": tau, "knobs": knobs},
+        }
+    arms = {"baseline": {"amcl": False, "heads": 1}, "multihead": {"amcl": False, "heads": NUM_HEADS},
+            "amcl": {"amcl": True, "heads": NUM_HEADS, "knobs": AMCL_KNOBS[method][choice["knob"]]}}
+    for knob, knobs in AMCL_KNOBS[method].items():
+        if knob != choice["knob"]:
+            arms[f"amcl-{knob}"] = {"amcl": True, "heads": NUM_HEADS, "knobs": knobs}
+    return arms
+
+
+def run_one(args, dataset, split, method, name, arm, seed, directory):
+    """Train (or read back) one run; returns its record."""
+    from amcl_keras import config as config_lib, train
+
+    run_dir = directory / "runs" / f"{method}-{name}-seed{seed}"
+    results_path = run_dir / "results.json"
+    if results_path.is_file():
+        results = json.loads(results_path.read_text())
+    elif args.only_finished:
+        return None
+    else:
+        config = config_lib.load(None, config_overrides(args, dataset, split, method, arm, seed))
+        results = train.run(config, run_dir, overwrite=True, verbose=0)
+    record = {"method": method, "arm": name, "seed": seed, "settings": arm, "run_dir": str(run_dir),
+              "linear_probe": results["trained"]["linear_probe"], "knn": results["trained"]["knn"],
+              "seconds": results["seconds"], "temperatures": reproduce.final_temperatures(run_dir)}
+    print(f"  {method:<12} {name:<26} seed {seed}: probe {100 * record['linear_probe']:.1f}  "
+          f"kNN {100 * record['knn']:.1f}  {reproduce._format_tau(record['temperatures'])}  "
+          f"({record['seconds']:.0f} s)", flush=True)
+    return record
+
+
+def finished(records):
+    """The records of runs that exist (`--only-finished` skips the others)."""
+    return [r for r in records if r is not None]
+
+
+def choose(method, records):
+    """THE RULE applied to one method's validation records: τ* = the best 1-head baseline's τ
+    (SimCLR / MoCo), knob = the best AMCL knob setting; plus the validation table for the record."""
+    by_name = {r["arm"]: r for r in records}
+    if not any(r["arm"].startswith("amcl-") for r in records) or not any(not r["settings"]["amcl"] for r in records):
+        return None  # not validated yet (`--only-finished` while runs go on)
+    choice = {"scores": {name: round(100 * score(r), 2) for name, r in by_name.items()}}
+    if method in TEMPERATURE_METHODS:
+        best = max((r for r in records if r["arm"].startswith("baseline")), key=score)
+        choice["tau"] = best["settings"]["tau"]
+        choice["baseline_arm"] = best["arm"]
+    else:
+        choice["baseline_arm"] = "baseline"
+    amcl = [r for r in records if r["arm"].startswith("amcl-")]
+    best = max(amcl, key=score)
+    knob = best["arm"][len("amcl-"):]
+    if method in TEMPERATURE_METHODS and knob == f"normalized-c{choice['tau']}":
+        knob = "normalized-c{tau}"
+    choice["knob"] = knob
+    choice["amcl_arm"] = best["arm"]
+    choice["amcl_minus_baseline"] = round(100 * (score(best) - score(by_name[choice["baseline_arm"]])), 2)
+    plain = [r for r in records if not r["settings"]["amcl"]]
+    choice["best_plain_arm"] = max(plain, key=score)["arm"]
+    return choice
+
+
+def paired(records, arm, key):
+    base = {r["seed"]: r[key] for r in records if r["arm"] == "baseline"}
+    return [100 * (r[key] - base[r["seed"]]) for r in records if r["arm"] == arm and r["seed"] in base]
+
+
+def mean_std(values):
+    values = list(values)
+    if not values:
+        return None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summary_rows(records):
+    rows = []
+    for method in dict.fromkeys(r["method"] for r in records):
+        runs = [r for r in records if r["method"] == method]
+        for arm in dict.fromkeys(r["arm"] for r in runs):
+            mine = [r for r in runs if r["arm"] == arm]
+            row = {"method": method, "arm": arm, "seeds": [r["seed"] for r in mine], "settings": mine[0]["settings"]}
+            for key in ("linear_probe", "knn"):
+                row[key] = mean_std(100 * r[key] for r in mine)
+                row[f"delta_{key}"] = mean_std(paired(runs, arm, key)) if arm != "baseline" else None
+                row[f"delta_{key}_per_seed"] = [round(d, 2) for d in paired(runs, arm, key)] if arm != "baseline" else None
+            rows.append(row)
+    return rows
+
+
+def describe(method, arm):
+    parts = [f"{arm['heads']} head{'s' if arm['heads'] > 1 else ''}"]
+    if "tau" in arm and not arm["amcl"]:
+        parts.append(f"τ {arm['tau']}")
+    parts.append("adaptive τ, " + " ".join(k.split("=", 1)[1] if k.startswith("model.objective") else
+                                           k.replace("model.", "").replace("{tau}", str(arm.get("tau")))
+                                           for k in arm["knobs"]) if arm["amcl"] else "plain loss")
+    return ", ".join(parts)
+
+
+def markdown(rows, title):
+    lines = [f"**{title}**", "", "| method | arm | what | seeds | probe | kNN | score | Δ probe | Δ kNN |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        fmt = lambda ms: "–" if ms is None else (f"{ms[0]:.1f} ± {ms[1]:.1f}" if len(row["seeds"]) > 1 else f"{ms[0]:.1f}")  # noqa: E731
+        dfmt = lambda ms: "–" if ms is None else (f"{ms[0]:+.1f} ± {ms[1]:.1f}" if len(row["seeds"]) > 1 else f"{ms[0]:+.1f}")  # noqa: E731
+        lines.append(f"| {reproduce.DISPLAY[row['method']]} | {row['arm']} | {describe(row['method'], row['settings'])} "
+                     f"| {len(row['seeds'])} | {fmt(row['linear_probe'])} | {fmt(row['knn'])} "
+                     f"| {(row['linear_probe'][0] + row['knn'][0]) / 2:.1f} "
+                     f"| {dfmt(row['delta_linear_probe'])} | {dfmt(row['delta_knn'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--phase", choices=("validation", "test", "all"), default="all")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--validation-seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=30, help="steps per epoch")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--probe-epochs", type=int, default=20)
+    parser.add_argument("--eval-examples", type=int, default=10000)
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results/ablation"))
+    parser.add_argument("--quick", action="store_true", help="one seed, 1 epoch of 3 steps, short probe")
+    parser.add_argument("--only-finished", action="store_true",
+                        help="train nothing: summarise the runs that have finished (e.g. while others still run)")
+    args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.epochs, args.steps, args.probe_epochs, args.eval_examples = args.seeds[:1], 1, 3, 2, 1000
+    started = time.perf_counter()
+    summary = {"command": "python -m benchmarks.ablation " + " ".join(sys.argv[1:]), "rule": score.__doc__,
+               "settings": {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()},
+               "hardware": {"machine": platform.machine(), "cpus": os.cpu_count()}, "datasets": {}}
+    results_path = args.out / "results.json"
+    if results_path.is_file():  # keep what other invocations (other datasets / methods) wrote
+        summary["datasets"] = json.loads(results_path.read_text()).get("datasets", {})
+    for name in args.datasets:
+        directory = args.out / name
+        directory.mkdir(parents=True, exist_ok=True)
+        entry = summary["datasets"].setdefault(name, {})
+        choice_path = directory / "choice.json"
+        choices = json.loads(choice_path.read_text()) if choice_path.is_file() else {}
+        if args.phase in ("validation", "all"):
+            dataset, split = dataset_value(name, directory, validation=True)
+            print(f"[{name}] validation (seed {args.validation_seed})", flush=True)
+            validation = [r for r in entry.get("validation", []) if r["method"] not in args.methods]
+            for method in args.methods:
+                records = finished(run_one(args, dataset, split, method, arm_name, arm, args.validation_seed,
+                                           directory / "validation") for arm_name, arm in validation_arms(method).items())
+                if not records:
+                    continue
+                if method in TEMPERATURE_METHODS and choose(method, records):  # knobs that sit at the validated τ*
+                    tau = choose(method, records)["tau"]
+                    extra = {k: a for k, a in validation_arms(method, tau).items() if k not in validation_arms(method)}
+                    records += finished(run_one(args, dataset, split, method, arm_name, arm, args.validation_seed,
+                                                directory / "validation") for arm_name, arm in extra.items())
+                if choose(method, records):
+                    choices[method] = choose(method, records)
+                validation += records
+                choice_path.write_text(json.dumps(choices, indent=2))
+            entry["validation"] = validation
+            entry["choices"] = choices
+            (directory / "validation.md").write_text(markdown(summary_rows(validation), f"{DATASET_NAMES[name]}, validation"))
+        if args.phase in ("test", "all"):
+            missing = [m for m in args.methods if m not in choices]
+            if missing and not args.only_finished:
+                sys.exit(f"No validated choice for {missing} on {name}: run --phase validation first.")
+            dataset, split = dataset_value(name, directory, validation=False)
+            print(f"[{name}] test (seeds {args.seeds})", flush=True)
+            test = [r for r in entry.get("test", []) if r["method"] not in args.methods]
+            arms = {m: list(test_arms(m, choices[m]).items()) for m in args.methods if m in choices}
+            essential = [(m, n, a, seed) for seed in args.seeds for m in arms for n, a in arms[m][:ESSENTIAL]]
+            extras = [(m, n, a, seed) for seed in args.seeds for m in arms for n, a in arms[m][ESSENTIAL:]]
+            plan = essential + extras  # every seed's essential arms first
+            for method, arm_name, arm, seed in plan:
+                test += finished([run_one(args, dataset, split, method, arm_name, arm, seed, directory / "test")])
+                entry["test"] = test
+                results_path.write_text(json.dumps(summary, indent=2))
+            entry["test_summary"] = summary_rows(test)
+            (directory / "test.md").write_text(markdown(entry["test_summary"], f"{DATASET_NAMES[name]}, test"))
+        results_path.write_text(json.dumps(summary, indent=2))
+    tables = [f"Command: `{summary['command'].strip()}`", "",
+              f"Budget per run: {args.epochs} epochs × {args.steps} steps of batch {args.batch}; rule: {score.__doc__}", ""]
+    for name in summary["datasets"]:
+        for phase in ("validation", "test"):
+            path = args.out / name / f"{phase}.md"
+            if path.is_file():
+                tables += [path.read_text(), ""]
+    (args.out / "table.md").write_text("\n".join(tables))
+    print("\n".join(tables))
+    print(json.dumps({"seconds": round(time.perf_counter() - started, 1)}))
+
+
+if __name__ == "__main__":
+    main()
