@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from amcl_keras import evaluation
+from amcl_keras import evaluation, registry
 from amcl_keras.constants import KNN_K, KNN_TEMPERATURE, OBJECTIVES, PROBE_BATCH_SIZE, PROBE_LEARNING_RATE
 from amcl_keras.data import to_float_images
 from amcl_keras.runs import RunBackup, append_text
@@ -378,6 +378,10 @@ class TemperatureSaturationWarning(keras.callbacks.Callback):
         )
         objective = getattr(self.model.contrastive_loss, "objective", "authors")
         bounded = [name for name in OBJECTIVES if name != "authors"]
+        specs = [spec for spec in registry.METHODS.values() if type(self.model) is spec.model]
+        validated = (f" objective={objective!r} is the validated default of {specs[0].display_name} (docs/METHOD.md "
+                     "§10: it scored best on validation with this collapse), so this is expected.") \
+            if specs and specs[0].settings.objective == objective else ""
         fixes = []
         if objective == "authors" and bounded:
             fixes.append(f"model.objective: {' or '.join(bounded)} (a bounded objective, which keeps the "
@@ -392,7 +396,7 @@ class TemperatureSaturationWarning(keras.callbacks.Callback):
                     f"The loss now reads ~{1 / tau_min:.0e} x a margin of cosines: large negative values are "
                     "expected, not divergence; τ no longer adapts. Options: "
                     + (f"model.objective={options}, " if options else "")
-                    + "model.beta, model.temperature_min (docs/METHOD.md §8). Details in the "
+                    + "model.beta, model.temperature_min (docs/METHOD.md §8)." + validated + " Details in the "
                     "TemperatureCollapseWarning below.")
         return (
             f"AMCL's adaptive temperatures have collapsed to their floor ({when}): pairs with "
@@ -404,7 +408,7 @@ class TemperatureSaturationWarning(keras.callbacks.Callback):
             + "are expected and are NOT divergence; gradient clipping keeps the steps bounded. The sigmoid that maps φ's "
             "scores to τ is saturated, φ gets almost no gradient, and the per-pair temperature no longer adapts: "
             "training continues as a fixed-temperature margin loss. This follows from the objective "
-            f"(objective={objective!r}) and its settings, not from a bug of this run. To change it: "
+            f"(objective={objective!r}) and its settings, not from a bug of this run.{validated} To change it: "
             + "; ".join(fixes) + ". See docs/METHOD.md §8 (the collapse of τ) and the section "
             "'Bounded objectives (model.objective)'. This warning is shown once per run."
         )

@@ -17,7 +17,8 @@ interruption only does what is missing (the script is resumable, and the phases 
      `adaptive` (1 head, adaptive τ with the chosen knobs), `amcl` (C heads, adaptive τ, chosen knobs);
    - Barlow Twins / SimSiam: `baseline`, `multihead`, `amcl` (the chosen knobs), then every other knob
      setting (`amcl-<knob>`), so each AMCL objective is on the test split too.
-   The first `ESSENTIAL` arms of every method and seed run before the other knob settings.
+   The grid's own arms (baseline, multihead, adaptive, amcl) of every method and seed run before the
+   other knob settings (`amcl-<knob>`).
 
 Writes `--out/<dataset>/{validation,test}.md`, `--out/results.json` (every run, the choices, the
 paired per-seed deltas) and `--out/table.md` (both datasets).
@@ -47,7 +48,6 @@ from benchmarks import reproduce  # noqa: E402
 METHODS = ("simclr", "moco", "barlow_twins", "simsiam")
 TEMPERATURE_METHODS = ("simclr", "moco")  # the methods whose baseline has a temperature to tune
 TAUS = (0.05, 0.1, 0.2, 0.5)
-ESSENTIAL = 4  # test arms per method that run first for every seed (baseline, multihead, adaptive / amcl, ...)
 NUM_HEADS = 3
 # AMCL's own knobs, given the same validation budget as the baselines' τ (4 settings). "{tau}" is
 # replaced by the validated baseline τ* of the method (SimCLR / MoCo only).
@@ -195,6 +195,33 @@ def choose(method, records):
     return choice
 
 
+def library_defaults(choices):
+    """THE RULE over both datasets: per method, the baseline τ and the AMCL knob setting with the
+    highest validation score averaged over the datasets (`choices`: dataset → method → choice), and
+    AMCL's margin over the best plain arm (1 head at τ*, or C plain heads) on each dataset."""
+    defaults = {}
+    methods = dict.fromkeys(m for per_dataset in choices.values() for m in per_dataset)
+    for method in methods:
+        validated = [c[method] for c in choices.values() if method in c]
+        if len(validated) < len(choices):
+            continue  # not validated on every dataset yet
+        mean = lambda arm: statistics.mean(c["scores"][arm] for c in validated)  # noqa: E731
+        out = {}
+        if method in TEMPERATURE_METHODS:
+            out["tau"] = max(TAUS, key=lambda tau: mean(f"baseline-tau{tau}"))
+        knobs = [k for k in AMCL_KNOBS[method] if all(f"amcl-{k.replace('{tau}', str(c.get('tau')))}" in c["scores"]
+                                                      for c in validated)]
+        score_of = lambda c, k: c["scores"][f"amcl-{k.replace('{tau}', str(c.get('tau')))}"]  # noqa: E731
+        out["knob"] = max(knobs, key=lambda k: statistics.mean(score_of(c, k) for c in validated))
+        out["settings"] = AMCL_KNOBS[method][out["knob"]]
+        out["amcl_minus_best_plain"] = {
+            dataset: round(score_of(c[method], out["knob"]) - c[method]["scores"][c[method]["best_plain_arm"]], 2)
+            for dataset, c in choices.items()}
+        out["amcl_wins_on_validation"] = all(d > 0 for d in out["amcl_minus_best_plain"].values())
+        defaults[method] = out
+    return defaults
+
+
 def paired(records, arm, key):
     base = {r["seed"]: r[key] for r in records if r["arm"] == "baseline"}
     return [100 * (r[key] - base[r["seed"]]) for r in records if r["arm"] == arm and r["seed"] in base]
@@ -305,8 +332,9 @@ def main():
             print(f"[{name}] test (seeds {args.seeds})", flush=True)
             test = [r for r in entry.get("test", []) if r["method"] not in args.methods]
             arms = {m: list(test_arms(m, choices[m]).items()) for m in args.methods if m in choices}
-            essential = [(m, n, a, seed) for seed in args.seeds for m in arms for n, a in arms[m][:ESSENTIAL]]
-            extras = [(m, n, a, seed) for seed in args.seeds for m in arms for n, a in arms[m][ESSENTIAL:]]
+            plan = [(m, n, a, seed) for seed in args.seeds for m in arms for n, a in arms[m]]
+            essential = [item for item in plan if not item[1].startswith("amcl-")]
+            extras = [item for item in plan if item[1].startswith("amcl-")]
             plan = essential + extras  # every seed's essential arms first
             for method, arm_name, arm, seed in plan:
                 test += finished([run_one(args, dataset, split, method, arm_name, arm, seed, directory / "test")])
@@ -315,6 +343,9 @@ def main():
             entry["test_summary"] = summary_rows(test)
             (directory / "test.md").write_text(markdown(entry["test_summary"], f"{DATASET_NAMES[name]}, test"))
         results_path.write_text(json.dumps(summary, indent=2))
+    summary["library_defaults"] = library_defaults(
+        {name: entry["choices"] for name, entry in summary["datasets"].items() if entry.get("choices")})
+    results_path.write_text(json.dumps(summary, indent=2))
     tables = [f"Command: `{summary['command'].strip()}`", "",
               f"Budget per run: {args.epochs} epochs × {args.steps} steps of batch {args.batch}; rule: {score.__doc__}", ""]
     for name in summary["datasets"]:
@@ -322,6 +353,12 @@ def main():
             path = args.out / name / f"{phase}.md"
             if path.is_file():
                 tables += [path.read_text(), ""]
+    tables += ["**Library defaults by the rule** (validation score averaged over the datasets; AMCL's margin over "
+               "the best plain arm per dataset, points):", ""]
+    for method, d in summary["library_defaults"].items():
+        tables.append(f"- {reproduce.DISPLAY[method]}: AMCL knob `{d['knob']}` ({' '.join(d['settings'])})"
+                      + (f", baseline τ {d['tau']}" if "tau" in d else "")
+                      + f"; AMCL − best plain: {d['amcl_minus_best_plain']}")
     (args.out / "table.md").write_text("\n".join(tables))
     print("\n".join(tables))
     print(json.dumps({"seconds": round(time.perf_counter() - started, 1)}))

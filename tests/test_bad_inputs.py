@@ -36,7 +36,7 @@ TRAIN_CASES = [
     ("wrong-type-int", ["--set", "train.seed=ten"], "train.seed must be an integer, got 'ten'"),
     ("wrong-type-bool", ["--set", "model.amcl=maybe"], "model.amcl must be true or false"),
     ("wrong-type-list", ["--set", "data.crop_scale=0.5"], "must be a list of 2 numbers"),
-    ("negative-temperature", ["--set", "model.temperature=-0.5"], "it must be > 0 (SimCLR uses 0.5"),
+    ("negative-temperature", ["--set", "model.temperature=-0.5"], "it must be > 0 (default 0.1; the paper uses 0.5"),
     ("temperature-min-above-max", ["--set", "model.temperature_min=3.0"], "0 < temperature_min < temperature_max"),
     ("negative-temperature-min", ["--set", "model.temperature_min=-1.0"], "0 < temperature_min"),
     ("top-k-zero", ["--set", "model.top_k=0"], "model.top_k=0 is out of range: it must be a positive integer"),

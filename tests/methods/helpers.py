@@ -45,9 +45,12 @@ def build(method, amcl_on, strategy=None, clipnorm=1.0, lr=0.5, **options):
                 8, GLOBAL_BATCH, beta=1e-3, temperature_hidden_dim=8, temperature_min=0.1
             ) if amcl_on else None
             model = amcl.BarlowTwins(encoder, batch_size=GLOBAL_BATCH, loss=loss, **common)
-        else:
+        elif method == "simsiam":
             loss = amcl.losses.AMCLSimSiamLoss(8, beta=0.01, temperature_hidden_dim=8) if amcl_on else None
             model = amcl.SimSiam(encoder, predictor_hidden_dim=4, loss=loss, **common)
+        else:
+            raise ValueError(f"tests/methods/helpers.build knows no small model of method {method!r}; add one here "
+                             "(simclr, moco, barlow_twins, simsiam are built).")
         model.compile(optimizer=keras.optimizers.SGD(lr, global_clipnorm=clipnorm))
     return model
 

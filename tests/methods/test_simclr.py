@@ -46,7 +46,7 @@ def test_plain_simclr_is_one_head_ntxent():
     encoder = amcl.encoders.small_convnet((8, 8, 1), width=4)
     model = amcl.SimCLR(encoder, num_heads=1, amcl=False, projection_dim=8, hidden_dim=16)
     assert isinstance(model.contrastive_loss, amcl.losses.NTXentLoss)
-    assert model.contrastive_loss.temperature == 0.5
+    assert model.contrastive_loss.temperature == amcl.methods.simclr.SimCLRSettings.temperature == 0.1
     assert len(model.projector.heads) == 1
     assert [m.name for m in model.metrics] == ["loss"]
 
