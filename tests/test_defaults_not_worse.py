@@ -9,8 +9,8 @@ they check that the default never breaks an encoder (the collapse of the authors
 cost 15–20 kNN points at the study's budget), not that AMCL wins: the ablation in
 `benchmarks/ablation.py` (README "Reproduction") is where gains are measured.
 
-`MARGIN` (kNN accuracy, fraction) was measured with `python -m tests.test_defaults_not_worse` (5
-seeds of this exact pair of runs per method; see `CALIBRATION` for the numbers).
+`MARGIN` (kNN accuracy, fraction) comes from `python -m tests.test_defaults_not_worse 0 1 2` (3 seeds
+of this exact pair of runs per method; `CALIBRATION` holds the numbers).
 """
 
 import pathlib
@@ -28,8 +28,12 @@ TINY = ["data.dataset=fashion_mnist_subset", "data.batch_size=128", "train.epoch
         "train.strategy=default", "eval.probe_epochs=5", "eval.max_examples=2000", "eval.random_init=false",
         "eval.online_probe_every=0", "eval.telemetry_every=0", "eval.tensorboard=false", "export.formats=[]",
         "model.encoder_width=16"]
-MARGIN = None  # filled from CALIBRATION below
-CALIBRATION = {}
+# kNN points, AMCL default − baseline, seeds 0, 1, 2 of this exact pair of runs (2026-12-04, 2-core
+# AVX-512 EPYC): Barlow Twins −9.7, −8.9, −7.9 (its caveat is printed instead); MoCo −1.9, +3.7, +4.6;
+# SimCLR 0.0, +1.4, +0.4. The margin is MoCo's worst seed plus its seed spread (3.5), rounded up: it
+# catches a collapse of Barlow Twins' size while passing the noise of CPU kernels on other machines.
+CALIBRATION = {"barlow_twins": [-9.7, -8.9, -7.9], "moco": [-1.9, 3.7, 4.6], "simclr": [0.0, 1.4, 0.4]}
+MARGIN = 0.055  # kNN accuracy (fraction)
 
 
 def knn_pair(method, seed, tmp_path):
