@@ -71,7 +71,8 @@ def test_loss_is_the_queue_loss_of_the_form(moco_form, amcl_on):
         weights = model.contrastive_loss.temperature.get_weights()
         direction = lambda a, b: reference.amcl_infonce(a, b, queue, weights, 0.01, "topk", 5)  # noqa: E731
     else:
-        direction = lambda a, b: reference.infonce(a, b, queue, 0.1)  # noqa: E731
+        tau = amcl.methods.moco.MoCoSettings.temperature  # the default τ the baseline model was built with
+        direction = lambda a, b: reference.infonce(a, b, queue, tau)  # noqa: E731
     if moco_form == "symmetric":
         expected = 0.5 * (direction(q1, k2) + direction(q2, k1))
     else:
