@@ -312,13 +312,15 @@ def main():
                                            directory / "validation") for arm_name, arm in validation_arms(method).items())
                 if not records:
                     continue
-                if method in TEMPERATURE_METHODS and choose(method, records):  # knobs that sit at the validated τ*
-                    tau = choose(method, records)["tau"]
+                choice = choose(method, records)
+                if method in TEMPERATURE_METHODS and choice:  # knobs that sit at the validated τ*
+                    tau = choice["tau"]
                     extra = {k: a for k, a in validation_arms(method, tau).items() if k not in validation_arms(method)}
                     records += finished(run_one(args, dataset, split, method, arm_name, arm, args.validation_seed,
                                                 directory / "validation") for arm_name, arm in extra.items())
-                if choose(method, records):
-                    choices[method] = choose(method, records)
+                choice = choose(method, records)
+                if choice:
+                    choices[method] = choice
                 validation += records
                 choice_path.write_text(json.dumps(choices, indent=2))
             entry["validation"] = validation
