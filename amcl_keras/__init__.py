@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from amcl_keras import (  # noqa: E402
-    augment, autotune, callbacks, config, constants, data, encoders, evaluation, export, losses, methods, optimizers, registry,
+    augment, autotune, callbacks, config, constants, data, encoders, errors, evaluation, export, losses, methods, optimizers, registry,
     runs,
 )
 from amcl_keras.heads import MultiHeadPredictor, MultiHeadProjector, ProjectionHead
@@ -34,6 +34,7 @@ __all__ = [
     "data",
     "enable_determinism",
     "encoders",
+    "errors",
     "evaluation",
     "export",
     "losses",

@@ -25,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.constants import AUGMENTATION_FAMILIES as FAMILIES, parse_preset  # noqa: F401 (re-exported)
+from amcl_keras.errors import InvalidInputError
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -44,9 +45,9 @@ class RandomResizedCrop(keras.layers.Layer):
     def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), **kwargs):
         super().__init__(**kwargs)
         if not 0.0 < scale[0] <= scale[1] <= 1.0:
-            raise ValueError(f"`scale` must satisfy 0 < low <= high <= 1, got {scale!r}. SimCLR uses (0.08, 1.0).")
+            raise InvalidInputError(f"`scale` must satisfy 0 < low <= high <= 1, got {scale!r}. SimCLR uses (0.08, 1.0).")
         if not 0.0 < ratio[0] <= ratio[1]:
-            raise ValueError(f"`ratio` must satisfy 0 < low <= high, got {ratio!r}. SimCLR uses (3/4, 4/3).")
+            raise InvalidInputError(f"`ratio` must satisfy 0 < low <= high, got {ratio!r}. SimCLR uses (3/4, 4/3).")
         self.size = int(size)
         self.scale = tuple(float(s) for s in scale)
         self.ratio = tuple(float(r) for r in ratio)
@@ -83,7 +84,7 @@ class RandomApply(keras.layers.Layer):
     def __init__(self, layer, rate=0.5, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"`rate` must be a probability in [0, 1], got {rate!r}.")
+            raise InvalidInputError(f"`rate` must be a probability in [0, 1], got {rate!r}.")
         self.layer = layer
         self.rate = float(rate)
 
@@ -128,7 +129,7 @@ def family_layer(letter, image_size, channels=3, crop_scale=(0.08, 1.0)):
     if letter == "f":
         solarize = layers.Solarization(threshold_factor=(0.5, 0.5), value_range=(0, 1))
         return RandomApply(solarize, rate=0.2, name="f_solarization")
-    raise ValueError(f"Unknown augmentation family {letter!r}; families are {FAMILIES!r}.")
+    raise InvalidInputError(f"Unknown augmentation family {letter!r}; families are {FAMILIES!r}.")
 
 
 ORDER = "aedcbf"  # SimCLR's order: crop, flip, colour jitter, grayscale, blur; then solarization

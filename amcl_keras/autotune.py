@@ -38,6 +38,7 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from amcl_keras.errors import InvalidInputError
 
 AUTO_MIN_STEPS = 100  # runs shorter than this train without XLA (compile time would not pay back)
 WARMUP_STEPS = 2  # per variant: the trace (or XLA compile) and one more step, not timed
@@ -152,7 +153,7 @@ class JitCompileChooser(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if not self.decided and self.model.jit_compile:
-            raise ValueError("JitCompileChooser needs a model compiled with jit_compile=False; it switches XLA on itself.")
+            raise InvalidInputError("JitCompileChooser needs a model compiled with jit_compile=False; it switches XLA on itself.")
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.decided:

@@ -20,6 +20,7 @@ import keras
 
 from amcl_keras.normalization import SyncBatchNormalization
 from amcl_keras.registry import register_encoder_family
+from amcl_keras.errors import InvalidInputError
 
 APPLICATIONS_PREFIX = "keras.applications."
 KERAS_HUB_PREFIX = "keras_hub."
@@ -59,7 +60,7 @@ class ApplicationPreprocessing(keras.layers.Layer):
     def __init__(self, mode, **kwargs):
         super().__init__(**kwargs)
         if mode not in PREPROCESSING_MODES:
-            raise ValueError(f"`mode` must be one of {PREPROCESSING_MODES}, got {mode!r}.")
+            raise InvalidInputError(f"`mode` must be one of {PREPROCESSING_MODES}, got {mode!r}.")
         self.mode = mode
 
     def call(self, images):
@@ -98,7 +99,7 @@ def application_preprocessing(name):
     """The preprocessing mode of application `name` (from its module: `keras.applications.resnet` → "caffe")."""
     module = _application_module(name)
     if module not in APPLICATION_PREPROCESSING:
-        raise ValueError(f"keras.applications.{name} (module {module!r}) has no known input preprocessing; "
+        raise InvalidInputError(f"keras.applications.{name} (module {module!r}) has no known input preprocessing; "
                          f"amcl_keras.backbones.APPLICATION_PREPROCESSING covers {sorted(APPLICATION_PREPROCESSING)}.")
     return APPLICATION_PREPROCESSING[module]
 
@@ -107,21 +108,39 @@ def _check_weights_file(key, weights, suffixes):
     if weights is None:
         return
     if not isinstance(weights, str):
-        raise ValueError(f"{key} must be a path to a local weights file, got {weights!r}.")
+        raise InvalidInputError(f"{key} must be a path to a local weights file, got {weights!r}.")
     if weights.lower() == "imagenet":
-        raise ValueError(
+        raise InvalidInputError(
             f"{key}='imagenet' would download the ImageNet weights at run time, and amcl-keras never downloads. "
             "Download the file yourself where there is network access (e.g. `keras.applications.ResNet50("
             "include_top=False, weights='imagenet').save_weights('resnet50_notop.weights.h5')`, or Keras's "
             "'..._notop.h5' file), copy it here and set model.encoder_weights to its path."
         )
     if not weights.endswith(suffixes):
-        raise ValueError(f"{key}={weights!r}: expected a Keras weights file ending in {' or '.join(suffixes)}.")
+        raise InvalidInputError(f"{key}={weights!r}: expected a Keras weights file ending in {' or '.join(suffixes)}.")
 
 
 def require_weights_file(weights):
     if weights is not None and not os.path.isfile(weights):
-        raise ValueError(f"model.encoder_weights={weights!r}: no such file. Give the path of a local weights file.")
+        raise InvalidInputError(f"model.encoder_weights={weights!r}: no such file. Give the path of a local weights file.")
+
+
+def load_weights_file(load, weights, what):
+    """Run `load()` (a Keras call that reads the weights file `weights` into `what`), turning whatever h5py or
+    Keras raises for a file that is not a Keras weights file, is truncated, or belongs to another model into one
+    `InvalidInputError` that says so (h5py alone says "Unable to synchronously open file (file signature not
+    found)")."""
+    try:
+        return load()
+    except InvalidInputError:
+        raise
+    except Exception as error:  # h5py's OSError, Keras's ValueError on a shape mismatch, ...
+        raise InvalidInputError(
+            f"model.encoder_weights={weights!r} could not be loaded into {what}: {type(error).__name__}: {error}. "
+            "Expected a Keras weights file (HDF5) saved from the same architecture and input shape, e.g. with "
+            "`encoder.save_weights('encoder.weights.h5')`; check that the file is complete (not truncated) and "
+            "is not another model's."
+        ) from error
 
 
 def check_application(model_name, weights=None, options=None):
@@ -130,7 +149,7 @@ def check_application(model_name, weights=None, options=None):
     names = application_names()
     if model_name not in names:
         examples = ", ".join(APPLICATIONS_PREFIX + n for n in ("ResNet50", "MobileNetV3Small", "EfficientNetV2B0"))
-        raise ValueError(f"model.encoder='{APPLICATIONS_PREFIX}{model_name}' is not a keras.applications model. "
+        raise InvalidInputError(f"model.encoder='{APPLICATIONS_PREFIX}{model_name}' is not a keras.applications model. "
                          f"Valid names include {examples} ({len(names)} in all: {', '.join(names)}).")
     application_preprocessing(model_name)
     _check_weights_file("model.encoder_weights", weights, (".h5",))
@@ -138,7 +157,7 @@ def check_application(model_name, weights=None, options=None):
                if p not in _APPLICATION_FIXED]
     unknown = sorted(set(options or {}) - set(allowed))
     if unknown:
-        raise ValueError(f"model.encoder_options {unknown} are not arguments of keras.applications.{model_name} "
+        raise InvalidInputError(f"model.encoder_options {unknown} are not arguments of keras.applications.{model_name} "
                          f"that amcl-keras leaves open; those are {allowed}.")
 
 
@@ -185,8 +204,17 @@ def keras_application(model_name, input_shape, synchronized_batch_norm=False, we
     kwargs = dict(options or {})
     if "include_preprocessing" in inspect.signature(builder).parameters:
         kwargs["include_preprocessing"] = True
-    application = builder(include_top=False, weights=weights, input_shape=(height, width, 3), pooling="avg",
-                          **kwargs)
+    try:
+        application = builder(include_top=False, weights=None, input_shape=(height, width, 3), pooling="avg", **kwargs)
+    except ValueError as error:  # Keras checks the input size and the options when it builds the model
+        raise InvalidInputError(
+            f"keras.applications.{model_name} cannot be built for images of {height}x{width}"
+            f"{' with model.encoder_options=' + repr(options) if options else ''}: {error}. Set data.image_size to a "
+            "size this model accepts (most need at least 32; their docs list the minimum), or choose another "
+            "model.encoder_options."
+        ) from error
+    if weights is not None:  # what the builder does with a weights path, with an error that names the file
+        load_weights_file(lambda: application.load_weights(weights), weights, f"keras.applications.{model_name}")
     if synchronized_batch_norm:
         application = _swap_batch_norm(application)
     inputs = keras.Input((height, width, channels), name="images")
@@ -210,7 +238,7 @@ class TokenPooling(keras.layers.Layer):
     def __init__(self, pooling="cls", **kwargs):
         super().__init__(**kwargs)
         if pooling not in VIT_POOLINGS:
-            raise ValueError(f"`pooling` must be one of {VIT_POOLINGS}, got {pooling!r}.")
+            raise InvalidInputError(f"`pooling` must be one of {VIT_POOLINGS}, got {pooling!r}.")
         self.pooling = pooling
 
     def call(self, tokens):
@@ -230,33 +258,33 @@ def keras_hub_available():
 def check_keras_hub(model_name, weights=None, options=None):
     """Raise ValueError unless `keras_hub.<model_name>` with `options` can be built (see `VIT_OPTIONS`)."""
     if model_name not in KERAS_HUB_MODELS:
-        raise ValueError(f"model.encoder='{KERAS_HUB_PREFIX}{model_name}' is not supported; the KerasHub backbones "
+        raise InvalidInputError(f"model.encoder='{KERAS_HUB_PREFIX}{model_name}' is not supported; the KerasHub backbones "
                          f"amcl-keras builds are {[KERAS_HUB_PREFIX + n for n in KERAS_HUB_MODELS]}.")
     if not keras_hub_available():
-        raise ValueError(f"model.encoder='{KERAS_HUB_PREFIX}{model_name}' needs keras-hub, which is not installed. "
+        raise InvalidInputError(f"model.encoder='{KERAS_HUB_PREFIX}{model_name}' needs keras-hub, which is not installed. "
                          f"Install it (without its text dependencies) with: {KERAS_HUB_INSTALL}")
     _check_weights_file("model.encoder_weights", weights, (".weights.h5",))
     options = options or {}
     unknown = sorted(set(options) - set(VIT_OPTIONS))
     if unknown:
-        raise ValueError(f"model.encoder_options {unknown} are not options of {KERAS_HUB_PREFIX}{model_name}; "
+        raise InvalidInputError(f"model.encoder_options {unknown} are not options of {KERAS_HUB_PREFIX}{model_name}; "
                          f"those are {VIT_OPTIONS} (the defaults shown).")
     for key in ("patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_dim"):
         value = options.get(key, VIT_OPTIONS[key])
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"model.encoder_options.{key}={value!r}: it must be a positive integer.")
+            raise InvalidInputError(f"model.encoder_options.{key}={value!r}: it must be a positive integer.")
     for key in ("dropout_rate", "attention_dropout"):
         value = options.get(key, VIT_OPTIONS[key])
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ValueError(f"model.encoder_options.{key}={value!r}: it must be a number in [0, 1).")
+            raise InvalidInputError(f"model.encoder_options.{key}={value!r}: it must be a number in [0, 1).")
     epsilon = options.get("layer_norm_epsilon", VIT_OPTIONS["layer_norm_epsilon"])
     if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not epsilon > 0:
-        raise ValueError(f"model.encoder_options.layer_norm_epsilon={epsilon!r}: it must be a number > 0.")
+        raise InvalidInputError(f"model.encoder_options.layer_norm_epsilon={epsilon!r}: it must be a number > 0.")
     if options.get("pooling", "cls") not in VIT_POOLINGS:
-        raise ValueError(f"model.encoder_options.pooling={options['pooling']!r}: one of {VIT_POOLINGS}.")
+        raise InvalidInputError(f"model.encoder_options.pooling={options['pooling']!r}: one of {VIT_POOLINGS}.")
     hidden, heads = (options.get(key, VIT_OPTIONS[key]) for key in ("hidden_dim", "num_heads"))
     if hidden % heads:
-        raise ValueError(f"model.encoder_options: hidden_dim={hidden} must be divisible by num_heads={heads}.")
+        raise InvalidInputError(f"model.encoder_options: hidden_dim={hidden} must be divisible by num_heads={heads}.")
 
 
 @register_encoder_family(KERAS_HUB_PREFIX, check=check_keras_hub, example="keras_hub.ViTBackbone")
@@ -284,7 +312,7 @@ def keras_hub_backbone(model_name, input_shape, synchronized_batch_norm=False, w
     height, width, channels = tuple(input_shape)
     for size, axis in ((height, "height"), (width, "width")):
         if size % options["patch_size"]:
-            raise ValueError(f"The image {axis} {size} is not divisible by model.encoder_options.patch_size="
+            raise InvalidInputError(f"The image {axis} {size} is not divisible by model.encoder_options.patch_size="
                              f"{options['patch_size']}; set data.image_size or the patch size so that it is.")
     backbone = keras_hub.models.ViTBackbone(image_shape=(height, width, channels), use_class_token=pooling == "cls",
                                             name="vit_backbone", **options)

@@ -16,9 +16,10 @@ from amcl_keras import evaluation, registry
 from amcl_keras.constants import KNN_K, KNN_TEMPERATURE, OBJECTIVES, PROBE_BATCH_SIZE, PROBE_LEARNING_RATE
 from amcl_keras.data import to_float_images
 from amcl_keras.runs import RunBackup, append_text
+from amcl_keras.errors import AMCLError, InvalidInputError
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(AMCLError, FloatingPointError):
     """Raised when the training loss stops being finite."""
 
 
@@ -117,7 +118,7 @@ class KNNMonitor(keras.callbacks.Callback):
     def __init__(self, train, test, every=1, k=KNN_K, temperature=KNN_TEMPERATURE, image_size=None):
         super().__init__()
         if every < 1:
-            raise ValueError(f"`every` must be at least 1 epoch, got {every}.")
+            raise InvalidInputError(f"`every` must be at least 1 epoch, got {every}.")
         self.train, self.test = train, test
         self.every, self.k, self.temperature, self.image_size = every, k, temperature, image_size
 
@@ -136,7 +137,7 @@ def _labelled(pair, name):
     images, labels = pair
     images, labels = np.asarray(images), np.asarray(labels)
     if images.ndim != 4 or len(images) != len(labels) or len(images) == 0:
-        raise ValueError(
+        raise InvalidInputError(
             f"`{name}` must be (images [N, H, W, C], labels [N]) with N > 0, got images {images.shape} and "
             f"{labels.shape} labels."
         )
@@ -165,7 +166,7 @@ class OnlineLinearProbe(keras.callbacks.Callback):
                  seed=0):
         super().__init__()
         if every < 1:
-            raise ValueError(f"`every` must be at least 1 step, got {every}.")
+            raise InvalidInputError(f"`every` must be at least 1 step, got {every}.")
         self.train, self.test = _labelled(train, "train"), _labelled(test, "test")
         self.every, self.batch_size, self.learning_rate = every, batch_size, learning_rate
         self.image_size, self.seed = image_size, seed
@@ -239,7 +240,7 @@ class PairTelemetry(keras.callbacks.Callback):
     def __init__(self, view1, view2, every=1, log_dir=None, max_values=100_000):
         super().__init__()
         if every < 1:
-            raise ValueError(f"`every` must be at least 1 epoch, got {every}.")
+            raise InvalidInputError(f"`every` must be at least 1 epoch, got {every}.")
         self.view1, self.view2 = tf.convert_to_tensor(view1), tf.convert_to_tensor(view2)
         self.every, self.log_dir, self.max_values = every, log_dir, max_values
         self.history_fields = None
@@ -312,9 +313,9 @@ class TemperatureSaturationWarning(keras.callbacks.Callback):
     def __init__(self, view1, view2, every_steps=None, fraction=0.5, margin=0.1, telemetry=None):
         super().__init__()
         if every_steps is not None and every_steps < 1:
-            raise ValueError(f"`every_steps` must be None (epoch ends only) or >= 1, got {every_steps}.")
+            raise InvalidInputError(f"`every_steps` must be None (epoch ends only) or >= 1, got {every_steps}.")
         if not 0.0 <= fraction < 1.0 or not margin > 0.0:
-            raise ValueError(f"Need 0 <= fraction < 1 and margin > 0, got fraction={fraction!r}, margin={margin!r}.")
+            raise InvalidInputError(f"Need 0 <= fraction < 1 and margin > 0, got fraction={fraction!r}, margin={margin!r}.")
         self.view1, self.view2 = tf.convert_to_tensor(view1), tf.convert_to_tensor(view2)
         self.every_steps, self.fraction, self.margin = every_steps, fraction, margin
         self.telemetry = telemetry  # a `PairTelemetry` on the same views, placed before this callback: its

@@ -7,23 +7,26 @@
     amcl report RUN_DIR [RUN_DIR ...] --out report.png          curves and similarity histograms of runs
     amcl augment-preview [--preset abcde]                      a PNG of images and two augmented views of each
 
-Exit codes: 0 done, 2 bad input (config, run directory, data, a path that cannot be read or
-written, a full disk; the message says what to change), 3 training stopped because the loss or
+Exit codes: 0 done, 1 a bug in amcl-keras (an error the library does not expect: its traceback is
+printed, please report it), 2 bad input (config, run directory, data, a path that cannot be read
+or written, a full disk; the message says what to change), 3 training stopped because the loss or
 a gradient stopped being finite, 75 pre-empted (SIGTERM: a backup was written at the next step;
-re-run the same command to resume).
+re-run the same command to resume), 130 interrupted (Ctrl-C).
 """
 
 import argparse
 import os
 import sys
 import time
+import traceback
 
 import numpy as np
 
 from amcl_keras import config as config_lib, data, evaluation, export as export_lib, preview, registry, report
-from amcl_keras import runs, train as train_lib
+from amcl_keras import __version__, runs, train as train_lib
 from amcl_keras.callbacks import NonFiniteLossError
 from amcl_keras.constants import DEFAULT_EXPORT_FORMATS, EXPORT_FORMATS, EXPORT_INT8_TOLERANCE, EXPORT_TOLERANCE
+from amcl_keras.errors import AMCLError
 
 
 def _parser():
@@ -102,26 +105,18 @@ def _parser():
 
 
 def _preview(args):
-    try:
-        config = config_lib.load(args.config, args.overrides + ([f"data.augmentation={args.preset}"] if args.preset else []))
-    except config_lib.ConfigError as error:
-        print(f"amcl: config error: {error}", file=sys.stderr)
-        return 2
+    config = config_lib.load(args.config, args.overrides + ([f"data.augmentation={args.preset}"] if args.preset else []))
     if args.count < 1:
         print("amcl: --count must be at least 1", file=sys.stderr)
         return 2
     cfg = config.data
-    try:
-        if args.rgb_samples:
-            images = data.load_rgb_samples()
-        else:
-            images, _ = data.labelled_arrays(cfg.dataset, cfg.eval_test_split, cfg.data_dir, args.count, cfg.download)
-        images = np.resize(images, (args.count,) + images.shape[1:])
-        size = cfg.image_size or images.shape[1]
-        shape = preview.write_preview(args.out, images, size, cfg.augmentation, cfg.crop_scale)
-    except (OSError, ValueError, RuntimeError) as error:
-        print(f"amcl: augment-preview failed: {_text(error)}", file=sys.stderr)
-        return 2
+    if args.rgb_samples:
+        images = data.load_rgb_samples()
+    else:
+        images, _ = data.labelled_arrays(cfg.dataset, cfg.eval_test_split, cfg.data_dir, args.count, cfg.download)
+    images = np.resize(images, (args.count,) + images.shape[1:])
+    size = cfg.image_size or images.shape[1]
+    shape = preview.write_preview(args.out, images, size, cfg.augmentation, cfg.crop_scale)
     print(f"Wrote {args.out} ({shape[1]}x{shape[0]} px): {args.count} rows of original | view 1 | view 2, "
           f"preset {cfg.augmentation!r}")
     return 0
@@ -132,13 +127,9 @@ def _eval(args):
         print("amcl: eval failed: --export-dir needs --artefact FORMAT (which artefact of the export to evaluate, "
               f"one of {', '.join(EXPORT_FORMATS)})", file=sys.stderr)
         return 2
-    try:
-        features = args.artefact and export_lib.artefact_features(args.run_dir, args.artefact, args.export_dir)
-        result = evaluation.evaluate_run(args.run_dir, args.probe_epochs, args.knn_k, args.knn_temperature, args.seed,
-                                         features=features or None)
-    except (runs.RunReadError, OSError, ValueError, RuntimeError) as error:  # ConfigError, RunWriteError, ExportError
-        print(f"amcl: eval failed: {_text(error)}", file=sys.stderr)
-        return 2
+    features = args.artefact and export_lib.artefact_features(args.run_dir, args.artefact, args.export_dir)
+    result = evaluation.evaluate_run(args.run_dir, args.probe_epochs, args.knn_k, args.knn_temperature, args.seed,
+                                     features=features or None)
     probe, knn = result["linear_probe"], result["knn"]
     print(f"features: {result['features']['format']} ({result['features']['path']})\n"
           f"linear probe {probe['accuracy'] * 100:.1f}% ({probe['protocol']})\n"
@@ -147,25 +138,17 @@ def _eval(args):
 
 
 def _report(args):
-    try:
-        path = report.write_report(args.run_dirs, args.out)
-    except (OSError, runs.RunReadError, ValueError) as error:  # ConfigError; --out in a missing folder, or a folder
-        print(f"amcl: report failed: {_text(error)}", file=sys.stderr)
-        return 2
+    path = report.write_report(args.run_dirs, args.out)
     print(f"Wrote {path} for {len(args.run_dirs)} run(s).")
     return 0
 
 
 def _export(args):
     out = args.out or os.path.join(args.run_dir, "export")
-    try:
-        metadata = export_lib.export_encoder(
-            args.run_dir, out, formats=args.formats, tolerance=args.tolerance, overwrite=args.overwrite,
-            int8_tolerance=args.int8_tolerance,
-        )
-    except (export_lib.ExportError, OSError) as error:  # ExportWriteError: the folder cannot be written
-        print(f"amcl: export failed: {_text(error)}", file=sys.stderr)
-        return 2
+    metadata = export_lib.export_encoder(
+        args.run_dir, out, formats=args.formats, tolerance=args.tolerance, overwrite=args.overwrite,
+        int8_tolerance=args.int8_tolerance,
+    )
     print(f"Exported to {out}: {', '.join(metadata['formats'])}; input uint8 {metadata['input']['shape']}, "
           f"output {metadata['output']['name']} float32 [batch, {metadata['feature_dim']}]")
     verification = metadata["verification"]
@@ -182,23 +165,13 @@ def _export(args):
 
 def _text(error):
     """The message of an error; an OS error's own words and path ("No space left on device: 'x'")."""
-    if type(error).__module__ == "builtins" and isinstance(error, OSError) and error.strerror:
+    if _is_environment_error(error):
         where = f": {str(error.filename)!r}" if error.filename else ""
         return f"{error.strerror}{where}"
     return str(error)
 
 
-def main(argv=None):
-    args = _parser().parse_args(argv)
-    if args.command == "export":
-        return _export(args)
-    if args.command == "augment-preview":
-        return _preview(args)
-    if args.command == "eval":
-        return _eval(args)
-    if args.command == "report":
-        return _report(args)
-
+def _train(args):
     overrides = list(args.overrides)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
@@ -214,28 +187,55 @@ def main(argv=None):
         overrides.append("model.amcl=false")
     if args.steps_per_epoch is not None:
         overrides.append(f"train.steps_per_epoch={args.steps_per_epoch}")
-    try:
-        config = config_lib.load(args.config, overrides)
-    except config_lib.ConfigError as error:
-        print(f"amcl: config error: {error}", file=sys.stderr)
-        return 2
+    config = config_lib.load(args.config, overrides)
     run_dir = args.run_dir or os.path.join("runs", f"{config.model.method}-{time.strftime('%Y%m%d-%H%M%S')}")
-    try:
-        results = train_lib.run(config, run_dir, overwrite=args.overwrite)
-    except runs.RunPreempted as error:
-        print(f"amcl: pre-empted: {error}", file=sys.stderr)
-        return runs.PREEMPTED_EXIT_CODE
-    except (OSError, ValueError, RuntimeError) as error:  # RunDirectoryError, RunWriteError, ExportError included
-        print(f"amcl: error: {_text(error)}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as error:
-        print(f"amcl: training stopped: {error}", file=sys.stderr)
-        return 3
+    results = train_lib.run(config, run_dir, overwrite=args.overwrite)
     print()
     print(train_lib.format_results(results))
     print(f"\nRun directory: {run_dir} (config.yaml, history.jsonl, final.weights.h5, encoder.keras, results.json"
           + (", export/)" if "export" in results else ")"))
     return 0
+
+
+COMMANDS = {"train": _train, "eval": _eval, "export": _export, "report": _report, "augment-preview": _preview}
+
+
+def _is_environment_error(error):
+    """A plain OS error with the OS's own words (no permission, disk full, a missing file): the machine, not a bug."""
+    return type(error).__module__ == "builtins" and isinstance(error, OSError) and bool(error.strerror)
+
+
+def main(argv=None):
+    """Run one command; the exit code says how it ended (module docstring). Expected failures (an
+    `AMCLError`, or an OS error such as a full disk) print one line; anything else is a bug in the
+    library: its traceback is printed with a line asking for a report, exit code 1."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except runs.RunPreempted as error:
+        print(f"amcl: pre-empted: {error}", file=sys.stderr)
+        return runs.PREEMPTED_EXIT_CODE
+    except NonFiniteLossError as error:
+        print(f"amcl: training stopped: {error}", file=sys.stderr)
+        return 3
+    except config_lib.ConfigError as error:
+        print(f"amcl: config error: {error}", file=sys.stderr)
+        return 2
+    except AMCLError as error:
+        print(f"amcl: {args.command} failed: {_text(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("amcl: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if _is_environment_error(error):
+            print(f"amcl: {args.command} failed: {_text(error)}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        print(f"amcl: internal error in `amcl {args.command}`: this is a bug in amcl-keras {__version__}, not a problem "
+              "with your input. Please report it to the amcl-keras maintainers with the traceback above and the "
+              "command you ran.", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

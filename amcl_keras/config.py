@@ -18,13 +18,15 @@ import yaml
 
 from amcl_keras import registry
 from amcl_keras.constants import (
+    CLIPNORM, SGD_MOMENTUM, WEIGHT_DECAY,
     DEFAULT_EXPORT_FORMATS, ENCODER_FORWARDS, EXPORT_FORMATS, EXPORT_INT8_TOLERANCE, EXPORT_TOLERANCE,
     JIT_COMPILE_SETTINGS, KNN_K, KNN_TEMPERATURE, NEGATIVE_FORMS, NUM_HEADS, ONNX_FORMATS, OBJECTIVES, PRECISIONS,
     PROBE_EPOCHS, STRATEGIES, TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN, TOP_K, WEIGHT_DECAY_MODES, parse_preset,
 )
+from amcl_keras.errors import InvalidInputError
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidInputError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
 
 
@@ -72,6 +74,8 @@ class ModelConfig:
     temperature_hidden_dim: int = TEMPERATURE_HIDDEN_DIM
     temperature_min: float = TEMPERATURE_MIN
     temperature_max: float = TEMPERATURE_MAX
+    # φ on stopped-gradient embeddings: the encoder gets no gradient through the temperatures (docs/METHOD.md §10)
+    temperature_stop_gradient: bool = False
     # model.objective and model.temperature_center (how the temperatures enter the AMCL loss) and
     # model.beta are each method's own settings (MethodSettings): their defaults were chosen per method
     # on validation splits (docs/METHOD.md §10).
@@ -100,11 +104,11 @@ class TrainConfig:
     epochs: int = 20
     steps_per_epoch: typing.Optional[int] = None  # None: one pass over the data
     learning_rate: typing.Optional[float] = None  # SGD, momentum, cosine decay to 0; None: the method's
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    momentum: float = SGD_MOMENTUM
+    weight_decay: float = WEIGHT_DECAY
     weight_decay_mode: str = "coupled"  # "coupled": added to the gradient before momentum, as PyTorch's SGD (the
     # authors'); "decoupled": Keras's SGD(weight_decay=...), w -= lr·wd·w outside the momentum (~10x weaker at m=0.9)
-    clipnorm: float = 1.0  # global gradient-norm clipping (the authors' 1.0)
+    clipnorm: float = CLIPNORM  # global gradient-norm clipping (the authors' 1.0)
     strategy: str = "mirrored"  # "auto": Mirrored over GPUs, else default; "mirrored": always; "multi_worker": TF_CONFIG
     cpu_replicas: int = 1  # with "mirrored" and no GPU: logical CPU devices to mirror over
     jit_compile: typing.Union[bool, str] = "auto"  # true/false, or "auto": measured on the first steps (autotune.py)
@@ -332,8 +336,10 @@ def validate(config):
         require(value >= 1, f"model.{key}", value, "it must be a positive integer")
     require(model.encoder_forward in ENCODER_FORWARDS, "model.encoder_forward", model.encoder_forward,
             f"one of {ENCODER_FORWARDS}")
-    require(model.objective in OBJECTIVES, "model.objective", model.objective,
-            f"one of {OBJECTIVES} ('authors': the paper's form; 'normalized', 'rectified': bounded, docs/METHOD.md)")
+    amcl_loss = registry.METHODS[model.method].model.amcl_loss
+    objectives = getattr(amcl_loss, "objectives", OBJECTIVES)  # the objectives this method's AMCL loss implements
+    require(model.objective in objectives, "model.objective", model.objective,
+            f"one of {objectives} for {model.method} ('authors': the paper's form; the others bounded, docs/METHOD.md §9)")
     require(model.temperature_center is None or model.temperature_center > 0, "model.temperature_center",
             model.temperature_center, "None (2/projection_dim) or > 0")
     require(model.negatives in NEGATIVE_FORMS, "model.negatives", model.negatives, f"one of {NEGATIVE_FORMS}")

@@ -1,8 +1,11 @@
 """Named defaults and the allowed values of every option: the bottom of the import graph.
 
 `config` validates against these tuples and the modules that implement an option import the
-same tuple, so a value is spelled once. Nothing here imports TensorFlow, Keras or the package.
+same tuple, so a value is spelled once. Nothing here imports TensorFlow, Keras or the package
+(only `amcl_keras.errors`, which imports nothing).
 """
+
+from amcl_keras.errors import InvalidInputError
 
 # --- AMCL: the shared temperature network φ and the loss (the authors' values, docs/METHOD.md §5) -----
 NUM_HEADS = 3  # projection heads C
@@ -20,18 +23,28 @@ NEGATIVE_FORMS = ("topk", "hardest")  # "topk": the authors' code; "hardest": pa
 #                 mean one over the pairs of a term (they re-weight pairs, cannot rescale the loss).
 #   "rectified":  each of the authors' terms made bounded on its own: ±sim/τ through softplus
 #                 (a per-pair logistic likelihood); Barlow Twins' squared terms are kept as they are.
-# Both bounded forms regularise EVERY temperature with +β·R_c(τ) ≥ 0 (temperature.bounded_omega).
-OBJECTIVES = ("authors", "normalized", "rectified")
-# What the methods (`SimCLR(encoder)` without `loss=`) and `amcl train` use: the bounded form chosen
-# on a validation split (README "Reproduction"). The loss classes themselves default to "authors",
-# so `AMCLNTXentLoss(d)` is the paper's Eq. 2.1 / top-k form.
+#   "weighted":   SimSiam and Barlow Twins only: each term keeps its form and its target and is
+#                 multiplied by a weight from its temperature, bounded to [1/4, 4] with mean one
+#                 (temperature.bounded_weights): the temperatures can re-weight terms, never
+#                 rescale the loss or move its minimum (Barlow Twins' diagonal target stays 1).
+# The bounded forms regularise EVERY temperature with +β·R_c(τ) ≥ 0 (temperature.bounded_omega).
+OBJECTIVES = ("authors", "normalized", "rectified", "weighted")
+CONTRASTIVE_OBJECTIVES = ("authors", "normalized", "rectified")  # the AMCL losses with negatives (SimCLR, MoCo)
+# `MethodSettings`' fallback. Each method's default is the objective its AMCL loss class declares as
+# `default_objective`, the one chosen on validation (docs/METHOD.md §10), so `AMCLNTXentLoss(d)` built
+# from Python, `SimCLR(encoder)` and `amcl train` all use the same form; pass objective="authors"
+# for the paper's Eq. 2.1 / top-k form.
 DEFAULT_OBJECTIVE = "normalized"
 
 # --- the training step ------------------------------------------------------------------------------
 # How the two views go through the online encoder and heads (and SimSiam's predictor, MoCo's key
 # encoder): each on its own (batch-norm statistics per view, the authors'), or as one batch.
 ENCODER_FORWARDS = ("per_view", "concatenated")
-WEIGHT_DECAY_MODES = ("coupled", "decoupled")  # PyTorch's SGD (the authors') / Keras's SGD(weight_decay=)
+WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+# The authors' optimiser settings: `train:` defaults and `CoupledWeightDecaySGD`'s constructor defaults.
+SGD_MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+CLIPNORM = 1.0  # global gradient-norm clipping  # PyTorch's SGD (the authors') / Keras's SGD(weight_decay=)
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 JIT_COMPILE_SETTINGS = (True, False, "auto")  # train.jit_compile; "auto": amcl_keras/autotune.py
@@ -46,7 +59,7 @@ def parse_preset(preset):
     letters = AUGMENTATION_PRESETS.get(preset, preset)
     if (not isinstance(letters, str) or not letters or "a" not in letters
             or any(ch not in AUGMENTATION_FAMILIES for ch in letters)):
-        raise ValueError(
+        raise InvalidInputError(
             f"Unknown augmentation preset {preset!r}. Use 'simclr', 'strong' or letters from 'abcdef' that "
             "include 'a' (the crop, which also sets the output size): (a) random resized crop, (b) Gaussian "
             "blur, (c) random grayscale, (d) colour jitter, (e) horizontal flip, (f) solarization. "

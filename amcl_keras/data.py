@@ -21,6 +21,7 @@ import pathlib
 
 import numpy as np
 import tensorflow as tf
+from amcl_keras.errors import EnvironmentProblemError, InvalidInputError
 
 SHIPPED = "fashion_mnist_subset"  # the default dataset
 # the datasets shipped in amcl_keras/data/<name>.npz, and their splits
@@ -38,11 +39,11 @@ def load_shipped(split="train", name=SHIPPED):
     `[N, 32, 32, 3]`, splits train/val/test (class names: `shipped_class_names`).
     """
     if name not in SHIPPED_DATASETS:
-        raise ValueError(f"No shipped dataset {name!r}; the shipped ones are {sorted(SHIPPED_DATASETS)}.")
+        raise InvalidInputError(f"No shipped dataset {name!r}; the shipped ones are {sorted(SHIPPED_DATASETS)}.")
     splits = SHIPPED_DATASETS[name]
     if split not in splits:
         listed = ", ".join(repr(s) for s in splits[:-1]) + f" and {splits[-1]!r}"
-        raise ValueError(f"The shipped dataset {name!r} has the splits {listed}, got split={split!r}.")
+        raise InvalidInputError(f"The shipped dataset {name!r} has the splits {listed}, got split={split!r}.")
     with np.load(SHIPPED_PATH.with_name(f"{name}.npz")) as arrays:
         return arrays[f"{split}_images"], arrays[f"{split}_labels"].astype(np.int64)
 
@@ -50,7 +51,7 @@ def load_shipped(split="train", name=SHIPPED):
 def shipped_class_names(name):
     """The class names of a shipped dataset, in label order (None where the file has none)."""
     if name not in SHIPPED_DATASETS:
-        raise ValueError(f"No shipped dataset {name!r}; the shipped ones are {sorted(SHIPPED_DATASETS)}.")
+        raise InvalidInputError(f"No shipped dataset {name!r}; the shipped ones are {sorted(SHIPPED_DATASETS)}.")
     with np.load(SHIPPED_PATH.with_name(f"{name}.npz")) as arrays:
         return arrays["class_names"].tolist() if "class_names" in arrays.files else None
 
@@ -81,14 +82,14 @@ def load_npz(path, split="train"):
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise ValueError(f"Dataset file {str(path)!r} {'is a folder' if path.is_dir() else 'does not exist'}. Give "
+        raise InvalidInputError(f"Dataset file {str(path)!r} {'is a folder' if path.is_dir() else 'does not exist'}. Give "
                          "data.dataset the path of an .npz file (relative to the working directory), a folder of images "
                          "or a tfds name.")
     with _open_npz(path) as arrays:
         keys = (f"{split}_images", f"{split}_labels")
         missing = [key for key in keys if key not in arrays.files]
         if missing:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{str(path)!r} has no {missing} for split {split!r}; its arrays are {sorted(arrays.files)}. "
                 "An .npz dataset holds <split>_images (uint8 [N, H, W, C]) and <split>_labels ([N] integers)."
             )
@@ -96,7 +97,7 @@ def load_npz(path, split="train"):
     if images.ndim == 3:
         images = images[..., None]
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels):
-        raise ValueError(
+        raise InvalidInputError(
             f"{str(path)!r}: expected uint8 images [N, H, W, C] and N labels, got {images.dtype} {images.shape} "
             f"and {len(labels)} labels."
         )
@@ -107,10 +108,10 @@ def _open_npz(path):
     try:
         arrays = np.load(path)
         if not isinstance(arrays, np.lib.npyio.NpzFile):
-            raise ValueError("it holds one array, not named arrays")
+            raise InvalidInputError("it holds one array, not named arrays")
         return arrays
     except Exception as error:  # truncated zip, not a zip: NumPy and zipfile raise several types
-        raise ValueError(f"Dataset file {str(path)!r} is not a readable .npz file ({type(error).__name__}: {error}). "
+        raise InvalidInputError(f"Dataset file {str(path)!r} is not a readable .npz file ({type(error).__name__}: {error}). "
                          "Write it with np.savez(path, train_images=..., train_labels=..., ...).") from None
 
 
@@ -121,7 +122,7 @@ class FolderScan:
         from PIL import Image
 
         if on_bad_image not in BAD_IMAGE_POLICIES:
-            raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}.")
+            raise InvalidInputError(f"on_bad_image must be one of {BAD_IMAGE_POLICIES}, got {on_bad_image!r}.")
         root = pathlib.Path(root)
         split_dir = root / split
         class_dirs = sorted(d for d in split_dir.iterdir() if d.is_dir()) if split_dir.is_dir() else []
@@ -132,7 +133,7 @@ class FolderScan:
             self.classes = []
             candidates = [(f, -1) for f in sorted(root.rglob("*")) if _is_image(f)]
         if not candidates:
-            raise ValueError(
+            raise InvalidInputError(
                 f"No images ({', '.join(IMAGE_EXTENSIONS)}) found for split {split!r} in {str(root)!r}. Expected "
                 f"{root}/{split}/<label>/<image> (labelled, the tfds ImageFolder layout) or images anywhere "
                 f"under {root} (unlabeled)."
@@ -147,7 +148,7 @@ class FolderScan:
                     modes.add("L" if image.mode in ("L", "LA", "I", "I;16", "1") else "RGB")
             except Exception as error:  # PIL raises many types for broken files
                 if on_bad_image == "error":
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"Unreadable image {str(path)!r} ({type(error).__name__}: {error}). Remove or fix it, or set "
                         "data.on_bad_image: skip to skip such files (they are counted and reported)."
                     ) from None
@@ -158,7 +159,7 @@ class FolderScan:
         if self.skipped:
             log.warning("Skipped %d unreadable image(s) in %s, e.g. %s", len(self.skipped), root, self.skipped[0])
         if not self.files:
-            raise ValueError(f"Every image under {str(root)!r} for split {split!r} is unreadable ({len(self.skipped)} files).")
+            raise InvalidInputError(f"Every image under {str(root)!r} for split {split!r} is unreadable ({len(self.skipped)} files).")
         self.channels = 1 if modes == {"L"} else 3  # any colour file → colour (grayscale ones are replicated)
         self.size = min(sizes[0])  # the first image's shorter side, unless image_size is set
         self.mixed_sizes = len(set(sizes)) > 1
@@ -205,17 +206,17 @@ def load(name=SHIPPED, split="train", data_dir=None, download=True, image_size=N
     if pathlib.Path(name).is_dir():  # image_size, channels and on_bad_image apply to folders
         return load_folder(name, split, image_size, channels, on_bad_image)[0]
     if pathlib.Path(name).is_file():
-        raise ValueError(f"Dataset {name!r} is a file but not an .npz file: data.dataset takes an .npz file, a folder of "
+        raise InvalidInputError(f"Dataset {name!r} is a file but not an .npz file: data.dataset takes an .npz file, a folder of "
                          "images or a tfds name.")
     if "/" in name or name.startswith("."):
-        raise ValueError(f"Dataset folder {name!r} does not exist (a tfds name has no '/'). Check the path (relative "
+        raise InvalidInputError(f"Dataset folder {name!r} does not exist (a tfds name has no '/'). Check the path (relative "
                          "to the working directory) or give a tfds name such as 'cifar10'.")
     import tensorflow_datasets as tfds
 
     try:
         dataset = tfds.load(name, split=split, as_supervised=True, data_dir=data_dir, download=download)
     except Exception as error:  # tfds raises several types (DatasetNotFoundError, ConnectionError, ...)
-        raise RuntimeError(
+        raise EnvironmentProblemError(
             f"Could not load tfds dataset {name!r} (split {split!r}, data_dir {data_dir!r}): {error}\n"
             f"Check the name and split (see tfds.list_builders()). To use it offline, prepare it once on a "
             f"machine with network access (`tfds build {name} --data_dir DIR`, or tfds.load(..., data_dir=DIR)), "
@@ -224,15 +225,17 @@ def load(name=SHIPPED, split="train", data_dir=None, download=True, image_size=N
         ) from error
     image_spec = dataset.element_spec[0]
     if image_spec.shape.rank != 3:
-        raise ValueError(f"Dataset {name!r} gives images of shape {image_spec.shape}; expected [height, width, channels].")
+        raise InvalidInputError(f"Dataset {name!r} gives images of shape {image_spec.shape}; expected [height, width, channels].")
     return dataset
 
 
 def to_float_images(images, image_size=None):
-    """uint8 images → float32 in [0, 1], resized to `image_size` (square) when given."""
+    """uint8 images → float32 in [0, 1], resized (bilinear) when `image_size` is given: an int for a square
+    size, or `(height, width)`."""
     images = tf.cast(images, tf.float32) / 255.0
     if image_size is not None:
-        images = tf.image.resize(images, (image_size, image_size))
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        images = tf.image.resize(images, size)
     return images
 
 

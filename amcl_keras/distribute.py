@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.constants import STRATEGIES
+from amcl_keras.errors import EnvironmentProblemError, InvalidInputError
 
 
 def use_cpu_replicas(count):
@@ -20,7 +21,7 @@ def use_cpu_replicas(count):
         current = len(tf.config.list_logical_devices("CPU"))
         if current == count:
             return
-        raise RuntimeError(
+        raise EnvironmentProblemError(
             f"Cannot split the CPU into {count} logical devices: TensorFlow is already initialised with "
             f"{current}. Call amcl_keras.distribute.use_cpu_replicas({count}) first thing in the process."
         ) from error
@@ -54,7 +55,7 @@ def make_strategy(name="auto", cpu_replicas=1):
     `multi_worker`: MultiWorkerMirroredStrategy over the hosts named in the `TF_CONFIG`
     environment variable (the standard TF cluster description; each worker runs the same command)."""
     if name not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {name!r}: use one of {STRATEGIES}.")
+        raise InvalidInputError(f"Unknown strategy {name!r}: use one of {STRATEGIES}.")
     if name == "multi_worker":
         return _multi_worker()
     if name == "mirrored":
@@ -72,7 +73,7 @@ def _multi_worker():
 
     raw = os.environ.get("TF_CONFIG")
     if not raw:
-        raise ValueError(
+        raise InvalidInputError(
             "train.strategy=multi_worker needs the TF_CONFIG environment variable on every worker, e.g. "
             'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}\' '
             "(index 1 on the second host). Use strategy 'mirrored' on one machine."
@@ -81,7 +82,7 @@ def _multi_worker():
         spec = json.loads(raw)
         spec["cluster"], spec["task"]["type"], spec["task"]["index"]
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"TF_CONFIG is not a valid cluster description ({error!r}): {raw!r}. It needs "
+        raise InvalidInputError(f"TF_CONFIG is not a valid cluster description ({error!r}): {raw!r}. It needs "
                          '{"cluster": {"worker": [...]}, "task": {"type": "worker", "index": N}}.') from None
     return tf.distribute.MultiWorkerMirroredStrategy()
 

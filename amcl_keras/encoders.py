@@ -128,5 +128,5 @@ def get(name, input_shape, width=None, synchronized_batch_norm=False, weights=No
         encoder = ENCODERS[name](tuple(input_shape), **kwargs)
     if weights is not None and not (family and family.weights):
         backbones.require_weights_file(weights)
-        encoder.load_weights(weights)
+        backbones.load_weights_file(lambda: encoder.load_weights(weights), weights, f"encoder {name!r}")
     return encoder

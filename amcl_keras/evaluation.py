@@ -22,6 +22,7 @@ import tensorflow as tf
 from amcl_keras import data, runs
 from amcl_keras.constants import KNN_K, KNN_TEMPERATURE, PROBE_BATCH_SIZE, PROBE_EPOCHS, PROBE_LEARNING_RATE
 from amcl_keras.data import to_float_images
+from amcl_keras.errors import InvalidInputError
 
 PROBE_OPTIMIZER = "Adam"
 
@@ -163,7 +164,7 @@ def evaluate_run(run_dir, probe_epochs=None, knn_k=None, knn_temperature=None, s
     train = data.labelled_arrays(cfg.dataset, cfg.eval_train_split, cfg.data_dir, max_examples, cfg.download, **options)
     test = data.labelled_arrays(cfg.dataset, cfg.eval_test_split, cfg.data_dir, max_examples, cfg.download, **options)
     if train[1].min() < 0 or test[1].min() < 0:
-        raise ValueError(f"The run's dataset {cfg.dataset!r} has no labels for {cfg.eval_train_split!r}/"
+        raise InvalidInputError(f"The run's dataset {cfg.dataset!r} has no labels for {cfg.eval_train_split!r}/"
                          f"{cfg.eval_test_split!r}; evaluation needs labelled splits.")
     started = time.perf_counter()
     scores = evaluate_features(features.extract, train, test, knn_k, knn_temperature, probe_epochs, seed)

@@ -45,6 +45,7 @@ import tensorflow as tf
 from amcl_keras import evaluation, runs
 from amcl_keras.constants import DEFAULT_EXPORT_FORMATS, EXPORT_FORMATS, EXPORT_INT8_TOLERANCE, EXPORT_TOLERANCE
 from amcl_keras.data import load_shipped, to_float_images
+from amcl_keras.errors import AMCLError
 
 ONNX_OPSET = 17
 INPUT_NAME = "images"
@@ -53,7 +54,7 @@ METADATA = "metadata.json"
 VERIFY_BATCHES = (1, 7)
 
 
-class ExportError(RuntimeError):
+class ExportError(AMCLError, RuntimeError):
     """The export could not be made (bad source, bad options)."""
 
 
@@ -130,7 +131,7 @@ class _Build:
 
         @tf.function
         def serve_uint8(images):
-            return {OUTPUT_NAME: encoder(to_float_images(images, self.height), training=False)}
+            return {OUTPUT_NAME: encoder(to_float_images(images, (self.height, self.width)), training=False)}
 
         @tf.function
         def serve_float(images):
@@ -347,14 +348,14 @@ def _measure(run, reference, images):
 def _verify(folder, infos, encoder, images, tolerance, int8_tolerance):
     """Reload each artefact of `infos` (format → metadata entry) from `folder`, compare it with the
     float32 Keras `encoder` on `images`; returns the measurements, raises ExportVerificationError."""
-    height = _input_shape(encoder)[0]
-    reference = np.asarray(encoder(to_float_images(images[: max(VERIFY_BATCHES)], height), training=False), np.float32)
+    size = _input_shape(encoder)[:2]  # (height, width): the uint8 signatures resize to it
+    reference = np.asarray(encoder(to_float_images(images[: max(VERIFY_BATCHES)], size), training=False), np.float32)
     runs_ = {}
     for name, info in infos.items():
         runs_[name] = FORMATS[name].open(folder / info["path"], info)
         if name == "saved_model":  # its second signature, fed the library's own preprocessing
             floats = _open_saved_model(folder / info["path"], info, "serving_float")
-            runs_["saved_model_float"] = lambda x, floats=floats: floats(to_float_images(x, height).numpy())
+            runs_["saved_model_float"] = lambda x, floats=floats: floats(to_float_images(x, size).numpy())
     measured = {name: _measure(run, reference, images) for name, run in runs_.items()}
     bounds = {name: ("relative_error", int8_tolerance) if name in FORMATS and FORMATS[name].quantized
               else ("max_abs_diff", tolerance) for name in runs_}

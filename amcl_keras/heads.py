@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from amcl_keras.normalization import SyncBatchNormalization
 from amcl_keras.temperature import check_positive_int
+from amcl_keras.errors import InvalidInputError
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -93,7 +94,7 @@ def check_feature_shape(shape, input_shape=None):
     if nested or shape is None or len(shape) != 2:
         got = "several outputs of shapes" if nested else "output shape"
         for_input = f" for input shape {tuple(input_shape)}" if input_shape is not None else ""
-        raise ValueError(
+        raise InvalidInputError(
             f"The encoder must output [batch, features], got {got} {shape}{for_input}. End it with a pooling or "
             "flatten layer (e.g. keras.layers.GlobalAveragePooling2D) and return one tensor."
         )

@@ -18,6 +18,7 @@ decay): the decay itself is never clipped.
 import keras
 from keras import ops
 
+from amcl_keras.constants import CLIPNORM, SGD_MOMENTUM, WEIGHT_DECAY
 from amcl_keras.constants import WEIGHT_DECAY_MODES  # noqa: F401 (re-exported): "coupled" = this optimizer
 
 
@@ -25,7 +26,9 @@ from amcl_keras.constants import WEIGHT_DECAY_MODES  # noqa: F401 (re-exported):
 class CoupledWeightDecaySGD(keras.optimizers.SGD):
     """SGD with PyTorch's coupled weight decay and momentum buffer (the authors' optimiser).
 
-    Takes the arguments of `keras.optimizers.SGD`; `weight_decay` is added to the gradient
+    Takes the arguments of `keras.optimizers.SGD`, with the authors' defaults (the same as `amcl train`'s:
+    momentum 0.9, weight decay 5e-4, global-norm clipping 1.0; pass `global_clipnorm=None` for none);
+    `weight_decay` is added to the gradient
     (`g + weight_decay·w`) before the momentum, for every variable not excluded by
     `exclude_from_weight_decay`. The `momentum` slot holds PyTorch's buffer. Works with
     learning-rate schedules, gradient clipping, `LossScaleOptimizer` and MirroredStrategy
@@ -39,6 +42,11 @@ class CoupledWeightDecaySGD(keras.optimizers.SGD):
                                                       global_clipnorm=1.0)
     ```
     """
+
+    def __init__(self, learning_rate=0.01, momentum=SGD_MOMENTUM, weight_decay=WEIGHT_DECAY,
+                 global_clipnorm=CLIPNORM, **kwargs):
+        super().__init__(learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
+                         global_clipnorm=global_clipnorm, **kwargs)
 
     def _apply_weight_decay(self, variables):
         """Keras's decoupled decay step: not used, the decay is in `update_step`."""

@@ -8,6 +8,7 @@ Like `constants`, this module imports nothing from the package (the bottom of th
 
 import dataclasses
 import typing
+from amcl_keras.errors import InvalidInputError
 
 METHODS = {}
 ENCODERS = {}
@@ -58,10 +59,16 @@ def register_method(name, display_name, settings, learning_rate):
     return register
 
 
+def names():
+    """The registered method names, in registration order: THE list of methods. Tests and benchmarks that
+    cover "every method" iterate this (import `amcl_keras` first: its methods register on import)."""
+    return tuple(METHODS)
+
+
 def method(name) -> MethodSpec:
     """The spec registered as `name` (ValueError naming the known methods otherwise)."""
     if name not in METHODS:
-        raise ValueError(f"Unknown method {name!r}. Known methods: {sorted(METHODS)}.")
+        raise InvalidInputError(f"Unknown method {name!r}. Known methods: {sorted(METHODS)}.")
     return METHODS[name]
 
 
@@ -124,13 +131,13 @@ def check_encoder(name, weights=None, options=None):
         return
     if name not in ENCODERS:
         examples = " or ".join(family.example for family in ENCODER_FAMILIES.values())
-        raise ValueError(f"model.encoder={name!r} is unknown: use one of {sorted(ENCODERS)}, or a name such as "
+        raise InvalidInputError(f"model.encoder={name!r} is unknown: use one of {sorted(ENCODERS)}, or a name such as "
                          f"{examples}.")
     if options:
-        raise ValueError(f"model.encoder_options={options!r}: {name!r} takes no options (they are for "
+        raise InvalidInputError(f"model.encoder_options={options!r}: {name!r} takes no options (they are for "
                          f"{' and '.join(p + '<Model>' for p in ENCODER_FAMILIES)}); use model.encoder_width.")
     if weights is not None and (not isinstance(weights, str) or not weights.endswith(".weights.h5")):
-        raise ValueError(f"model.encoder_weights={weights!r}: for {name!r}, a .weights.h5 file saved from the same "
+        raise InvalidInputError(f"model.encoder_weights={weights!r}: for {name!r}, a .weights.h5 file saved from the same "
                          "encoder (encoder.save_weights).")
 
 

@@ -31,6 +31,7 @@ import threading
 import keras
 
 from amcl_keras import config as config_lib
+from amcl_keras.errors import AMCLError, InvalidInputError
 
 CONFIG, HISTORY, RESULTS, EVAL = "config.yaml", "history.jsonl", "results.json", "eval.json"
 FINAL_WEIGHTS, ENCODER = "final.weights.h5", "encoder.keras"
@@ -40,12 +41,12 @@ BACKUP, TENSORBOARD, EXPORT = "backup", "tensorboard", "export"
 log = logging.getLogger("amcl_keras.runs")
 
 
-class RunDirectoryError(FileExistsError):
+class RunDirectoryError(AMCLError, FileExistsError):
     """The run directory holds files this run cannot use: files that are not this run, a run with
     a different config, or a backup that cannot be read. --overwrite starts over."""
 
 
-class RunReadError(RuntimeError):
+class RunReadError(AMCLError, RuntimeError):
     """A run directory cannot be read: missing, unfinished, or holding a corrupt file."""
 
 
@@ -53,12 +54,12 @@ class RunReadError(RuntimeError):
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure, the command can be retried
 
 
-class RunPreempted(RuntimeError):
+class RunPreempted(AMCLError, RuntimeError):
     """Training received SIGTERM; a backup was written at the next step boundary. Re-run the same
     command to resume from it."""
 
 
-class RunWriteError(OSError):
+class RunWriteError(AMCLError, OSError):
     """The run directory, or a file in it, cannot be created or written (a path component that is
     a file, no permission, disk full). The message names the path and the OS error; what was
     written before (the previous backup, the previous version of the file) is left intact.
@@ -282,7 +283,7 @@ class RunBackup(keras.callbacks.Callback):
     def __init__(self, directory, every_steps=None, initial_epoch=0, initial_step=0, preemptible=False):
         super().__init__()
         if every_steps is not None and every_steps < 1:
-            raise ValueError(f"`every_steps` must be None (epochs only) or >= 1, got {every_steps}.")
+            raise InvalidInputError(f"`every_steps` must be None (epochs only) or >= 1, got {every_steps}.")
         self.directory = pathlib.Path(directory)
         self.every_steps = every_steps
         self._epoch, self._step = initial_epoch, initial_step
@@ -365,7 +366,7 @@ class RunBackup(keras.callbacks.Callback):
             entries = [state] + ([state["previous"]] if state.get("previous") else [])
             entries = [{"epoch": int(e["epoch"]), "step": int(e["step"]), "weights": str(e["weights"])} for e in entries]
             if any(pathlib.Path(e["weights"]).name != e["weights"] for e in entries):
-                raise ValueError("a weights name is not a file name in the backup folder")
+                raise InvalidInputError("a weights name is not a file name in the backup folder")
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:  # truncated, edited, foreign
             if not strict:
                 return []

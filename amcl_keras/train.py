@@ -23,6 +23,7 @@ from amcl_keras.callbacks import (
 from amcl_keras.distribute import enable_determinism, is_chief, make_strategy
 from amcl_keras.optimizers import CoupledWeightDecaySGD
 from amcl_keras.runs import RunBackup, RunDirectoryError  # noqa: F401 (RunDirectoryError: part of this API)
+from amcl_keras.errors import InvalidInputError
 
 
 def build_model(config, input_shape, augmenter=None):
@@ -118,13 +119,13 @@ def load_data(config):
     )
     known = int(views.cardinality())  # batches per pass; negative when unknown
     if known == 0:
-        raise ValueError(f"The dataset has fewer examples than one batch of {cfg.batch_size}; lower data.batch_size.")
+        raise InvalidInputError(f"The dataset has fewer examples than one batch of {cfg.batch_size}; lower data.batch_size.")
     steps = config.train.steps_per_epoch
     if steps is None:
         steps = known if known > 0 else None
     if config.train.deterministic:
         if steps is None:
-            raise ValueError("train.deterministic=true needs train.steps_per_epoch for a dataset of unknown length "
+            raise InvalidInputError("train.deterministic=true needs train.steps_per_epoch for a dataset of unknown length "
                              "(one stream of batches is numbered across epochs); set it, e.g. --steps-per-epoch 100.")
         views = views.repeat()  # one stream: batch i of epoch e is element e·steps + i, so a resume can replay to it
     elif config.train.steps_per_epoch is not None:
@@ -407,12 +408,12 @@ def amcl_caveat(config):
 
 def _check_replicas(config, replicas):
     if config.data.batch_size % replicas:
-        raise ValueError(
+        raise InvalidInputError(
             f"data.batch_size={config.data.batch_size} does not divide over the {replicas} replicas; "
             f"use a multiple of {replicas}."
         )
     if config.train.jit_compile is True and replicas > 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"train.jit_compile=true does not work with {replicas} replicas: Keras 3 compiles the whole distributed "
             "step with XLA, which cannot reach variables on other devices (keras-team/keras#19005). Set "
             "train.jit_compile=false, or train on one device (train.strategy=default)."

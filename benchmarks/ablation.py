@@ -63,6 +63,10 @@ AMCL_KNOBS = {
         "normalized-beta1": ["model.objective=normalized", "model.beta=1.0"],
         "rectified": ["model.objective=rectified"],
         "authors": ["model.objective=authors"],
+        # added after the first round (issue 22, item 4): the form that keeps each term's meaning and scale
+        "weighted": ["model.objective=weighted"],
+        # ... and the same with φ on stopped-gradient embeddings (the encoder cannot game its own weights)
+        "weighted-sg": ["model.objective=weighted", "model.temperature_stop_gradient=true"],
     },
 }
 AMCL_KNOBS["moco"] = AMCL_KNOBS["simclr"]

@@ -35,7 +35,7 @@ def _loss(objective):
     import amcl_keras as amcl
 
     if objective is None:
-        return amcl.losses.AMCLNTXentLoss(128)
+        return amcl.losses.AMCLNTXentLoss(128, objective="authors")  # the paper's form: its τ curve
     if "objective" not in inspect.signature(amcl.losses.AMCLNTXentLoss).parameters:
         sys.exit("amcl_keras.losses.AMCLNTXentLoss has no `objective` argument in this version; run without --objective.")
     return amcl.losses.AMCLNTXentLoss(128, objective=objective)

@@ -201,6 +201,15 @@ def bounded_omega(tau, dim, center=None):
     return 0.5 * dim * (np.log(tau / c) + c / tau - 1.0)
 
 
+def weighted_weights(tau):
+    """The "weighted" objective's weights, from the definition: u = 2^tanh(log(τ̄/τ)/ln 2) with τ̄ the
+    geometric mean of the given temperatures, then w = u / mean(u)."""
+    tau = np.asarray(tau, dtype=np.float64)
+    log_ratio = np.mean(np.log(tau)) - np.log(tau)
+    u = 2.0 ** np.tanh(log_ratio / np.log(2.0))
+    return u / np.mean(u)
+
+
 def softplus(x):
     return np.log1p(np.exp(-abs(x))) + max(x, 0.0)
 
@@ -264,6 +273,8 @@ def simsiam_bounded(p1, p2, z1, z2, weights, beta, objective, t_min=1e-5, t_max=
         s1, s2, t1, t2 = map(np.array, (s1, s2, t1, t2))
         if objective == "normalized":  # Σ_i s_i/τ_i / Σ_j 1/τ_j per direction
             similarity = -0.5 * np.sum(s1 / t1) / np.sum(1 / t1) - 0.5 * np.sum(s2 / t2) / np.sum(1 / t2)
+        elif objective == "weighted":
+            similarity = -0.5 * np.mean(weighted_weights(t1) * s1) - 0.5 * np.mean(weighted_weights(t2) * s2)
         else:
             similarity = np.mean([0.5 * softplus(-x) + 0.5 * softplus(-y) for x, y in zip(s1 / t1, s2 / t2)])
         regularizer = np.mean([beta * (bounded_omega(x, dim, center) + bounded_omega(y, dim, center))
@@ -281,6 +292,18 @@ def barlow_twins_bounded(z1, z2, weights, beta, lambda_, objective, t_min=1e-5, 
         tau = np.array([[temperature(weights, z1[:, c, l], z2[:, c, m], t_min, t_max) for m in range(d)]
                         for l in range(d)])
         inv = 1.0 / tau
+        if objective == "weighted":
+            off = ~np.eye(d, dtype=bool)
+            w_diag, w_off = weighted_weights(np.diag(tau)), np.zeros((d, d))
+            w_off[off] = weighted_weights(tau[off]) if d > 1 else []
+            for l in range(d):
+                for m in range(d):
+                    if l == m:
+                        total += w_diag[l] * (1 - corr[l, l]) ** 2
+                    else:
+                        total += lambda_ * w_off[l, m] * corr[l, m] ** 2
+                    total += beta * bounded_omega(tau[l, m], d, center)
+            continue
         if objective == "normalized":
             diag_mean = np.mean([inv[l, l] for l in range(d)])
             off_mean = np.mean([inv[l, m] for l in range(d) for m in range(d) if l != m])

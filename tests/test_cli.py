@@ -5,7 +5,7 @@ import sys
 import pytest
 import yaml
 
-from amcl_keras import cli
+from amcl_keras import cli, errors as amcl_errors
 
 REDUCED = [
     "--epochs", "1", "--steps-per-epoch", "3",
@@ -111,3 +111,62 @@ def test_results_record_the_wall_time_of_each_stage(tiny_run):
     assert all(seconds >= 0 for seconds in stages.values())
     assert sum(stages.values()) <= results["seconds"] + 0.05
     assert stages["fit"] > 0 and stages["evaluate"] > 0
+
+
+# --- expected failures (exit 2, one line) versus bugs (exit 1, traceback) --------------------------------
+
+
+def _raising(error):
+    def run(*args, **kwargs):
+        raise error
+
+    return run
+
+
+@pytest.mark.parametrize("error", [
+    amcl_errors.InvalidInputError("data.dataset: 'x' has images of shape (2, 3); expected [H, W, C]"),
+    amcl_errors.EnvironmentProblemError("TensorFlow is already initialised with 1 CPU device"),
+    OSError(28, "No space left on device", "/full/disk/backup"),
+], ids=["invalid-input", "environment", "disk-full"])
+def test_an_expected_failure_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, error):
+    monkeypatch.setattr(cli.train_lib, "run", _raising(error))
+    assert cli.main(["train", "--run-dir", str(tmp_path / "r"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "bug" not in err
+    assert err.strip().splitlines()[-1].startswith("amcl: train failed: ")
+    assert (error.strerror if isinstance(error, OSError) and error.strerror else str(error)) in err
+
+
+@pytest.mark.parametrize("error", [
+    TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'"),
+    ValueError("Exception encountered when calling layer 'dense' (deep inside Keras)"),  # not an AMCLError
+    RuntimeError("a RuntimeError from inside TensorFlow"),
+    OSError("an OSError with no OS error number"),
+], ids=["type-error", "keras-value-error", "runtime-error", "bare-oserror"])
+def test_an_unexpected_exception_is_a_bug_with_its_traceback_and_exit_1(tmp_path, capsys, monkeypatch, error):
+    """A ValueError or RuntimeError that is not the library's own is NOT tidied into an 'error' line: the
+    traceback is the only way to find the bug."""
+    monkeypatch.setattr(cli.train_lib, "run", _raising(error))
+    assert cli.main(["train", "--run-dir", str(tmp_path / "r"), "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and str(error) in err
+    assert "this is a bug in amcl-keras" in err and "report it" in err
+
+
+def test_every_error_the_library_raises_on_purpose_is_an_amcl_error():
+    """The library's own checks raise `AMCLError` subclasses (still ValueError / OSError / ... for Python callers):
+    no `raise ValueError(` / `raise RuntimeError(` is left in the package, so the CLI can tell them from bugs."""
+    import pathlib
+    import re
+
+    import amcl_keras
+
+    package = pathlib.Path(amcl_keras.__file__).parent
+    bare = [f"{path.relative_to(package)}:{n}" for path in package.rglob("*.py")
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+            if re.search(r"raise (ValueError|RuntimeError)\(", line)]
+    assert bare == []
+    for error in (amcl_keras.config.ConfigError, amcl_keras.runs.RunReadError, amcl_keras.runs.RunWriteError,
+                  amcl_keras.runs.RunDirectoryError, amcl_keras.runs.RunPreempted, amcl_keras.export.ExportError,
+                  amcl_keras.callbacks.NonFiniteLossError):
+        assert issubclass(error, amcl_errors.AMCLError), error

@@ -171,3 +171,25 @@ def test_onnx_client_finds_duplicate_images(run_dir, tmp_path, capsys, fmt):
     other = "onnx_int8" if fmt == "onnx" else "onnx"
     with pytest.raises(SystemExit, match=f"has no {other} model"):
         onnx_client.main([str(out), str(folder), "--format", other])
+
+
+def test_a_non_square_encoder_exports_and_serves_in_every_format(tmp_path):
+    """An encoder of input 24×40 (H ≠ W): every format's uint8 signature resizes to H×W (not H×H), checked against
+    the Keras encoder itself — at the nominal size (the resize is the identity: float formats to round-off) and at
+    another size (the same bilinear resize applied outside the artefact). int8 formats: their relative bound."""
+    keras.utils.set_random_seed(0)
+    encoder = amcl.encoders.small_convnet((24, 40, 3), width=4)
+    out = tmp_path / "export"
+    metadata = export.export_encoder(encoder, out, formats=list(amcl.constants.EXPORT_FORMATS))
+    assert metadata["input"]["nominal_size"] == [24, 40]
+    photos = export.verification_images(3)
+    for size in ((24, 40), (36, 60)):
+        images = tf.cast(tf.image.resize(photos, size), tf.uint8).numpy()
+        expected = np.asarray(encoder(tf.image.resize(images.astype("float32") / 255.0, (24, 40)), training=False))
+        for fmt in amcl.constants.EXPORT_FORMATS:
+            got = export.open_artefact(out, fmt)(images)
+            if fmt.endswith("_int8"):
+                relative = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+                assert relative <= amcl.constants.EXPORT_INT8_TOLERANCE, (fmt, size, relative)
+            else:
+                np.testing.assert_allclose(got, expected, atol=amcl.constants.EXPORT_TOLERANCE, err_msg=f"{fmt} {size}")

@@ -69,10 +69,11 @@ def test_no_package_import_is_hidden_inside_a_function():
 
 
 @pytest.mark.parametrize("bottom,allowed", [
-    ("amcl_keras.constants", set()),
-    ("amcl_keras.registry", set()),
-    ("amcl_keras.config", {"amcl_keras.constants", "amcl_keras.registry"}),
-    ("amcl_keras.runs", {"amcl_keras.config", "amcl_keras.constants", "amcl_keras.registry"}),
+    ("amcl_keras.errors", set()),
+    ("amcl_keras.constants", {"amcl_keras.errors"}),
+    ("amcl_keras.registry", {"amcl_keras.errors"}),
+    ("amcl_keras.config", {"amcl_keras.constants", "amcl_keras.registry", "amcl_keras.errors"}),
+    ("amcl_keras.runs", {"amcl_keras.config", "amcl_keras.constants", "amcl_keras.registry", "amcl_keras.errors"}),
 ])
 def test_config_and_the_run_room_sit_at_the_bottom(bottom, allowed):
     assert _reachable(bottom) <= allowed

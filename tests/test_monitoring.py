@@ -105,7 +105,7 @@ def _flatten_simclr():
     inputs = keras.Input((8, 8, 1))
     encoder = keras.Model(inputs, keras.layers.Flatten()(inputs), name="flatten_encoder")
     model = amcl.SimCLR(encoder, num_heads=2, projection_dim=8, hidden_dim=16,
-                        loss=amcl.losses.AMCLNTXentLoss(8, top_k=5, temperature_hidden_dim=8))
+                        loss=amcl.losses.AMCLNTXentLoss(8, top_k=5, temperature_hidden_dim=8, objective="authors"))
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     return model
 

@@ -1,5 +1,7 @@
 """CoupledWeightDecaySGD against NumPy transcriptions of PyTorch's and Keras's SGD updates."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -48,7 +50,8 @@ def test_three_steps_equal_pytorch_sgd_and_differ_from_keras_decoupled(schedule,
     lr, momentum, weight_decay = 0.1, 0.9, 0.05
     learning_rate = keras.optimizers.schedules.CosineDecay(lr, decay_steps=4) if schedule else lr
     rates = [float(learning_rate(step)) if schedule else lr for step in range(3)]
-    coupled = _run(CoupledWeightDecaySGD(learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
+    coupled = _run(CoupledWeightDecaySGD(learning_rate, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                                         global_clipnorm=None))
     expected = pytorch_sgd(W0, GRADIENTS, rates, momentum, weight_decay, nesterov)
     np.testing.assert_allclose(coupled, expected, rtol=1e-6, atol=1e-7)
     if not nesterov:
@@ -61,14 +64,14 @@ def test_three_steps_equal_pytorch_sgd_and_differ_from_keras_decoupled(schedule,
 
 
 def test_without_momentum_or_decay_it_is_plain_sgd():
-    plain = _run(CoupledWeightDecaySGD(0.1))
+    plain = _run(CoupledWeightDecaySGD(0.1, momentum=0.0, weight_decay=0.0, global_clipnorm=None))
     np.testing.assert_allclose(plain, W0 - 0.1 * sum(GRADIENTS), rtol=1e-6)
-    no_momentum = _run(CoupledWeightDecaySGD(0.1, weight_decay=0.05))
+    no_momentum = _run(CoupledWeightDecaySGD(0.1, momentum=0.0, weight_decay=0.05, global_clipnorm=None))
     np.testing.assert_allclose(no_momentum, pytorch_sgd(W0, GRADIENTS, [0.1] * 3, 0.0, 0.05), rtol=1e-6)
 
 
 def test_xla_compiled_steps_equal_the_eager_ones():
-    optimizer = CoupledWeightDecaySGD(0.1, momentum=0.9, weight_decay=0.05)
+    optimizer = CoupledWeightDecaySGD(0.1, momentum=0.9, weight_decay=0.05, global_clipnorm=None)
     variable = keras.Variable(W0)
     optimizer.build([variable])
     step = tf.function(lambda g: optimizer.apply([g], [variable]), jit_compile=True)
@@ -86,7 +89,7 @@ def test_clipping_acts_on_the_gradient_before_the_decay_is_added():
 
 
 def test_excluded_variables_get_no_decay():
-    optimizer = CoupledWeightDecaySGD(0.1, momentum=0.9, weight_decay=0.05)
+    optimizer = CoupledWeightDecaySGD(0.1, momentum=0.9, weight_decay=0.05, global_clipnorm=None)
     variable = keras.Variable(W0, name="bias")
     optimizer.exclude_from_weight_decay(var_names=["bias"])
     for g in GRADIENTS:
@@ -95,7 +98,7 @@ def test_excluded_variables_get_no_decay():
 
 
 def test_inside_a_loss_scale_optimizer_it_steps_on_the_unscaled_gradient():
-    inner = CoupledWeightDecaySGD(0.1, momentum=0.9, weight_decay=0.05)
+    inner = CoupledWeightDecaySGD(0.1, momentum=0.9, weight_decay=0.05, global_clipnorm=None)
     wrapped = keras.optimizers.LossScaleOptimizer(inner, initial_scale=64.0, dynamic_growth_steps=1000)
     result = _run(wrapped, scale=64.0)  # LossScaleOptimizer.apply takes scaled gradients
     np.testing.assert_allclose(result, pytorch_sgd(W0, GRADIENTS, [0.1] * 3, 0.9, 0.05), rtol=1e-5, atol=1e-6)
@@ -144,3 +147,21 @@ def test_two_replicas_equal_one_device_with_coupled_decay(two_replicas):
     for variable, s, m in zip(single.weights, single.get_weights(), mirrored.get_weights()):
         np.testing.assert_allclose(m, s, rtol=0, atol=1e-5 * np.abs(s).max() + 1e-6, err_msg=variable.path)
     assert any(not np.allclose(s, u) for s, u in zip(single.get_weights(), undecayed.get_weights()))
+
+
+def test_the_constructor_defaults_are_the_ones_the_readme_states():
+    """README's API table writes the signature with its defaults; the class must have exactly those (and the same
+    values as `amcl train`'s `train:` defaults), so the two cannot drift apart again."""
+    import inspect
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    documented = re.search(r"`optimizers\.CoupledWeightDecaySGD\(learning_rate, ([^)]*)\)`", readme).group(1)
+    stated = {key.strip(): float(value) for key, value in (item.split("=") for item in documented.split(","))}
+    signature = inspect.signature(CoupledWeightDecaySGD.__init__).parameters
+    assert stated == {key: signature[key].default for key in stated}
+    train = config_lib.TrainConfig()
+    assert (train.momentum, train.weight_decay, train.clipnorm) == (
+        stated["momentum"], stated["weight_decay"], stated["global_clipnorm"])
+    optimizer = CoupledWeightDecaySGD(0.1)
+    assert (optimizer.momentum, optimizer.weight_decay, optimizer.global_clipnorm) == (0.9, 5e-4, 1.0)

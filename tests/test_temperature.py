@@ -79,3 +79,33 @@ def test_bad_arguments_are_refused(kwargs, message):
 def test_wrong_width_is_explained():
     with pytest.raises(ValueError, match="projection_dim=8"):
         AdaptiveTemperature(8)(tf.ones([2, 4]), tf.ones([2, 4]))
+
+
+def test_stop_gradient_keeps_the_temperatures_and_cuts_only_the_encoders_path_through_them():
+    """`temperature_stop_gradient`: the same loss value and the same gradient for φ, but no gradient reaches the
+    embeddings through τ — what remains is the loss's gradient with the temperatures held fixed."""
+    import amcl_keras as amcl
+
+    rng = np.random.default_rng(0)
+    z1, z2 = (tf.constant(rng.normal(size=(16, 2, 8)), tf.float32) for _ in range(2))
+    results = {}
+    for stop in (False, True):
+        loss = amcl.losses.AMCLBarlowTwinsLoss(8, 16, objective="weighted", temperature_hidden_dim=8, beta=0.0,
+                                               temperature_stop_gradient=stop)
+        if stop:
+            loss.temperature.set_weights(weights)
+        weights = loss.temperature.get_weights()
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(z1)
+            value = loss(z1, z2)
+            tau = loss.temperature.pairwise(tf.transpose(z1, [1, 2, 0]), tf.transpose(z2, [1, 2, 0]))
+        results[stop] = (float(value), tape.gradient(value, z1).numpy(), tape.gradient(tau, z1),
+                         [g.numpy() for g in tape.gradient(value, loss.temperature.trainable_variables)])
+    (value_full, grad_full, tau_grad_full, phi_full), (value_stop, grad_stop, tau_grad_stop, phi_stop) = results.values()
+    assert value_full == pytest.approx(value_stop, rel=1e-6)
+    for a, b in zip(phi_full, phi_stop):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+    assert tau_grad_stop is None and tau_grad_full is not None
+    assert np.abs(grad_full - grad_stop).max() > 1e-6  # the path through τ existed and is gone
+    # what is left: Barlow Twins' gradient with every term re-weighted by the (fixed) weights, so it is not zero
+    assert np.abs(grad_stop).max() > 0

@@ -4,24 +4,27 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.constants import (  # noqa: F401 (DEFAULT_OBJECTIVE, NEGATIVE_FORMS, OBJECTIVES re-exported)
-    DEFAULT_OBJECTIVE, NEGATIVE_FORMS, OBJECTIVES, TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN, TOP_K,
+    CONTRASTIVE_OBJECTIVES, DEFAULT_OBJECTIVE, NEGATIVE_FORMS, OBJECTIVES, TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX,
+    TEMPERATURE_MIN, TOP_K,
 )
 from amcl_keras.losses.common import EmbeddingLoss
 from amcl_keras.temperature import AdaptiveTemperature, bounded_omega, check_positive_int, omega
+from amcl_keras.errors import InvalidInputError
 
 
 
-def check_objective(objective):
-    if objective not in OBJECTIVES:
-        raise ValueError(
-            f"`objective` must be one of {OBJECTIVES} ('authors': the paper's form, unbounded below; "
-            f"'normalized' / 'rectified': bounded forms, see docs/METHOD.md), got {objective!r}."
+def check_objective(objective, allowed=OBJECTIVES, loss_name="this loss"):
+    if objective not in allowed:
+        unsupported = f" ({objective!r} exists, but not for {loss_name})" if objective in OBJECTIVES else ""
+        raise InvalidInputError(
+            f"`objective` must be one of {allowed} ('authors': the paper's form, unbounded below; the others: "
+            f"bounded forms, see docs/METHOD.md §9), got {objective!r}{unsupported}."
         )
 
 
 def check_negatives(negatives):
     if negatives not in NEGATIVE_FORMS:
-        raise ValueError(
+        raise InvalidInputError(
             f"`negatives` must be one of {NEGATIVE_FORMS} ('topk': the authors' top-k form; "
             f"'hardest': paper Eq. 2.1), got {negatives!r}."
         )
@@ -73,10 +76,16 @@ def rectified_anchor_objective(sim_positive, tau_positive, sim_negative, tau_neg
 class AdaptiveTemperatureLoss(EmbeddingLoss):
     """Base of every AMCL loss: owns β and the one `AdaptiveTemperature` all heads share.
 
+    `temperature_stop_gradient`: φ sees its inputs without their gradient (`AdaptiveTemperature(stop_gradient=)`).
     `temperature_input_dim` is φ's input size when it differs from `projection_dim`
     (Barlow Twins: φ acts on batch-wise channel vectors, so it is the batch size).
-    Computes in float32 unless a dtype is given.
+    Computes in float32 unless a dtype is given. `objectives`: the values of `objective` the loss implements.
     """
+
+    objectives = OBJECTIVES
+    # `objective=None` means this: each subclass sets the default its method was validated with (docs/METHOD.md
+    # §10), so a loss built from Python and `amcl train` agree (tests/losses/test_defaults.py checks it).
+    default_objective = "authors"
 
     def __init__(
         self,
@@ -86,22 +95,24 @@ class AdaptiveTemperatureLoss(EmbeddingLoss):
         temperature_min=TEMPERATURE_MIN,
         temperature_max=TEMPERATURE_MAX,
         temperature_input_dim=None,
-        objective="authors",
+        objective=None,
         temperature_center=None,
+        temperature_stop_gradient=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_positive_int("projection_dim", projection_dim)
-        check_objective(objective)
+        objective = self.default_objective if objective is None else objective
+        check_objective(objective, self.objectives, type(self).__name__)
         if temperature_center is not None and not float(temperature_center) > 0.0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"`temperature_center` must be > 0 or None (None: 2/projection_dim, the minimum of the authors' Ω), "
                 f"got {temperature_center!r}."
             )
         self.objective = objective
         self.temperature_center = None if temperature_center is None else float(temperature_center)
         if not float(beta) >= 0.0:
-            raise ValueError(f"`beta` must be >= 0, got {beta!r}. The authors use 1e-4 (1e-6 for Barlow Twins).")
+            raise InvalidInputError(f"`beta` must be >= 0, got {beta!r}. The authors use 1e-4 (1e-6 for Barlow Twins).")
         self.projection_dim = projection_dim
         self.beta = float(beta)
         self.temperature = AdaptiveTemperature(
@@ -109,6 +120,7 @@ class AdaptiveTemperatureLoss(EmbeddingLoss):
             hidden_dim=temperature_hidden_dim,
             temperature_min=temperature_min,
             temperature_max=temperature_max,
+            stop_gradient=temperature_stop_gradient,
             dtype=self.dtype_policy,
             name="adaptive_temperature",
         )
@@ -127,12 +139,15 @@ class AdaptiveTemperatureLoss(EmbeddingLoss):
             temperature_hidden_dim=self.temperature.hidden_dim,
             temperature_min=self.temperature.temperature_min,
             temperature_max=self.temperature.temperature_max,
+            temperature_stop_gradient=self.temperature.stop_gradient,
         )
         return config
 
 
 class AMCLContrastiveLoss(AdaptiveTemperatureLoss):
     """Base of the AMCL losses with negatives (SimCLR, MoCo): adds `negatives` and `top_k`."""
+
+    objectives = CONTRASTIVE_OBJECTIVES
 
     def __init__(
         self,
@@ -143,7 +158,7 @@ class AMCLContrastiveLoss(AdaptiveTemperatureLoss):
         temperature_hidden_dim=TEMPERATURE_HIDDEN_DIM,
         temperature_min=TEMPERATURE_MIN,
         temperature_max=TEMPERATURE_MAX,
-        objective="authors",
+        objective=None,
         temperature_center=None,
         **kwargs,
     ):

@@ -13,13 +13,14 @@ from amcl_keras.constants import TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPER
 from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
 from amcl_keras.losses.common import EmbeddingLoss, as_heads
 from amcl_keras.losses.distributed import gather_global_batch
-from amcl_keras.temperature import bounded_omega, check_positive_int, omega
+from amcl_keras.temperature import bounded_omega, bounded_ratio, check_positive_int, omega
+from amcl_keras.errors import InvalidInputError
 
 
 def _global_views(z1, z2, dtype):
     z1, z2 = as_heads(z1, "z1", dtype), as_heads(z2, "z2", dtype)
     if z1.shape.is_fully_defined() and z2.shape.is_fully_defined() and z1.shape != z2.shape:
-        raise ValueError(f"The two views must have the same shape, got z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)}.")
+        raise InvalidInputError(f"The two views must have the same shape, got z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)}.")
     (z1, z2), _ = gather_global_batch(z1, z2)
     return tf.transpose(z1, [1, 0, 2]), tf.transpose(z2, [1, 0, 2])  # [C, B, d]
 
@@ -43,7 +44,9 @@ def _channel_pair_sums(product, scores, options):
 
     diag C, diag τ, and sums over the off-diagonal m ≠ l of the terms the objective needs — authors:
     λ·C²/τ − β·Ω(τ); rectified: λ·C²/τ + β·R(τ); normalized: C²/τ, 1/τ and β·R(τ) separately (the mean
-    of 1/τ only rescales the first, so it needs no second pass); always τ (for the mean τ⁻).
+    of 1/τ only rescales the first, so it needs no second pass); weighted: u·C², u and β·R(τ), u the
+    bounded ratio of τ to the geometric mean of the head's off-diagonal τ (its mean rescales the
+    first, as for normalized); always τ (for the mean τ⁻).
     `product` = B·C (C the cross-correlation), `scores` = φ(a)·φ(b); `options` = (objective, B, λ, β,
     d, τ_min, τ_max, c), Python values. Elementwise work plus row sums, which XLA compiles into a few
     fused loops (instead of ~40 TensorFlow kernels, each a pass over C·d² entries, forward and backward).
@@ -65,6 +68,12 @@ def _channel_pair_sums(product, scores, options):
         sums = [rows(lambda_ * square_over_tau - beta * omega(tau, dim))]
     elif objective == "rectified":
         sums = [rows(lambda_ * square_over_tau + beta * bounded_omega(tau, dim, center))]
+    elif objective == "weighted":
+        log_inverse = -tf.math.log(tau)
+        pairs = float(dim * (dim - 1) or 1)
+        mean_log_inverse = tf.reduce_sum(rows(log_inverse), axis=1) / pairs  # row sums first: see above
+        ratio = bounded_ratio(log_inverse - mean_log_inverse[:, None, None])
+        sums = [rows(ratio * tf.square(correlation)), rows(ratio), rows(beta * bounded_omega(tau, dim, center))]
     else:
         sums = [rows(square_over_tau), rows(1.0 / tau), rows(beta * bounded_omega(tau, dim, center))]
     return [tf.linalg.diag_part(correlation), tf.linalg.diag_part(tau), rows(tau)] + sums
@@ -102,7 +111,7 @@ def _fused_pair_sums(product, scores, options):
 
 def _check_lambda(lambda_):
     if not float(lambda_) >= 0.0:
-        raise ValueError(f"`lambda_` must be >= 0, got {lambda_!r}. Barlow Twins uses 5e-3.")
+        raise InvalidInputError(f"`lambda_` must be >= 0, got {lambda_!r}. Barlow Twins uses 5e-3.")
     return float(lambda_)
 
 
@@ -150,6 +159,10 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
       to mean one over the diagonal and over the off-diagonal pairs separately: the temperatures
       re-weight channel pairs, their overall scale cannot blow the loss up (exactly Barlow Twins
       when all τ are equal).
+    - `"weighted"`: Σ_l w_ll·(1 − C_ll)² + λ·Σ_{l≠m} w_lm·C_lm² + β·Σ R(τ): every term keeps Barlow Twins'
+      form and target (C = I is still the minimum), times a weight w from its temperature — the
+      bounded ratio 2^tanh(log(τ̄/τ)/ln 2) to the geometric mean τ̄, normalised to mean one over the
+      diagonal and over the off-diagonal separately, so each w ∈ [1/4, 4].
     Ω(τ) = (d/2)·log τ + 1/τ; R(τ) = (d/2)·[log(τ/c) + c/τ − 1] ≥ 0, d = projection_dim.
 
     Example:
@@ -160,6 +173,8 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
     ```
     """
 
+    default_objective = "normalized"  # the least harmful on validation for Barlow Twins (docs/METHOD.md §10)
+
     def __init__(
         self,
         projection_dim,
@@ -169,13 +184,13 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
         temperature_hidden_dim=TEMPERATURE_HIDDEN_DIM,
         temperature_min=TEMPERATURE_MIN,
         temperature_max=TEMPERATURE_MAX,
-        objective="authors",
+        objective=None,
         temperature_center=None,
         **kwargs,
     ):
         check_positive_int("batch_size", batch_size)
         if batch_size < 2:
-            raise ValueError(f"`batch_size` must be at least 2 (batch statistics), got {batch_size}.")
+            raise InvalidInputError(f"`batch_size` must be at least 2 (batch statistics), got {batch_size}.")
         super().__init__(
             projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
             temperature_input_dim=batch_size, objective=objective, temperature_center=temperature_center, **kwargs,
@@ -187,7 +202,7 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
         z1, z2 = _global_views(z1, z2, self.compute_dtype)
         global_batch = z1.shape[1]
         if global_batch is not None and global_batch != self.batch_size:
-            raise ValueError(
+            raise InvalidInputError(
                 f"AMCLBarlowTwinsLoss was built for a global batch of {self.batch_size} (φ maps channel vectors "
                 f"of that length) but got a global batch of {global_batch}. Keep the batch fixed "
                 "(drop_remainder=True) or build the loss with batch_size equal to your global batch."
@@ -206,6 +221,13 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
         if self.objective == "authors":
             positive = tf.square(1.0 - diagonal / tau_diagonal) + self.beta * omega(tau_diagonal, dim)
             negative = tf.reduce_sum(sums[0], axis=1)
+        elif self.objective == "weighted":
+            log_inverse = -tf.math.log(tau_diagonal)
+            ratio = bounded_ratio(log_inverse - tf.reduce_mean(log_inverse, axis=1, keepdims=True))
+            weight = ratio / tf.reduce_mean(ratio, axis=1, keepdims=True)
+            positive = weight * tf.square(1.0 - diagonal) + self.regularizer(tau_diagonal)
+            weighted_squares, ratio_sums, regularizer = (tf.reduce_sum(rows, axis=1) for rows in sums)
+            negative = self.lambda_ * tf.math.divide_no_nan(weighted_squares, ratio_sums / pairs) + regularizer
         else:
             inverse_diagonal = 1.0 / tau_diagonal
             if self.objective == "normalized":  # mean-one weights on the diagonal and off it

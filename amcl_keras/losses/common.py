@@ -2,6 +2,7 @@
 
 import keras
 import tensorflow as tf
+from amcl_keras.errors import InvalidInputError
 
 
 def as_heads(z, name, dtype):
@@ -11,7 +12,7 @@ def as_heads(z, name, dtype):
     if z.shape.rank == 2:
         z = z[:, None, :]
     if z.shape.rank != 3:
-        raise ValueError(
+        raise InvalidInputError(
             f"`{name}` must have shape [batch, d] or [batch, num_heads, d], got shape {tuple(z.shape)}."
         )
     return tf.cast(z, dtype)
@@ -36,7 +37,7 @@ class EmbeddingLoss(keras.layers.Layer):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         if self.compute_dtype not in ("float32", "float64"):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{type(self).__name__} computes in float32 (or float64), got dtype {self.compute_dtype!r}: its masks use "
                 "large finite constants that overflow in half precision. Leave `dtype` unset under mixed precision "
                 "(the losses cast the heads' float16/bfloat16 outputs to float32 themselves)."
@@ -61,7 +62,7 @@ class FixedTemperatureLoss(EmbeddingLoss):
         super().__init__(**kwargs)
         temperature = self.default_temperature if temperature is None else temperature
         if not float(temperature) > 0.0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"`temperature` must be > 0, got {temperature!r}. "
                 f"{type(self).__name__} usually uses {self.default_temperature}."
             )

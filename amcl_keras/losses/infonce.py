@@ -13,6 +13,7 @@ from amcl_keras.losses.adaptive import (
     AMCLContrastiveLoss, anchor_objective, rectified_anchor_objective, select_negatives,
 )
 from amcl_keras.losses.common import FixedTemperatureLoss, as_heads, sum_over_heads
+from amcl_keras.errors import InvalidInputError
 
 
 def _queries_keys_queue(query, key, queue, dtype, key_gradient=False):
@@ -25,12 +26,12 @@ def _queries_keys_queue(query, key, queue, dtype, key_gradient=False):
     if queue.shape.rank == 2:
         queue = queue[None]
     if queue.shape.rank != 3 or (query.shape[1] is not None and queue.shape[0] != query.shape[1]):
-        raise ValueError(
+        raise InvalidInputError(
             f"`queue` must have shape [num_heads, queue_size, d] with num_heads = {query.shape[1]}, "
             f"got {tuple(queue.shape)}."
         )
     if query.shape != key.shape:
-        raise ValueError(f"`query` and `key` must have the same shape, got {tuple(query.shape)} and {tuple(key.shape)}.")
+        raise InvalidInputError(f"`query` and `key` must have the same shape, got {tuple(query.shape)} and {tuple(key.shape)}.")
     normalize = lambda x: tf.math.l2_normalize(x, axis=-1)  # noqa: E731
     return (
         tf.transpose(normalize(query), [1, 0, 2]),
@@ -88,6 +89,8 @@ class AMCLInfoNCELoss(AMCLContrastiveLoss):
     value = loss(tf.random.normal([8, 2, 16]), tf.random.normal([8, 2, 16]), tf.random.normal([2, 64, 16]))
     ```
     """
+
+    default_objective = "authors"  # validated for MoCo (docs/METHOD.md §10); τ runs to its floor
 
     def loss_and_stats(self, query, key, queue, key_gradient=False):
         q, k, queue = _queries_keys_queue(query, key, queue, self.compute_dtype, key_gradient)

@@ -16,6 +16,7 @@ from amcl_keras.losses.adaptive import (
 )
 from amcl_keras.losses.common import FixedTemperatureLoss, as_heads, sum_over_heads
 from amcl_keras.losses.distributed import gather_global_batch
+from amcl_keras.errors import InvalidInputError
 
 
 class _ContrastivePairs:
@@ -33,7 +34,7 @@ class _ContrastivePairs:
         z1 = as_heads(z1, "z1", dtype)
         z2 = as_heads(z2, "z2", dtype)
         if z1.shape.is_fully_defined() and z2.shape.is_fully_defined() and z1.shape != z2.shape:
-            raise ValueError(
+            raise InvalidInputError(
                 f"The two views must have the same shape, got z1 {tuple(z1.shape)} and z2 {tuple(z2.shape)}."
             )
         z1 = tf.transpose(tf.math.l2_normalize(z1, axis=-1), [1, 0, 2])  # [C, b, d]
@@ -120,6 +121,8 @@ class AMCLNTXentLoss(AMCLContrastiveLoss):
     value = loss(tf.random.normal([8, 3, 16]), tf.random.normal([8, 3, 16]))
     ```
     """
+
+    default_objective = "normalized"  # validated for SimCLR (docs/METHOD.md §10)
 
     def loss_and_stats(self, z1, z2):
         pairs = _ContrastivePairs(z1, z2, self.compute_dtype)

@@ -11,7 +11,7 @@ from amcl_keras.constants import TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPER
 from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
 from amcl_keras.losses.common import EmbeddingLoss, as_heads, sum_over_heads
 from amcl_keras.losses.distributed import gather_global_batch
-from amcl_keras.temperature import omega
+from amcl_keras.temperature import bounded_ratio, omega
 
 
 def _pairs(p1, p2, z1, z2, dtype):
@@ -43,6 +43,12 @@ class SimSiamLoss(EmbeddingLoss):
         return loss, {}
 
 
+def _global_mean(values):
+    """`[C, b]` → `[C, 1]`: the mean over the GLOBAL batch (every replica's rows) per head."""
+    (everything,), _ = gather_global_batch(tf.transpose(values))  # [B, C]
+    return tf.reduce_mean(everything, axis=0)[:, None]
+
+
 def mean_one_weights(tau):
     """Inverse temperatures normalised to mean one over the GLOBAL batch: `[C, b]` → `[C, b]`.
 
@@ -50,8 +56,18 @@ def mean_one_weights(tau):
     of each replica's local mean of w·x is the global Σ_i x_i/τ_i / Σ_j 1/τ_j.
     """
     inverse = 1.0 / tau
-    (everything,), _ = gather_global_batch(tf.transpose(inverse))  # [B, C]
-    return inverse / tf.reduce_mean(everything, axis=0)[:, None]
+    return inverse / _global_mean(inverse)
+
+
+def bounded_weights(tau):
+    """The "weighted" objective's weights over the GLOBAL batch: `[C, b]` → `[C, b]`, mean one, in [1/4, 4].
+
+    u_i = bounded_ratio(log(τ̄/τ_i)), τ̄ the geometric mean of τ over the global batch (so u ≈ τ̄/τ_i for
+    τ near τ̄, and u ∈ (1/2, 2) always); w_i = u_i / mean_j u_j.
+    """
+    log_inverse = -tf.math.log(tau)
+    ratio = bounded_ratio(log_inverse - _global_mean(log_inverse))
+    return ratio / _global_mean(ratio)
 
 
 @keras.saving.register_keras_serializable(package="amcl_keras")
@@ -66,6 +82,9 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
       cannot scale the loss (similarity part ≥ −1; exactly SimSiam when all τ are equal).
     - `"rectified"`: ½·softplus(−sim₁/τ₁) + ½·softplus(−sim₂/τ₂) + β·R(τ₁) + β·R(τ₂) (≥ 0): the
       negative log-likelihood of a logistic "aligned" classifier with logit sim/τ.
+    - `"weighted"`: −½·w₁·sim(p1, sg z2) − ½·w₂·sim(p2, sg z1) + β·R(τ₁) + β·R(τ₂), with the bounded
+      weights of `bounded_weights` (mean one over the global batch, each in [1/4, 4], ≈ the normalized
+      weights when the temperatures are close): no pair can take over the loss or drop out of it.
     R(τ) = (d/2)·[log(τ/c) + c/τ − 1] ≥ 0, c = `temperature_center` (default 2/d). SUM over heads.
 
     Example:
@@ -76,8 +95,10 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
     ```
     """
 
+    default_objective = "authors"  # validated for SimSiam (docs/METHOD.md §10); τ runs to its floor
+
     def __init__(self, projection_dim, beta=1e-4, temperature_hidden_dim=TEMPERATURE_HIDDEN_DIM, temperature_min=TEMPERATURE_MIN,
-                 temperature_max=TEMPERATURE_MAX, objective="authors", temperature_center=None, **kwargs):
+                 temperature_max=TEMPERATURE_MAX, objective=None, temperature_center=None, **kwargs):
         super().__init__(projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
                          objective=objective, temperature_center=temperature_center, **kwargs)
 
@@ -92,8 +113,9 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
                 -sim1 / (2.0 * tau1) - sim2 / (2.0 * tau2) + self.beta * (omega(tau1, dim) + omega(tau2, dim))
             )
         else:
-            if self.objective == "normalized":
-                similarity = -0.5 * mean_one_weights(tau1) * sim1 - 0.5 * mean_one_weights(tau2) * sim2
+            if self.objective in ("normalized", "weighted"):
+                weights = mean_one_weights if self.objective == "normalized" else bounded_weights
+                similarity = -0.5 * weights(tau1) * sim1 - 0.5 * weights(tau2) * sim2
             else:
                 similarity = 0.5 * tf.nn.softplus(-sim1 / tau1) + 0.5 * tf.nn.softplus(-sim2 / tau2)
             per_sample = similarity + self.regularizer(tau1) + self.regularizer(tau2)

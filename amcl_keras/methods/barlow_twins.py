@@ -12,6 +12,7 @@ from amcl_keras.losses import AMCLBarlowTwinsLoss, BarlowTwinsLoss
 from amcl_keras.losses.barlow_twins import cross_correlation
 from amcl_keras.methods.base import ContrastiveTrainer, MethodSettings, StepLoss, _split_pairs, temperature_options
 from amcl_keras.registry import register_method
+from amcl_keras.errors import InvalidInputError
 
 
 @dataclasses.dataclass
@@ -21,6 +22,7 @@ class BarlowTwinsSettings(MethodSettings):
     projection_dim: int = 2048
     hidden_dim: int = 2048
     beta: float = 1e-6
+    objective: str = AMCLBarlowTwinsLoss.default_objective  # the least harmful on validation (docs/METHOD.md §10)
     lambda_: float = 5e-3  # the off-diagonal weight
     projector_output_bn: bool = True  # heads end in a non-affine batch norm (the authors' and the original paper's)
 
@@ -65,7 +67,7 @@ class BarlowTwins(ContrastiveTrainer):
     ):
         if loss is None:
             if amcl and batch_size is None:
-                raise ValueError(
+                raise InvalidInputError(
                     "AMCL Barlow Twins needs the fixed global batch size: pass batch_size=<global batch> "
                     "(the temperature network maps channel vectors of that length), or amcl=False."
                 )

@@ -16,6 +16,7 @@ import tensorflow as tf
 from amcl_keras.config import require
 from amcl_keras.constants import DEFAULT_OBJECTIVE, ENCODER_FORWARDS
 from amcl_keras.heads import check_feature_shape
+from amcl_keras.errors import InvalidInputError, WrongTypeError
 
 
 class StepLoss(typing.NamedTuple):
@@ -90,7 +91,8 @@ def temperature_options(cfg, negatives=False):
     the negative-selection form and top-k of SimCLR and MoCo)."""
     options = dict(beta=cfg.beta, temperature_hidden_dim=cfg.temperature_hidden_dim,
                    temperature_min=cfg.temperature_min, temperature_max=cfg.temperature_max,
-                   objective=cfg.objective, temperature_center=cfg.temperature_center)
+                   objective=cfg.objective, temperature_center=cfg.temperature_center,
+                   temperature_stop_gradient=cfg.temperature_stop_gradient)
     if negatives:
         options.update(negatives=cfg.negatives, top_k=cfg.top_k)
     return options
@@ -129,7 +131,7 @@ class ContrastiveTrainer(keras.Model):
     def __init__(self, encoder, projector, loss, amcl, augmenter=None, encoder_forward="per_view", **kwargs):
         super().__init__(**kwargs)
         if encoder_forward not in ENCODER_FORWARDS:
-            raise ValueError(
+            raise InvalidInputError(
                 f"`encoder_forward` must be one of {ENCODER_FORWARDS} ('per_view': each view through the encoder and "
                 f"heads on its own, batch-norm statistics per view, the authors'; 'concatenated': both views in one "
                 f"batch), got {encoder_forward!r}."
@@ -138,12 +140,12 @@ class ContrastiveTrainer(keras.Model):
         if isinstance(augmenter, dict):
             augmenter = keras.saving.deserialize_keras_object(augmenter)
         if augmenter is not None and not callable(augmenter):
-            raise TypeError(f"`augmenter` must be a Keras layer or callable on image batches, got {type(augmenter)!r}.")
+            raise WrongTypeError(f"`augmenter` must be a Keras layer or callable on image batches, got {type(augmenter)!r}.")
         # With an augmenter, `fit` takes batches of float images and both views are made inside
         # the step (on the accelerator; under MirroredStrategy each replica augments its shard).
         self.augmenter = augmenter
         if not isinstance(encoder, keras.layers.Layer):
-            raise TypeError(
+            raise WrongTypeError(
                 f"`encoder` must be a Keras model or layer mapping images to [batch, features], got {type(encoder)!r}."
             )
         self.encoder = encoder
@@ -220,18 +222,18 @@ class ContrastiveTrainer(keras.Model):
         name = type(self).__name__
         expected = self.amcl_loss if self.amcl else self.baseline_loss
         if not isinstance(loss, (self.amcl_loss, self.baseline_loss)):
-            raise TypeError(
+            raise WrongTypeError(
                 f"{name}'s `loss` must be a {self.amcl_loss.__name__} or {self.baseline_loss.__name__}, "
                 f"got {type(loss).__name__}."
             )
         if not isinstance(loss, expected):
-            raise ValueError(
+            raise InvalidInputError(
                 f"amcl={self.amcl} contradicts loss={type(loss).__name__}: pass a {self.amcl_loss.__name__} with "
                 f"amcl=True, or a {self.baseline_loss.__name__} with amcl=False."
             )
         projection_dim = self.projector.heads[0].output_dim
         if self.amcl and loss.projection_dim != projection_dim:
-            raise ValueError(
+            raise InvalidInputError(
                 f"The loss was built for projection_dim={loss.projection_dim} but the heads output "
                 f"projection_dim={projection_dim}; make them equal."
             )
@@ -273,7 +275,7 @@ class ContrastiveTrainer(keras.Model):
         if isinstance(data, (tuple, list)) and len(data) >= 1 and isinstance(data[0], (tuple, list)):
             data = data[0]
         if not isinstance(data, (tuple, list)) or len(data) != 2:
-            raise ValueError(
+            raise InvalidInputError(
                 "A contrastive model trains on batches of two augmented views: give `fit` a dataset of "
                 "(view1, view2) pairs, e.g. amcl_keras.data.pretraining_views(...); got "
                 f"{type(data).__name__} with structure {tf.nest.map_structure(lambda t: getattr(t, 'shape', t), data)}."

@@ -12,6 +12,7 @@ from amcl_keras.losses import AMCLInfoNCELoss, InfoNCELoss
 from amcl_keras.losses.distributed import gather_global_batch
 from amcl_keras.methods.base import ContrastiveTrainer, MethodSettings, StepLoss, built_output_shape, temperature_options
 from amcl_keras.registry import register_method
+from amcl_keras.errors import InvalidInputError
 
 # "asymmetric": the authors' (queries from view 1, keys from view 2); "symmetric": both views both ways.
 MOCO_FORMS = ("asymmetric", "symmetric")
@@ -25,7 +26,7 @@ class MoCoSettings(MethodSettings):
     hidden_dim: int = 512
     beta: float = 1e-4
     temperature: float = 0.5  # the baseline InfoNCE's fixed τ: validated best of {0.05, 0.1, 0.2, 0.5} (paper: 0.1)
-    objective: str = "authors"  # validated best of the 4 AMCL settings (docs/METHOD.md §10); τ runs to its floor
+    objective: str = AMCLInfoNCELoss.default_objective  # validated best (docs/METHOD.md §10); τ runs to its floor
     queue_size: int = 4096  # keys per head
     momentum: float = 0.99  # of the key encoder
     moco_form: str = "asymmetric"  # queries from view 1, keys from view 2, B keys enqueued per step (the
@@ -70,7 +71,7 @@ class KeyQueue(keras.layers.Layer):
         super().__init__(trainable=False, **kwargs)
         for name, value in (("num_heads", num_heads), ("size", size), ("dim", dim)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"KeyQueue's `{name}` must be a positive integer, got {value!r}.")
+                raise InvalidInputError(f"KeyQueue's `{name}` must be a positive integer, got {value!r}.")
         self.num_heads, self.size, self.dim = num_heads, size, dim
 
     def build(self, input_shape=None):
@@ -84,7 +85,7 @@ class KeyQueue(keras.layers.Layer):
         new_keys = tf.transpose(tf.concat(gathered, axis=0), [1, 0, 2])  # [C, n, d], single-device order
         count = new_keys.shape[1]
         if count is not None and count > self.size:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{count} keys per step do not fit a queue of size {self.size}: use a queue of at least {count} keys."
             )
         size = self.size
@@ -152,11 +153,11 @@ class MoCo(ContrastiveTrainer):
         loss=None, moco_form=MoCoSettings.moco_form, **kwargs,
     ):
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError(f"`queue_size` must be a positive integer, got {queue_size!r}. MoCo uses {MoCoSettings.queue_size}.")
+            raise InvalidInputError(f"`queue_size` must be a positive integer, got {queue_size!r}. MoCo uses {MoCoSettings.queue_size}.")
         if not 0.0 <= float(momentum) < 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1), got {momentum!r}. MoCo uses {MoCoSettings.momentum}.")
+            raise InvalidInputError(f"`momentum` must be in [0, 1), got {momentum!r}. MoCo uses {MoCoSettings.momentum}.")
         if moco_form not in MOCO_FORMS:
-            raise ValueError(
+            raise InvalidInputError(
                 f"`moco_form` must be one of {MOCO_FORMS} ('asymmetric': queries from view 1, keys from view 2, "
                 f"the authors'; 'symmetric': both views both ways), got {moco_form!r}."
             )
@@ -189,7 +190,7 @@ class MoCo(ContrastiveTrainer):
         try:
             self.key_encoder = keras.models.clone_model(self.encoder)
         except Exception as error:
-            raise ValueError(
+            raise InvalidInputError(
                 "MoCo clones the encoder for its momentum key encoder; this encoder cannot be cloned "
                 f"({type(error).__name__}: {error}). Use a functional or Sequential Keras model."
             ) from error
@@ -253,7 +254,7 @@ class MoCo(ContrastiveTrainer):
             count = sum(local) * tf.distribute.get_strategy().num_replicas_in_sync
             if count > self.queue_size:
                 per_step = "2 × the global batch" if self.moco_form == "symmetric" else "the global batch"
-                raise ValueError(
+                raise InvalidInputError(
                     f"MoCo ({self.moco_form}) enqueues {per_step} = {count} keys per step, more than "
                     f"queue_size={self.queue_size}. Use queue_size >= {count}."
                 )

@@ -21,7 +21,7 @@ class SimCLRSettings(MethodSettings):
     hidden_dim: int = 512
     beta: float = 1e-4
     temperature: float = 0.1  # the baseline NT-Xent's fixed τ: validated best of {0.05, 0.1, 0.2, 0.5} (paper: 0.5)
-    objective: str = "normalized"  # validated best of the 4 AMCL settings (docs/METHOD.md §10)
+    objective: str = AMCLNTXentLoss.default_objective  # validated best of the AMCL settings (docs/METHOD.md §10)
 
     def check(self, config):
         super().check(config)

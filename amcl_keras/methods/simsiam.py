@@ -20,7 +20,7 @@ class SimSiamSettings(MethodSettings):
     projection_dim: int = 2048
     hidden_dim: int = 2048
     beta: float = 1e-4
-    objective: str = "authors"  # validated best of the 4 AMCL settings (docs/METHOD.md §10); τ runs to its floor
+    objective: str = AMCLSimSiamLoss.default_objective  # validated best (docs/METHOD.md §10); τ runs to its floor
     predictor_hidden_dim: int = 512
     projector_output_bn: bool = True  # heads end in a non-affine batch norm (the authors' and the original paper's)
 

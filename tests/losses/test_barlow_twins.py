@@ -31,12 +31,12 @@ def test_barlow_twins_analytic_value_on_decorrelated_channels(rng):
 @pytest.mark.parametrize("batch,heads,dim", [(4, 1, 3), (16, 2, 8), (24, 3, 6)])
 def test_amcl_barlow_twins_matches_numpy(rng, batch, heads, dim):
     z1, z2 = (rng.normal(size=(batch, heads, dim)).astype("float32") for _ in range(2))
-    loss = AMCLBarlowTwinsLoss(dim, batch_size=batch, lambda_=5e-3, beta=1e-3, temperature_hidden_dim=8)
+    loss = AMCLBarlowTwinsLoss(dim, batch_size=batch, lambda_=5e-3, beta=1e-3, temperature_hidden_dim=8, objective="authors")
     expected = reference.amcl_barlow_twins(z1, z2, loss.temperature.get_weights(), 1e-3, 5e-3)
     np.testing.assert_allclose(float(loss(z1, z2)), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("objective", ["authors", "rectified", "normalized"])
+@pytest.mark.parametrize("objective", ["authors", "rectified", "normalized", "weighted"])
 def test_amcl_barlow_twins_float32_stays_at_round_off_for_many_channel_pairs(objective):
     """d = 1024 (1M channel pairs per head): the float32 loss, its stats and its gradient agree with the same
     loss in float64 to round-off, ~1e-7 (summing the d² pairs in one float32 loop, as XLA's CPU reduction
@@ -66,7 +66,7 @@ def test_amcl_barlow_twins_float32_stays_at_round_off_for_many_channel_pairs(obj
 def test_amcl_barlow_twins_with_one_channel_is_finite():
     """d = 1 has no off-diagonal pairs: the negative terms are 0 (the normalized form divides by no pair)."""
     z1, z2 = (np.random.default_rng(seed).normal(size=(8, 1)).astype("float32") for seed in (0, 1))
-    for objective in ("authors", "rectified", "normalized"):
+    for objective in ("authors", "rectified", "normalized", "weighted"):
         loss = AMCLBarlowTwinsLoss(1, 8, temperature_hidden_dim=4, objective=objective)
         value, stats = loss.loss_and_stats(z1, z2)
         assert np.isfinite(float(value)) and np.isfinite(stats["tau_pos"].numpy()).all(), objective
@@ -74,7 +74,7 @@ def test_amcl_barlow_twins_with_one_channel_is_finite():
 
 def test_amcl_barlow_twins_temperatures_are_over_channel_pairs(rng):
     z = rng.normal(size=(8, 2, 5)).astype("float32")
-    loss = AMCLBarlowTwinsLoss(5, batch_size=8, temperature_min=0.1, temperature_max=0.9)
+    loss = AMCLBarlowTwinsLoss(5, batch_size=8, temperature_min=0.1, temperature_max=0.9, objective="authors")
     assert [w.shape for w in loss.temperature.get_weights()] == [(8, 128), (128,), (128, 8), (8,)]
     _, stats = loss.loss_and_stats(z, z)
     assert stats["tau_pos"].shape == (2,) and stats["tau_neg"].shape == (2,)

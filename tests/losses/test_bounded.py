@@ -1,4 +1,4 @@
-"""The bounded AMCL objectives ("normalized", "rectified") of every method against NumPy
+"""The bounded AMCL objectives ("normalized", "rectified"; "weighted" for SimSiam and Barlow Twins) of every method against NumPy
 references written pair by pair from their definitions (tests/reference.py), plus the analytic
 facts that make them what they claim: bounded below, the baseline when every τ is equal, and
 the authors' regulariser recovered by R with its default centre."""
@@ -16,6 +16,7 @@ from amcl_keras.temperature import bounded_omega, omega
 from tests import reference
 
 BOUNDED = ["normalized", "rectified"]
+NON_CONTRASTIVE_BOUNDED = BOUNDED + ["weighted"]  # SimSiam and Barlow Twins also have the "weighted" form
 
 
 def _constant_temperature(loss):
@@ -53,7 +54,7 @@ def test_infonce_bounded_matches_numpy(rng, objective, negatives):
     np.testing.assert_allclose(float(loss(query, key, queue)), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("objective", BOUNDED)
+@pytest.mark.parametrize("objective", NON_CONTRASTIVE_BOUNDED)
 def test_simsiam_bounded_matches_numpy(rng, objective):
     p1, p2, z1, z2 = (rng.normal(size=(7, 3, 8)).astype("float32") for _ in range(4))
     loss = AMCLSimSiamLoss(8, beta=0.05, temperature_hidden_dim=16, objective=objective, temperature_center=0.5)
@@ -61,7 +62,7 @@ def test_simsiam_bounded_matches_numpy(rng, objective):
     np.testing.assert_allclose(float(loss(p1, p2, z1, z2)), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("objective", BOUNDED)
+@pytest.mark.parametrize("objective", NON_CONTRASTIVE_BOUNDED)
 def test_barlow_twins_bounded_matches_numpy(rng, objective):
     z1, z2 = (rng.normal(size=(10, 2, 6)).astype("float32") for _ in range(2))
     loss = AMCLBarlowTwinsLoss(6, 10, beta=0.01, temperature_hidden_dim=8, objective=objective, temperature_min=0.05)
@@ -96,12 +97,13 @@ def test_normalized_infonce_with_equal_temperatures_is_infonce(rng):
     np.testing.assert_allclose(float(loss(query, key, queue)), float(InfoNCELoss(tau)(query, key, queue)), rtol=1e-5)
 
 
-def test_normalized_simsiam_and_barlow_twins_with_equal_temperatures_are_the_baselines(rng):
+@pytest.mark.parametrize("objective", ["normalized", "weighted"])
+def test_normalized_and_weighted_simsiam_and_barlow_twins_with_equal_temperatures_are_the_baselines(rng, objective):
     p1, p2, z1, z2 = (rng.normal(size=(6, 2, 8)).astype("float32") for _ in range(4))
-    simsiam = AMCLSimSiamLoss(8, beta=0.0, objective="normalized")
+    simsiam = AMCLSimSiamLoss(8, beta=0.0, objective=objective)
     _constant_temperature(simsiam)
     np.testing.assert_allclose(float(simsiam(p1, p2, z1, z2)), float(SimSiamLoss()(p1, p2, z1, z2)), rtol=1e-5)
-    barlow = AMCLBarlowTwinsLoss(8, 6, beta=0.0, objective="normalized")
+    barlow = AMCLBarlowTwinsLoss(8, 6, beta=0.0, objective=objective)
     _constant_temperature(barlow)
     np.testing.assert_allclose(float(barlow(z1, z2)), float(BarlowTwinsLoss()(z1, z2)), rtol=1e-5)
 
@@ -189,3 +191,37 @@ def test_key_gradient_flows_through_the_positive_only_when_asked(rng, objective)
         up = float(loss(query, base + step, queue))
         down = float(loss(query, base - step, queue))
         assert gradient[index] == pytest.approx((up - down) / 2e-2, rel=2e-2, abs=2e-3)
+
+
+def test_weighted_weights_are_mean_one_and_bounded_however_steep_phi_is(rng):
+    """The "weighted" form's promise, measured on the weights the loss uses: mean one, each in [1/4, 4], even
+    where φ is steep enough that the normalized weights put almost all the mass on a few pairs."""
+    from amcl_keras.losses.simsiam import bounded_weights, mean_one_weights
+
+    tau = tf.constant(np.exp(rng.uniform(np.log(1e-5), np.log(2.0), size=(3, 64))), tf.float32)
+    weights = bounded_weights(tau).numpy()
+    np.testing.assert_allclose(weights.mean(axis=1), 1.0, rtol=1e-5)
+    assert weights.min() >= 0.25 and weights.max() <= 4.0
+    assert mean_one_weights(tau).numpy().max() > 10.0  # what "normalized" does with the same temperatures
+    np.testing.assert_allclose(weights, np.stack([reference.weighted_weights(t) for t in tau.numpy()]), rtol=1e-5)
+
+
+def test_weighted_barlow_twins_keeps_the_identity_as_its_minimum(rng):
+    """Decorrelated channels give C = (B−1)/B·I (unbiased std, 1/B normaliser): every diagonal term is 1/B² and
+    every off-diagonal term 0, so Barlow Twins is d/B² — and so is its weighted form for ANY φ, because the
+    weights only re-weight terms (mean one over the diagonal). Normalized's (1 − w·C_ll)² moves the target.
+    View 2 is view 1 with each channel scaled and shifted: the same C, but channel vectors φ tells apart."""
+    centred = rng.normal(size=(64, 16))
+    centred -= centred.mean(axis=0)
+    channels = np.linalg.qr(centred)[0].astype("float32")  # orthonormal, still zero-mean columns
+    shifted = (channels * rng.uniform(0.5, 3.0, size=16) + rng.normal(size=16)).astype("float32")
+    for objective, expect_baseline in (("weighted", True), ("normalized", False)):
+        loss = AMCLBarlowTwinsLoss(16, 64, beta=0.0, objective=objective)
+        value = float(loss(channels, shifted))
+        assert np.isclose(value, 16 / 64**2, rtol=1e-3) == expect_baseline, (objective, value)
+
+
+def test_weighted_is_refused_by_the_losses_with_negatives():
+    for make in (lambda: AMCLNTXentLoss(8, objective="weighted"), lambda: AMCLInfoNCELoss(8, objective="weighted")):
+        with pytest.raises(ValueError, match="'weighted' exists, but not for AMCL"):
+            make()

@@ -37,7 +37,7 @@ def test_ntxent_identical_embeddings_is_log_2n_minus_1(batch):
 def test_amcl_ntxent_matches_numpy(rng, negatives, batch, heads, dim, top_k):
     z1 = rng.normal(size=(batch, heads, dim)).astype("float32")
     z2 = rng.normal(size=(batch, heads, dim)).astype("float32")
-    loss = AMCLNTXentLoss(dim, beta=0.05, negatives=negatives, top_k=top_k, temperature_hidden_dim=16)
+    loss = AMCLNTXentLoss(dim, beta=0.05, negatives=negatives, top_k=top_k, temperature_hidden_dim=16, objective="authors")
     value = float(loss(z1, z2))
     weights = loss.temperature.get_weights()
     expected = reference.amcl_ntxent(z1, z2, weights, 0.05, negatives, top_k)
@@ -49,7 +49,7 @@ def test_amcl_ntxent_matches_numpy(rng, negatives, batch, heads, dim, top_k):
 def test_amcl_ntxent_non_default_temperature_bounds(rng):
     z1 = rng.normal(size=(6, 2, 8)).astype("float32")
     z2 = rng.normal(size=(6, 2, 8)).astype("float32")
-    loss = AMCLNTXentLoss(8, beta=1e-4, top_k=4, temperature_min=0.05, temperature_max=0.7)
+    loss = AMCLNTXentLoss(8, beta=1e-4, top_k=4, temperature_min=0.05, temperature_max=0.7, objective="authors")
     expected = reference.amcl_ntxent(z1, z2, loss.temperature.get_weights(), 1e-4, "topk", 4, 0.05, 0.7)
     np.testing.assert_allclose(float(loss(z1, z2)), expected, rtol=1e-5, atol=1e-6)
 
@@ -58,7 +58,7 @@ def test_amcl_ntxent_steep_temperatures_stay_accurate(rng):
     """Scaled-up φ pushes τ towards τ_min (logits of order 1e3–1e5): float32 still agrees."""
     z1 = rng.normal(size=(6, 2, 8)).astype("float32")
     z2 = rng.normal(size=(6, 2, 8)).astype("float32")
-    loss = AMCLNTXentLoss(8, top_k=4, temperature_hidden_dim=16)
+    loss = AMCLNTXentLoss(8, top_k=4, temperature_hidden_dim=16, objective="authors")
     loss.temperature.set_weights([w * 3.0 for w in loss.temperature.get_weights()])
     expected = reference.amcl_ntxent(z1, z2, loss.temperature.get_weights(), 1e-4, "topk", 4)
     np.testing.assert_allclose(float(loss(z1, z2)), expected, rtol=1e-4)
@@ -68,8 +68,8 @@ def test_top_k_one_is_hardest_up_to_the_regulariser_factor(rng):
     """k = 1 gives Eq. 2.1 except the negative regulariser's d/2 factor (docs/METHOD.md §4)."""
     z1 = rng.normal(size=(5, 2, 8)).astype("float32")
     z2 = rng.normal(size=(5, 2, 8)).astype("float32")
-    top1 = AMCLNTXentLoss(8, beta=0.0, negatives="topk", top_k=1)
-    hardest = AMCLNTXentLoss(8, beta=0.0, negatives="hardest")
+    top1 = AMCLNTXentLoss(8, beta=0.0, negatives="topk", top_k=1, objective="authors")
+    hardest = AMCLNTXentLoss(8, beta=0.0, negatives="hardest", objective="authors")
     hardest.temperature.set_weights(top1.temperature.get_weights())
     np.testing.assert_allclose(float(top1(z1, z2)), float(hardest(z1, z2)), rtol=1e-6)
 
@@ -77,7 +77,7 @@ def test_top_k_one_is_hardest_up_to_the_regulariser_factor(rng):
 def test_amcl_stats_are_per_head_and_inside_bounds(rng):
     z1 = rng.normal(size=(6, 3, 8)).astype("float32")
     z2 = rng.normal(size=(6, 3, 8)).astype("float32")
-    loss = AMCLNTXentLoss(8, top_k=4, temperature_min=0.1, temperature_max=0.9)
+    loss = AMCLNTXentLoss(8, top_k=4, temperature_min=0.1, temperature_max=0.9, objective="authors")
     _, stats = loss.loss_and_stats(z1, z2)
     for key in ("tau_pos", "tau_neg"):
         values = stats[key].numpy()
@@ -93,7 +93,7 @@ def test_amcl_stats_are_per_head_and_inside_bounds(rng):
 def test_amcl_gradients_finite_with_float16_inputs(rng):
     z1 = tf.constant(rng.normal(size=(8, 3, 16)), tf.float16)
     z2 = tf.constant(rng.normal(size=(8, 3, 16)), tf.float16)
-    loss = AMCLNTXentLoss(16, top_k=5)
+    loss = AMCLNTXentLoss(16, top_k=5, objective="authors")
     with tf.GradientTape() as tape:
         tape.watch([z1, z2])
         value = loss(z1, z2)
@@ -117,7 +117,7 @@ def test_ntxent_gradients_finite_with_float16_inputs(rng):
 def test_amcl_ntxent_works_inside_tf_function(rng):
     z1 = rng.normal(size=(6, 2, 8)).astype("float32")
     z2 = rng.normal(size=(6, 2, 8)).astype("float32")
-    loss = AMCLNTXentLoss(8, top_k=3)
+    loss = AMCLNTXentLoss(8, top_k=3, objective="authors")
     compiled = tf.function(lambda a, b: loss(a, b), jit_compile=False)
     np.testing.assert_allclose(float(compiled(z1, z2)), float(loss(z1, z2)), rtol=1e-6)
 
@@ -137,7 +137,7 @@ def test_amcl_ntxent_rejects_bad_arguments(kwargs, message):
 
 
 def test_amcl_ntxent_rejects_wrong_projection_dim(rng):
-    loss = AMCLNTXentLoss(8)
+    loss = AMCLNTXentLoss(8, objective="authors")
     z = rng.normal(size=(4, 2, 16)).astype("float32")
     with pytest.raises(ValueError, match="projection_dim=8"):
         loss(z, z)

@@ -33,7 +33,7 @@ def build(method, amcl_on, strategy=None, clipnorm=1.0, lr=0.5, **options):
         encoder = tiny_encoder()
         common = dict(num_heads=2, amcl=amcl_on, projection_dim=8, hidden_dim=16, **options)
         if method == "simclr":
-            loss = amcl.losses.AMCLNTXentLoss(8, beta=0.01, top_k=5, temperature_hidden_dim=8) if amcl_on else None
+            loss = amcl.losses.AMCLNTXentLoss(8, beta=0.01, top_k=5, temperature_hidden_dim=8, objective="authors") if amcl_on else None
             model = amcl.SimCLR(encoder, loss=loss, **common)
         elif method == "moco":
             loss = amcl.losses.AMCLInfoNCELoss(8, beta=0.01, top_k=5, temperature_hidden_dim=8) if amcl_on else None
@@ -42,7 +42,7 @@ def build(method, amcl_on, strategy=None, clipnorm=1.0, lr=0.5, **options):
             # temperature_min 0.1: with the default 1e-5 the loss starts near 1e8 (τ on raw channel
             # vectors saturates) and float32 round-off, not the distribution, decides the last digits.
             loss = amcl.losses.AMCLBarlowTwinsLoss(
-                8, GLOBAL_BATCH, beta=1e-3, temperature_hidden_dim=8, temperature_min=0.1
+                8, GLOBAL_BATCH, beta=1e-3, temperature_hidden_dim=8, temperature_min=0.1, objective="authors"
             ) if amcl_on else None
             model = amcl.BarlowTwins(encoder, batch_size=GLOBAL_BATCH, loss=loss, **common)
         elif method == "simsiam":
