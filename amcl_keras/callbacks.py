@@ -54,8 +54,12 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
         counters = getattr(self.model, "nonfinite_steps", {})
         found = {kind: [part for (k, part), counter in counters.items() if k == kind and float(counter.result()) > 0]
                  for kind in ("outputs", "gradients")}
+        origin = [part for part in found["outputs"] if part not in ("state", "loss")]
+        if origin:  # batch-norm state and the loss are downstream of a network's outputs: name the origin
+            found["outputs"] = origin
         where = "; ".join(f"non-finite {kind} in {', '.join(parts)}" for kind, parts in found.items() if parts)
         where = where or "the loss itself (every output and gradient was finite)"
+        where = where.replace("outputs in loss", "outputs in the loss itself")
         last = f" (after epoch {self._last_step[0]}, step {self._last_step[1]})" if self._last_step else ""
         backup = ""
         if self.backup_dir is not None:

@@ -11,7 +11,8 @@ from amcl_keras.augment import RandomApply, RandomResizedCrop
 from amcl_keras.backbones import ApplicationPreprocessing, TokenPooling
 
 NON_DEFAULT = [
-    (amcl.AdaptiveTemperature, dict(projection_dim=16, hidden_dim=7, temperature_min=1e-3, temperature_max=1.5)),
+    (amcl.AdaptiveTemperature, dict(projection_dim=16, hidden_dim=7, temperature_min=1e-3, temperature_max=1.5,
+                                    stop_gradient=True)),
     (amcl.ProjectionHead, dict(hidden_dims=[32, 24], output_dim=12, batch_norm=True, activation="gelu",
                                synchronized_batch_norm=True, output_batch_norm=True)),
     (amcl.MultiHeadProjector, dict(num_heads=2, hidden_dims=[20], output_dim=10, batch_norm=True, activation="tanh",
@@ -22,25 +23,25 @@ NON_DEFAULT = [
     (
         amcl.losses.AMCLInfoNCELoss,
         dict(projection_dim=16, beta=0.01, negatives="topk", top_k=9, temperature_hidden_dim=5,
-             temperature_min=1e-3, temperature_max=1.5, objective="rectified", temperature_center=0.1),
+             temperature_min=1e-3, temperature_max=1.5, objective="rectified", temperature_center=0.1, temperature_stop_gradient=True),
     ),
     (amcl.losses.BarlowTwinsLoss, dict(lambda_=0.01)),
     (
         amcl.losses.AMCLBarlowTwinsLoss,
         dict(projection_dim=16, batch_size=32, lambda_=0.01, beta=1e-5, temperature_hidden_dim=7,
-             temperature_min=1e-4, temperature_max=1.0, objective="normalized", temperature_center=0.2),
+             temperature_min=1e-4, temperature_max=1.0, objective="normalized", temperature_center=0.2, temperature_stop_gradient=True),
     ),
     (amcl.losses.SimSiamLoss, dict()),
     (
         amcl.losses.AMCLSimSiamLoss,
         dict(projection_dim=16, beta=1e-3, temperature_hidden_dim=7, temperature_min=1e-4, temperature_max=1.0,
-             objective="rectified", temperature_center=0.3),
+             objective="weighted", temperature_center=0.3, temperature_stop_gradient=True),
     ),
     (amcl.losses.NTXentLoss, dict(temperature=0.2)),
     (
         amcl.losses.AMCLNTXentLoss,
         dict(projection_dim=16, beta=0.01, negatives="hardest", top_k=7, temperature_hidden_dim=9,
-             temperature_min=1e-4, temperature_max=1.0, objective="normalized", temperature_center=0.5),
+             temperature_min=1e-4, temperature_max=1.0, objective="normalized", temperature_center=0.5, temperature_stop_gradient=True),
     ),
     (RandomResizedCrop, dict(size=20, scale=[0.3, 0.9], ratio=[0.5, 2.0])),
     (ApplicationPreprocessing, dict(mode="torch")),

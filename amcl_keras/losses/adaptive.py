@@ -160,11 +160,13 @@ class AMCLContrastiveLoss(AdaptiveTemperatureLoss):
         temperature_max=TEMPERATURE_MAX,
         objective=None,
         temperature_center=None,
+        temperature_stop_gradient=False,
         **kwargs,
     ):
         super().__init__(
             projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
-            objective=objective, temperature_center=temperature_center, **kwargs,
+            objective=objective, temperature_center=temperature_center,
+            temperature_stop_gradient=temperature_stop_gradient, **kwargs,
         )
         check_negatives(negatives)
         check_positive_int("top_k", top_k)

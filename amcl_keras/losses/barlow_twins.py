@@ -186,6 +186,7 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
         temperature_max=TEMPERATURE_MAX,
         objective=None,
         temperature_center=None,
+        temperature_stop_gradient=False,
         **kwargs,
     ):
         check_positive_int("batch_size", batch_size)
@@ -193,7 +194,8 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
             raise InvalidInputError(f"`batch_size` must be at least 2 (batch statistics), got {batch_size}.")
         super().__init__(
             projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
-            temperature_input_dim=batch_size, objective=objective, temperature_center=temperature_center, **kwargs,
+            temperature_input_dim=batch_size, objective=objective, temperature_center=temperature_center,
+            temperature_stop_gradient=temperature_stop_gradient, **kwargs,
         )
         self.batch_size = batch_size
         self.lambda_ = _check_lambda(lambda_)

@@ -98,9 +98,11 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
     default_objective = "authors"  # validated for SimSiam (docs/METHOD.md §10); τ runs to its floor
 
     def __init__(self, projection_dim, beta=1e-4, temperature_hidden_dim=TEMPERATURE_HIDDEN_DIM, temperature_min=TEMPERATURE_MIN,
-                 temperature_max=TEMPERATURE_MAX, objective=None, temperature_center=None, **kwargs):
+                 temperature_max=TEMPERATURE_MAX, objective=None, temperature_center=None,
+                 temperature_stop_gradient=False, **kwargs):
         super().__init__(projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
-                         objective=objective, temperature_center=temperature_center, **kwargs)
+                         objective=objective, temperature_center=temperature_center,
+                         temperature_stop_gradient=temperature_stop_gradient, **kwargs)
 
     def loss_and_stats(self, p1, p2, z1, z2):
         a, b, c, d = _pairs(p1, p2, z1, z2, self.compute_dtype)

@@ -159,10 +159,14 @@ class ContrastiveTrainer(keras.Model):
             for head in range(projector.num_heads)
         }
         # steps with non-finite outputs or gradients, per part: read by NonFiniteLossGuard
-        parts = ["encoder"] + [f"head {head}" for head in range(projector.num_heads)] + ["other"]  # upstream first
+        heads = [f"head {head}" for head in range(projector.num_heads)]
+        # "state": the non-trainable variables the forward pass updates (batch-norm statistics: a NaN that a ReLU
+        # squashes to 0 in the outputs still lands in them)
+        parts = {"outputs": ["encoder", *heads, *self.extra_output_parts, "state", "loss"],  # upstream first
+                 "gradients": ["encoder", *heads, "other"]}
         self.nonfinite_steps = {
             (kind, part): keras.metrics.Sum(name=f"nonfinite_{kind}_{part.replace(' ', '')}")
-            for kind in ("outputs", "gradients") for part in parts if (kind, part) != ("outputs", "other")
+            for kind, names in parts.items() for part in names
         }
         self.create_method_state()
         self._build_from_encoder()
@@ -317,7 +321,16 @@ class ContrastiveTrainer(keras.Model):
             gradients[index] = (g if scale is None else g * tf.cast(scale, g.dtype)) / replicas
         return gradients
 
-    def _nonfinite_parts(self, features, z, gradients):
+    # Outputs of a method's own networks checked by the non-finite guard besides the encoder and heads
+    # (MoCo: "key encoder"); `carry_health` reports them.
+    extra_output_parts = ()
+
+    def carry_health(self, carry):
+        """{part of `extra_output_parts`: scalar bool, True where this step's `carry` (what
+        `after_optimizer_step` would use: MoCo's keys) is not all finite}."""
+        return {}
+
+    def _nonfinite_parts(self, features, z, gradients, loss, carry):
         """{(kind, part): scalar bool}: True where that part's "outputs" or "gradients" are not all
         finite (parts: the encoder, head c, "other" = temperature network, predictor).
 
@@ -333,6 +346,12 @@ class ContrastiveTrainer(keras.Model):
         z_finite = tf.reduce_all(tf.math.is_finite(z), axis=[0, 2])  # [C]
         for head in range(len(self.projector.heads)):
             bad["outputs", f"head {head}"].append(~z_finite[head])
+        for part, flag in self.carry_health(carry).items():
+            bad["outputs", part].append(flag)
+        for variable in self.non_trainable_variables:
+            if "float" in str(variable.dtype):
+                bad["outputs", "state"].append(~tf.reduce_all(tf.math.is_finite(variable)))
+        bad["outputs", "loss"].append(~tf.math.is_finite(loss))
         if check_gradients:
             for variable, gradient in zip(self.trainable_variables, gradients):
                 if gradient is not None:
@@ -383,7 +402,8 @@ class ContrastiveTrainer(keras.Model):
         return tf.concat([features1, features2], axis=0), z1, z2
 
     def train_step(self, data):
-        """One step. A step whose outputs or gradients are not all finite (on any replica) is
+        """One step. A step whose outputs (the encoder's, the heads', the method's own such as MoCo's keys,
+        the loss) or gradients are not all finite (on any replica) is
         skipped whole: no optimizer update (weights, slots, iteration count), no after-step update
         (MoCo's key encoder and queue), and the state the forward pass changed (batch-norm
         statistics, in-step augmentation seeds) is put back; its loss is logged as NaN, which is
@@ -405,7 +425,7 @@ class ContrastiveTrainer(keras.Model):
         # A NaN feature can leave a head's ReLU as 0 and the loss finite, and a finite loss can
         # have a non-finite gradient: any of these makes the step's loss NaN, so the guard stops
         # the run there, and the part it came from is counted for the guard's message.
-        health = self._nonfinite_parts(features, z, gradients)
+        health = self._nonfinite_parts(features, z, gradients, loss, carry)
         for part, flag in health.items():
             self.nonfinite_steps[part].update_state(tf.cast(flag, tf.float32))
         bad = tf.reduce_any(tf.stack(list(health.values())))

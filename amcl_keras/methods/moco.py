@@ -214,9 +214,14 @@ class MoCo(ContrastiveTrainer):
         return [(k, q) for k, q in zip(keys, queries) if q.trainable]
 
     def _keys(self, images):
-        """The momentum encoder's L2-normalised keys `[b, C, d]` (training mode, no gradient)."""
-        keys = self.key_projector(self.key_encoder(images, training=True), training=True)
-        return tf.stop_gradient(tf.math.l2_normalize(tf.cast(keys, tf.float32), axis=-1))
+        """The momentum encoder's L2-normalised keys `[b, C, d]` (training mode, no gradient). A sample whose
+        key-encoder features are not finite gets a NaN key, so the non-finite guard sees it (`carry_health`):
+        compiled, the projector's ReLU can turn a NaN feature into a finite, meaningless key."""
+        features = self.key_encoder(images, training=True)
+        keys = tf.cast(self.key_projector(features, training=True), tf.float32)
+        finite = tf.reduce_all(tf.math.is_finite(features), axis=-1)[:, None, None]
+        keys = tf.where(finite, tf.math.l2_normalize(keys, axis=-1), tf.constant(float("nan"), tf.float32))
+        return tf.stop_gradient(keys)
 
     def compute_loss_and_stats(self, z1, z2, views):
         queue = tf.convert_to_tensor(self.queue.keys)
@@ -234,6 +239,13 @@ class MoCo(ContrastiveTrainer):
             stats = {name: 0.5 * (stats[name] + stats_kq[name]) for name in stats}
             value = 0.5 * (value + value_kq)
         return StepLoss(value, stats, carry=(k2,))
+
+    extra_output_parts = ("key encoder",)
+
+    def carry_health(self, carry):
+        """A non-finite key (the momentum encoder's, view 2 only in the asymmetric form) must neither enter
+        the queue nor drive the key encoder's momentum step: the whole step is skipped."""
+        return {"key encoder": ~tf.reduce_all([tf.reduce_all(tf.math.is_finite(keys)) for keys in carry])}
 
     def after_optimizer_step(self, keys):
         """Momentum update of the key encoder/projector, then enqueue the global batch's keys

@@ -14,15 +14,19 @@ def _state(model):
 
 @pytest.mark.parametrize("method", ["simclr", "moco", "barlow_twins", "simsiam"])
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_a_nan_batch_changes_no_variable(method, replicas, two_replicas):
+@pytest.mark.parametrize("poisoned_view", [1, 2])
+def test_a_nan_batch_changes_no_variable(method, replicas, poisoned_view, two_replicas):
+    """One NaN pixel in view 1 or in view 2 only (MoCo: view 2 goes through the momentum encoder alone, so the
+    NaN is in the keys: they must not enter the queue nor move the key encoder); with 2 replicas the pixel is in
+    the last image, i.e. in one replica's shard."""
     strategy = two_replicas if replicas == 2 else None
     model = build(method, True, strategy)
     view1, view2 = views()
     one_step(model, view1, view2)  # a good step first: slots, BN statistics and queue hold real values
     before = _state(model)
-    poisoned = view1.copy()
-    poisoned[0, 0, 0, 0] = np.nan  # one pixel of one image
-    logs = one_step(model, poisoned, view2)
+    poisoned = (view1 if poisoned_view == 1 else view2).copy()
+    poisoned[-1, 0, 0, 0] = np.nan  # one pixel of one image
+    logs = one_step(model, *((poisoned, view2) if poisoned_view == 1 else (view1, poisoned)))
     assert np.isnan(logs["loss"][0])
     after = _state(model)
     assert after.keys() == before.keys()
