@@ -11,12 +11,15 @@ AVX2-only EPYC the ResNet-18 AMCL-SimCLR step was 1.25× faster with XLA, on an 
 3. Otherwise `JitCompileChooser` (a callback) times the first steps of the real training:
    `WARMUP_STEPS` + `TIMED_STEPS` without XLA, then the same with XLA, keeps the faster step
    (the median of the timed steps) and caches it. No step is thrown away: both halves train the
-   model. If XLA cannot compile the step, the step is retried without XLA (one batch is skipped),
-   and "without" is cached.
+   model. If XLA cannot compile the step, the same batch is trained without XLA (no batch is lost:
+   while measuring, each step's batch is drawn first and handed to the step function), and
+   "without" is cached.
 
-The key (`choice_key`) is the machine (CPU model and vector ISA, cores, oneDNN's ISA cap, GPUs,
-TF and Keras versions) and everything that shapes the step (the `model:` config, batch size,
-input shape, augmentation placement, precision). The record says what was measured, so
+The key (`choice_key`) is the machine (CPU model and vector ISA, cores, oneDNN's ISA cap and
+switch, GPU models, TF and Keras versions, `XLA_FLAGS` / `TF_XLA_FLAGS`, thread settings) and
+everything that shapes the step (the `model:` config — method, AMCL or not, encoder, heads —,
+batch size, input shape, augmentation placement, precision policy, replica count): a choice
+measured on one machine or configuration is never applied to another. The record says what was measured, so
 `results.json` can show it (`train_speed.jit_compile`).
 
 Example (what `amcl train` does; from Python):
@@ -44,7 +47,10 @@ AUTO_MIN_STEPS = 100  # runs shorter than this train without XLA (compile time w
 WARMUP_STEPS = 2  # per variant: the trace (or XLA compile) and one more step, not timed
 TIMED_STEPS = 5  # per variant: the median of these decides
 CACHE_FILE = "jit_compile.json"
-_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile")
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+# environment variables that change how fast (or whether) XLA or the kernels run
+_ENVIRONMENT = ("ONEDNN_MAX_CPU_ISA", "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "TF_XLA_FLAGS", "OMP_NUM_THREADS",
+                "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "CUDA_VISIBLE_DEVICES")
 # what an XLA compile failure of the step raises
 _XLA_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError)
 
@@ -70,19 +76,27 @@ def machine_description():
                 break
     except OSError:
         pass
+    gpus = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device)
+        gpus.append(f"{details.get('device_name', device.name)} cc{details.get('compute_capability', '?')}")
     return {
         "cpu": cpu,
         "isa": [flag for flag in _ISA_FLAGS if flag in flags],
         "cores": os.cpu_count(),
-        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-        "gpus": [device.name for device in tf.config.list_physical_devices("GPU")],
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "environment": {name: os.environ.get(name) for name in _ENVIRONMENT},
+        "threads": [tf.config.threading.get_intra_op_parallelism_threads(),
+                    tf.config.threading.get_inter_op_parallelism_threads()],
+        "gpus": gpus,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
     }
 
 
-def choice_key(model_config, batch_size, input_shape, augment_on, mixed_precision):
-    """The cache key: this machine and the shape of this run's training step."""
+def choice_key(model_config, batch_size, input_shape, augment_on, mixed_precision, replicas=1):
+    """The cache key: this machine and the shape of this run's training step. `mixed_precision`: the
+    policy the step runs under (its name); `replicas`: how many replicas share the global batch."""
     description = {
         "machine": machine_description(),
         "model": model_config,
@@ -90,6 +104,7 @@ def choice_key(model_config, batch_size, input_shape, augment_on, mixed_precisio
         "input_shape": list(input_shape),
         "augment_on": augment_on,
         "mixed_precision": mixed_precision,
+        "replicas": replicas,
     }
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -189,12 +204,15 @@ class JitCompileChooser(keras.callbacks.Callback):
         def guarded(iterator):
             if self.decided:  # decided inside an earlier call
                 return model.train_function(iterator)
+            # The batch is drawn here and handed over as a one-element Python iterator (Keras then runs the step
+            # on it directly): if XLA fails to compile the step, the SAME batch trains without XLA.
+            batch = next(iterator)
             try:
-                return xla_function(iterator)
+                return xla_function(iter([batch]))
             except _XLA_ERRORS as error:  # XLA cannot compile this step: train on without it
                 self._xla_failed = str(error).strip().splitlines()[0][:300]
                 self._finish(False)
-                return self._plain_function(iterator)
+                return self._plain_function(iter([batch]))
 
         model.train_function = guarded
 

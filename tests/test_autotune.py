@@ -81,9 +81,12 @@ def test_a_step_xla_cannot_compile_falls_back_to_no_xla(tmp_path):
 
     model = _model(HostOp())
     chooser = autotune.JitCompileChooser("key", WARMUP, TIMED, cache_file=tmp_path / "cache.json", log=False)
-    history = model.fit(_data(2 * PER_VARIANT + 2), epochs=1, callbacks=[chooser], verbose=0)
+    steps = 2 * PER_VARIANT + 2
+    history = model.fit(_data(steps), epochs=1, callbacks=[chooser], verbose=0)
     assert chooser.record["chosen"] is False and "xla_error" in chooser.record and not model.jit_compile
     assert np.isfinite(history.history["loss"][-1])
+    # no batch is lost: the batch XLA failed on trained without XLA, so every batch made one optimizer step
+    assert int(model.optimizer.iterations.numpy()) == steps
     assert autotune.read_choice("key", tmp_path / "cache.json")["chosen"] is False
 
 
@@ -109,6 +112,24 @@ def test_the_key_separates_machines_and_steps(monkeypatch):
     assert key == autotune.choice_key({"encoder": "small_convnet"}, 64, (28, 28, 1), "pipeline", "float32")
     assert key != autotune.choice_key({"encoder": "small_convnet"}, 128, (28, 28, 1), "pipeline", "float32")
     assert key != autotune.choice_key({"encoder": "resnet18_cifar"}, 64, (28, 28, 1), "pipeline", "float32")
+    assert key != autotune.choice_key({"encoder": "small_convnet"}, 64, (28, 32, 1), "pipeline", "float32")
+    assert key != autotune.choice_key({"encoder": "small_convnet"}, 64, (28, 28, 1), "pipeline", "mixed_bfloat16")
+    assert key != autotune.choice_key({"encoder": "small_convnet"}, 64, (28, 28, 1), "pipeline", "float32", replicas=2)
+    assert key != autotune.choice_key({"encoder": "small_convnet", "amcl": False}, 64, (28, 28, 1), "pipeline",
+                                      "float32")
+    for variable, value in (("XLA_FLAGS", "--xla_cpu_use_thunk_runtime=false"), ("OMP_NUM_THREADS", "1"),
+                            ("TF_ENABLE_ONEDNN_OPTS", "0"), ("TF_NUM_INTRAOP_THREADS", "1")):
+        with monkeypatch.context() as patch:
+            patch.setenv(variable, value)
+            assert key != autotune.choice_key({"encoder": "small_convnet"}, 64, (28, 28, 1), "pipeline", "float32"), \
+                variable
+    assert key == autotune.choice_key({"encoder": "small_convnet"}, 64, (28, 28, 1), "pipeline", "float32")
+    described = autotune.machine_description()
+    monkeypatch.setattr(autotune, "machine_description", lambda: {**described, "cpu": "another CPU model"})
+    assert key != autotune.choice_key({"encoder": "small_convnet"}, 64, (28, 28, 1), "pipeline", "float32")
+    monkeypatch.setattr(autotune, "machine_description", lambda: {**described, "gpus": ["NVIDIA H200 cc(9, 0)"]})
+    assert key != autotune.choice_key({"encoder": "small_convnet"}, 64, (28, 28, 1), "pipeline", "float32")
+    monkeypatch.undo()
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # the same CPU capped to AVX2 is another machine
     assert key != autotune.choice_key({"encoder": "small_convnet"}, 64, (28, 28, 1), "pipeline", "float32")
 
