@@ -15,7 +15,7 @@ from amcl_keras.methods import BarlowTwins, ContrastiveTrainer, MoCo, SimCLR, Si
 from amcl_keras.distribute import enable_determinism
 from amcl_keras.temperature import AdaptiveTemperature, omega
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is written (pyproject reads it; CHANGELOG.md)
 __all__ = [
     "AdaptiveTemperature",
     "BarlowTwins",

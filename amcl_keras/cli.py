@@ -31,13 +31,18 @@ from amcl_keras.errors import AMCLError
 
 def _parser():
     parser = argparse.ArgumentParser(prog="amcl", description="Adaptive Multi-Head Contrastive Learning for Keras.")
+    parser.add_argument("--version", action="version", version=f"amcl-keras {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("configs", help="list the configs that ship with amcl-keras (usable by name: --config NAME)",
+                        description="List the shipped configs; `amcl train --config NAME` takes one by name from any "
+                        "folder (a YAML path works too).")
     train = commands.add_parser(
         "train",
         help="pre-train an encoder, evaluate it, write a run directory",
         description="Pre-train with AMCL (defaults: the CPU demo on the shipped Fashion-MNIST subset).",
     )
-    train.add_argument("--config", help="YAML config (see configs/); defaults to the demo")
+    train.add_argument("--config", help="a shipped config by name (`amcl configs` lists them, e.g. moco_demo) or a "
+                                        "YAML path; defaults to the demo")
     train.add_argument("--run-dir", help="output directory (default: runs/<method>-<time>)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config value, e.g. --set train.epochs=1 (repeatable)")
@@ -95,7 +100,8 @@ def _parser():
         help="write a PNG of original images and two augmented views of each",
         description="Write a PNG grid (original | view 1 | view 2 per row) for the config's dataset and preset.",
     )
-    preview.add_argument("--config", help="YAML config (dataset, image size, preset); defaults to the demo")
+    preview.add_argument("--config", help="a shipped config by name or a YAML path (dataset, image size, preset); "
+                                          "defaults to the demo")
     preview.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     preview.add_argument("--preset", help="augmentation preset to show (default: the config's)")
     preview.add_argument("--rgb-samples", action="store_true", help="use the shipped colour photos instead")
@@ -197,7 +203,16 @@ def _train(args):
     return 0
 
 
-COMMANDS = {"train": _train, "eval": _eval, "export": _export, "report": _report, "augment-preview": _preview}
+def _configs(args):
+    bundled = config_lib.bundled_configs()
+    width = max(map(len, bundled), default=0)
+    for name, (_, description) in bundled.items():
+        print(f"{name:{width}s}  {description}")
+    print(f"\n{len(bundled)} configs; use one with `amcl train --config NAME` (or copy it and pass the path).")
+    return 0
+
+
+COMMANDS = {"configs": _configs, "train": _train, "eval": _eval, "export": _export, "report": _report, "augment-preview": _preview}
 
 
 def _is_environment_error(error):

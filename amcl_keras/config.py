@@ -12,6 +12,9 @@ the bottom of the import graph: it imports only `constants` and `registry`.
 
 import dataclasses
 import difflib
+import importlib.resources
+import os
+import pathlib
 import typing
 
 import yaml
@@ -279,15 +282,61 @@ def _model_section(values):
     return model
 
 
+def _bundled_config_folder():
+    """Where the shipped configs are: `amcl_keras/configs` in an installed wheel, the repository's `configs/` in a
+    source checkout (which the wheel's `amcl_keras.configs` is built from)."""
+    try:
+        folder = importlib.resources.files("amcl_keras.configs")
+        if folder.is_dir() and any(entry.name.endswith(".yaml") for entry in folder.iterdir()):
+            return folder
+    except (ModuleNotFoundError, OSError, TypeError):
+        pass
+    return pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def bundled_configs():
+    """{name: (path, one-line description)} of the configs that ship with amcl-keras (`amcl configs` lists them;
+    `amcl train --config NAME` takes a name from anywhere). The description is the YAML's first comment line."""
+    folder = _bundled_config_folder()
+    found = {}
+    try:
+        entries = sorted(folder.iterdir(), key=lambda entry: entry.name)
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.name.endswith(".yaml"):
+            first = next((line for line in entry.read_text(encoding="utf-8").splitlines() if line.startswith("#")), "#")
+            found[entry.name[: -len(".yaml")]] = (entry, first.lstrip("# ").strip())
+    return found
+
+
+def resolve_config(path_or_name):
+    """A config path as given if it exists; else the shipped config of that name (`moco_demo`, `moco_demo.yaml`,
+    `configs/moco_demo.yaml` from another folder); else the path unchanged (`load` then says it is missing)."""
+    text = os.fspath(path_or_name)
+    if os.path.exists(text):
+        return text
+    name = os.path.basename(text)
+    name = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    bundled = bundled_configs()
+    if name in bundled and (os.sep not in text or os.path.dirname(text) in ("configs", "./configs")):
+        return bundled[name][0]
+    return text
+
+
 def load(path=None, overrides=()):
-    """Load a YAML config (or the defaults) and apply `section.key=value` overrides."""
+    """Load a YAML config (or the defaults) and apply `section.key=value` overrides. `path`: a YAML file, or the
+    name of a shipped config (`bundled_configs()`, e.g. "moco_demo")."""
     raw = {}
     if path is not None:
+        path = resolve_config(path)
         try:
-            with open(path, encoding="utf-8") as handle:
+            with (path.open(encoding="utf-8") if hasattr(path, "open") else open(path, encoding="utf-8")) as handle:
                 raw = yaml.safe_load(handle) or {}
         except FileNotFoundError:
-            raise ConfigError(f"Config file {str(path)!r} does not exist. Configs ship in the configs/ folder.") from None
+            names = ", ".join(bundled_configs()) or "none found"
+            raise ConfigError(f"Config file {str(path)!r} does not exist, and it is not the name of a shipped config "
+                              f"(`amcl configs` lists them: {names}). Give a YAML path or one of those names.") from None
         except IsADirectoryError:
             raise ConfigError(f"Config file {str(path)!r} is a folder, not a YAML file. Pass one file, e.g. "
                               "configs/demo.yaml.") from None

@@ -56,7 +56,7 @@ TRAIN_CASES = [
     ("backup-every-zero", ["--set", "train.backup_every_steps=0"], "None (every epoch only) or >= 1"),
     ("negative-beta", ["--set", "model.beta=-1.0"], "model.beta=-1.0 is out of range: it must be >= 0"),
     ("override-without-value", ["--set", "train.epochs"], "must look like section.key=value"),
-    ("missing-config-file", ["--config", "configs/nope.yaml"], "Configs ship in the configs/ folder"),
+    ("missing-config-file", ["--config", "configs/nope.yaml"], "is not the name of a shipped config (`amcl configs`"),
     ("missing-dataset-folder", ["--set", "data.dataset=./no/such/folder"], "does not exist"),
     ("missing-npz", ["--set", "data.dataset=./missing.npz"], "does not exist"),
     # weights files that are not Keras weights (h5py alone says "file signature not found")

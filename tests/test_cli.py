@@ -1,4 +1,6 @@
 import json
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -170,3 +172,75 @@ def test_every_error_the_library_raises_on_purpose_is_an_amcl_error():
                   amcl_keras.runs.RunDirectoryError, amcl_keras.runs.RunPreempted, amcl_keras.export.ExportError,
                   amcl_keras.callbacks.NonFiniteLossError):
         assert issubclass(error, amcl_errors.AMCLError), error
+
+
+# --- configs by name, from anywhere; the version; a wheel installed outside the repository ----------------
+
+REPOSITORY = pathlib.Path(__file__).parents[1]
+
+
+def test_configs_lists_every_shipped_config(capsys):
+    assert cli.main(["configs"]) == 0
+    printed = capsys.readouterr().out
+    for path in (REPOSITORY / "configs").glob("*.yaml"):
+        line = next(line for line in printed.splitlines() if line.startswith(path.stem + " "))
+        assert len(line.split(None, 1)[1]) > 20, line  # a description, not only the name
+
+
+def test_a_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    from amcl_keras import config as config_lib
+
+    expected = config_lib.load(str(REPOSITORY / "configs" / "moco_demo.yaml")).to_dict()
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    for given in ("moco_demo", "moco_demo.yaml", "configs/moco_demo.yaml"):
+        assert config_lib.load(given).to_dict() == expected, given
+    (tmp_path / "moco_demo.yaml").write_text("model:\n  method: simclr\n")  # a file of that name wins over the name
+    assert config_lib.load("moco_demo.yaml").model.method == "simclr"
+
+
+def test_version(capsys):
+    import amcl_keras
+
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["--version"])
+    assert raised.value.code == 0 and capsys.readouterr().out.strip() == f"amcl-keras {amcl_keras.__version__}"
+
+
+@pytest.mark.slow
+def test_the_built_wheel_trains_a_named_config_and_exports_from_an_empty_folder(tmp_path):
+    """`pip wheel` of this repository, installed (without dependencies: they are this environment's) into a folder
+    of its own and put first on the path, run from an empty folder: the configs ship inside the wheel."""
+    wheels, target, empty = tmp_path / "wheels", tmp_path / "site", tmp_path / "empty"
+    empty.mkdir()
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPOSITORY)],
+                   check=True, capture_output=True, timeout=600)
+    (wheel,) = wheels.glob("amcl_keras-*.whl")
+    subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)], check=True,
+                   capture_output=True, timeout=600)
+    environment = {**os.environ, "PYTHONPATH": str(target)}
+
+    def amcl(*arguments):
+        completed = subprocess.run([sys.executable, "-m", "amcl_keras.cli", *arguments], cwd=empty, env=environment,
+                                   capture_output=True, text=True, timeout=900)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        return completed
+
+    where = subprocess.run([sys.executable, "-c", "import amcl_keras; print(amcl_keras.__file__)"], cwd=empty,
+                           env=environment, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(target)), where  # the wheel's copy, not this checkout
+    assert "moco_demo" in amcl("configs").stdout
+    amcl("train", "--config", "moco_demo", "--epochs", "1", "--steps-per-epoch", "2", "--run-dir", "run",
+         "--set", "eval.probe_epochs=1", "--set", "eval.max_examples=200", "--set", "export.formats=[]")
+    amcl("export", "run", "--formats", "onnx")
+    assert (empty / "run" / "export" / "encoder.onnx").is_file()
+
+
+def test_the_version_is_written_once():
+    """pyproject.toml reads it from amcl_keras.__version__; the CHANGELOG has an entry for it."""
+    import amcl_keras
+
+    pyproject = (REPOSITORY / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'dynamic = ["version"]' in pyproject and 'attr = "amcl_keras.__version__"' in pyproject
+    assert "\nversion = " not in pyproject.split("[tool.setuptools.dynamic]")[0]
+    assert f"## {amcl_keras.__version__} " in (REPOSITORY / "CHANGELOG.md").read_text(encoding="utf-8")
