@@ -109,6 +109,39 @@ def _fused_pair_sums(product, scores, options):
     return pair_sums(product, scores)
 
 
+# None: not decided yet. The fused path needs XLA; a TensorFlow build or device without it (or `use_fused_xla(False)`)
+# takes the plain path: the same function, differentiated by TensorFlow, keeping its [C, d, d] intermediates.
+_FUSED_XLA = {"enabled": None}
+_XLA_UNAVAILABLE = (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.InternalError,
+                    tf.errors.NotFoundError)
+
+
+def use_fused_xla(enabled=None):
+    """Choose how AMCL-Barlow Twins computes its channel-pair terms: True the XLA-fused kernels, False plain
+    TensorFlow (equal results, more memory and time), None (the default) XLA where it compiles, found by compiling
+    a tiny case once. Returns the choice in effect."""
+    _FUSED_XLA["enabled"] = enabled
+    return _fused_xla_enabled()
+
+
+def _fused_xla_enabled():
+    if _FUSED_XLA["enabled"] is None:
+        try:
+            tiny = tf.zeros([1, 2, 2])
+            _pair_sums_forward(tiny, tiny, ("normalized", 2.0, 1.0, 0.0, 2, 0.1, 1.0, None))
+            _FUSED_XLA["enabled"] = True
+        except _XLA_UNAVAILABLE:
+            _FUSED_XLA["enabled"] = False
+    return _FUSED_XLA["enabled"]
+
+
+def channel_pair_sums(product, scores, options):
+    """`_channel_pair_sums`, XLA-fused where XLA is available (`use_fused_xla`), else in plain TensorFlow."""
+    if _fused_xla_enabled():
+        return _fused_pair_sums(product, scores, options)
+    return _channel_pair_sums(product, scores, options)
+
+
 def _check_lambda(lambda_):
     if not float(lambda_) >= 0.0:
         raise InvalidInputError(f"`lambda_` must be >= 0, got {lambda_!r}. Barlow Twins uses 5e-3.")
@@ -218,7 +251,7 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
         dim = self.projection_dim
         options = (self.objective, float(self.batch_size), self.lambda_, self.beta, dim,
                    phi.temperature_min, phi.temperature_max, self.temperature_center)
-        diagonal, tau_diagonal, tau_rows, *sums = _fused_pair_sums(product, scores, options)
+        diagonal, tau_diagonal, tau_rows, *sums = channel_pair_sums(product, scores, options)
         pairs = float(dim * (dim - 1) or 1)  # off-diagonal channel pairs
         if self.objective == "authors":
             positive = tf.square(1.0 - diagonal / tau_diagonal) + self.beta * omega(tau_diagonal, dim)

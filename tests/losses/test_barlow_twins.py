@@ -86,3 +86,32 @@ def test_amcl_barlow_twins_refuses_another_batch_size(rng):
     z = rng.normal(size=(12, 4)).astype("float32")
     with pytest.raises(ValueError, match="global batch of 16.*global batch of 12"):
         loss(z, z)
+
+
+@pytest.mark.parametrize("objective", ["authors", "rectified", "normalized", "weighted"])
+def test_the_plain_tensorflow_path_equals_the_xla_fused_one(objective):
+    """Without XLA (a build or device that lacks it) the loss takes the plain TensorFlow path: the same value, the
+    same gradients for the embeddings and φ, to float32 round-off."""
+    import tensorflow as tf
+
+    from amcl_keras.losses import barlow_twins
+
+    rng = np.random.default_rng(5)
+    z1, z2 = (tf.constant(rng.normal(size=(32, 2, 64)), tf.float32) for _ in range(2))
+    loss = AMCLBarlowTwinsLoss(64, 32, beta=1e-3, temperature_hidden_dim=8, temperature_min=0.05, objective=objective)
+    results = {}
+    try:
+        for fused in (True, False):
+            assert barlow_twins.use_fused_xla(fused) is fused
+            with tf.GradientTape() as tape:
+                tape.watch([z1, z2])
+                value, stats = loss.loss_and_stats(z1, z2)
+            results[fused] = (value, stats, tape.gradient(value, [z1, z2] + loss.temperature.trainable_variables))
+    finally:
+        barlow_twins.use_fused_xla(None)
+    (v_fused, s_fused, g_fused), (v_plain, s_plain, g_plain) = results[True], results[False]
+    np.testing.assert_allclose(float(v_plain), float(v_fused), rtol=1e-5)
+    for name in s_fused:
+        np.testing.assert_allclose(s_plain[name].numpy(), s_fused[name].numpy(), rtol=1e-5)
+    for a, b in zip(g_plain, g_fused):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5 * float(np.abs(b.numpy()).max()))
