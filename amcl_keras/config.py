@@ -77,8 +77,6 @@ class ModelConfig:
     temperature_hidden_dim: int = TEMPERATURE_HIDDEN_DIM
     temperature_min: float = TEMPERATURE_MIN
     temperature_max: float = TEMPERATURE_MAX
-    # φ on stopped-gradient embeddings: the encoder gets no gradient through the temperatures (docs/METHOD.md §10)
-    temperature_stop_gradient: bool = False
     # model.objective and model.temperature_center (how the temperatures enter the AMCL loss) and
     # model.beta are each method's own settings (MethodSettings): their defaults were chosen per method
     # on validation splits (docs/METHOD.md §10).

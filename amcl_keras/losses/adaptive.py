@@ -86,6 +86,7 @@ class AdaptiveTemperatureLoss(EmbeddingLoss):
     # `objective=None` means this: each subclass sets the default its method was validated with (docs/METHOD.md
     # §10), so a loss built from Python and `amcl train` agree (tests/losses/test_defaults.py checks it).
     default_objective = "authors"
+    default_temperature_stop_gradient = False  # `temperature_stop_gradient=None` means this (validated per method too)
 
     def __init__(
         self,
@@ -97,12 +98,14 @@ class AdaptiveTemperatureLoss(EmbeddingLoss):
         temperature_input_dim=None,
         objective=None,
         temperature_center=None,
-        temperature_stop_gradient=False,
+        temperature_stop_gradient=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         check_positive_int("projection_dim", projection_dim)
         objective = self.default_objective if objective is None else objective
+        if temperature_stop_gradient is None:
+            temperature_stop_gradient = self.default_temperature_stop_gradient
         check_objective(objective, self.objectives, type(self).__name__)
         if temperature_center is not None and not float(temperature_center) > 0.0:
             raise InvalidInputError(
@@ -160,7 +163,7 @@ class AMCLContrastiveLoss(AdaptiveTemperatureLoss):
         temperature_max=TEMPERATURE_MAX,
         objective=None,
         temperature_center=None,
-        temperature_stop_gradient=False,
+        temperature_stop_gradient=None,
         **kwargs,
     ):
         super().__init__(

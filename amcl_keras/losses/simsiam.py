@@ -99,7 +99,7 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
 
     def __init__(self, projection_dim, beta=1e-4, temperature_hidden_dim=TEMPERATURE_HIDDEN_DIM, temperature_min=TEMPERATURE_MIN,
                  temperature_max=TEMPERATURE_MAX, objective=None, temperature_center=None,
-                 temperature_stop_gradient=False, **kwargs):
+                 temperature_stop_gradient=None, **kwargs):
         super().__init__(projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
                          objective=objective, temperature_center=temperature_center,
                          temperature_stop_gradient=temperature_stop_gradient, **kwargs)

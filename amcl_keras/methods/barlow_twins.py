@@ -23,6 +23,7 @@ class BarlowTwinsSettings(MethodSettings):
     hidden_dim: int = 2048
     beta: float = 1e-6
     objective: str = AMCLBarlowTwinsLoss.default_objective  # the least harmful on validation (docs/METHOD.md §10)
+    temperature_stop_gradient: bool = AMCLBarlowTwinsLoss.default_temperature_stop_gradient
     lambda_: float = 5e-3  # the off-diagonal weight
     projector_output_bn: bool = True  # heads end in a non-affine batch norm (the authors' and the original paper's)
 

@@ -72,6 +72,8 @@ class MethodSettings:
     # default is the one its validation ablation chose (docs/METHOD.md §10).
     objective: str = DEFAULT_OBJECTIVE
     temperature_center: typing.Optional[float] = None  # bounded objectives: τ the regulariser prefers (None: 2/d)
+    # φ on stopped-gradient embeddings: the encoder gets no gradient through the temperatures (docs/METHOD.md §9)
+    temperature_stop_gradient: bool = False
 
     # Not a setting: one line printed when training starts with AMCL on, where the validated ablation
     # found no AMCL variant of this method better than its tuned baseline (None: AMCL won).

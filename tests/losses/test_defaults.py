@@ -20,7 +20,7 @@ def test_the_amcl_loss_defaults_are_the_methods_settings(name):
                 if parameter.default is inspect.Parameter.empty and key not in ("self", "kwargs")}
     loss = loss_class(**required)
     config = loss.get_config()
-    for field in ("objective", "beta", "temperature_center"):
+    for field in ("objective", "beta", "temperature_center", "temperature_stop_gradient"):
         assert config[field] == getattr(settings, field), (name, field)
     assert settings.objective in loss_class.objectives
     assert {f.name for f in dataclasses.fields(settings)} >= {"objective", "beta", "temperature_center"}
