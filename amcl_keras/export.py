@@ -216,12 +216,15 @@ def _write_onnx(build, path):
     concrete = build.serve_uint8.get_concrete_function(build.uint8_spec)
     input_names = [t.name for t in concrete.inputs[:len(tf.nest.flatten(concrete.structured_input_signature))]]
     output_names = [t.name for t in concrete.outputs]
-    frozen = tf2onnx.tf_loader.from_function(concrete, input_names, output_names)
-    model_proto, _ = tf2onnx.convert.from_graph_def(
-        frozen, name=concrete.name, input_names=input_names, output_names=output_names, opset=build.opset,
-        custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
-        tensors_to_rename=tf2onnx.convert.tensor_names_from_structed(concrete, input_names, output_names),
-    )
+    from tensorflow.python.util import deprecation  # tf2onnx calls TF1 APIs: 8 deprecation warnings per export
+
+    with deprecation.silence():
+        frozen = tf2onnx.tf_loader.from_function(concrete, input_names, output_names)
+        model_proto, _ = tf2onnx.convert.from_graph_def(
+            frozen, name=concrete.name, input_names=input_names, output_names=output_names, opset=build.opset,
+            custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
+            tensors_to_rename=tf2onnx.convert.tensor_names_from_structed(concrete, input_names, output_names),
+        )
     model_proto = _rename_onnx_output(model_proto, OUTPUT_NAME)
     onnx.checker.check_model(model_proto)
     onnx.save(model_proto, str(path))

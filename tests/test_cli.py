@@ -79,6 +79,13 @@ def test_installed_command_runs_as_a_process(tmp_path):
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert "linear probe" in completed.stdout
     assert (tmp_path / "p" / "encoder.keras").exists()
+    # a quiet first run (it trains, evaluates and exports to ONNX): none of TensorFlow's C++ start-up lines and no
+    # third-party deprecation warnings (tf2onnx calls TF1 APIs), only Keras's progress and the project's own lines
+    noise = ["absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard", "is deprecated",
+             "Instructions for updating", "will be removed in a future version"]
+    assert [marker for marker in noise if marker in completed.stderr + completed.stdout] == [], completed.stderr[-3000:]
+    assert all(line.startswith(("amcl:", " ")) or "step" in line or not line.strip()
+               for line in completed.stderr.splitlines()), completed.stderr[-3000:]
 
 
 @pytest.mark.slow
