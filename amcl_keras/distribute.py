@@ -1,5 +1,8 @@
 """Choosing the `tf.distribute` strategy from the config."""
 
+import os
+import sys
+
 import keras
 import tensorflow as tf
 
@@ -29,11 +32,32 @@ def use_cpu_replicas(count):
 
 
 
+def one_op_at_a_time():
+    """TensorFlow's inter-op parallelism set to 1, as deterministic mode needs: two ops that run at once share the
+    intra-op thread pool, and a kernel that gets fewer threads splits its reductions differently, so the same
+    step rounds differently from run to run (measured on the demo, 2-core AVX-512 EPYC: 3 of 6 runs of the same
+    deterministic command ended with other weights, up to 1.7e-5 apart; 6 of 6 equal with one op at a time; intra-op
+    threads at 1 did not help). Takes effect only before TensorFlow's runtime starts (the first op or device
+    listing); returns False, with a warning, when it is too late and the setting is not already 1."""
+    if os.environ.get("TF_NUM_INTEROP_THREADS") == "1" or tf.config.threading.get_inter_op_parallelism_threads() == 1:
+        return True
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        return True
+    except RuntimeError:
+        print("amcl: warning: deterministic mode could not set TensorFlow's inter-op parallelism to 1: TensorFlow "
+              "already started in this process, so runs may differ in the last bits. Call "
+              "amcl_keras.enable_determinism() first thing in the process, or set TF_NUM_INTEROP_THREADS=1 before "
+              "Python starts.", file=sys.stderr)
+        return False
+
+
 def enable_determinism(seed=0):
     """Make training reproducible bit for bit: seed Python, NumPy, TensorFlow and Keras with `seed`
     and turn on TensorFlow's op determinism (`tf.config.experimental.enable_op_determinism`: every op,
     tf.data included, gives the same result for the same inputs; ops without a deterministic kernel
-    raise). Call it once, before building the data and the model. Two processes that then run the
+    raise), running one op at a time (`one_op_at_a_time`: concurrent ops change how kernels split their
+    reductions). Call it once, before building the data and the model. Two processes that then run the
     same code on the same data get the same weights (on the same machine and TF build). Op
     determinism stays on for the rest of the process. `amcl train` does this with
     `train.deterministic: true`.
@@ -44,6 +68,7 @@ def enable_determinism(seed=0):
     amcl.enable_determinism(seed=0)
     ```
     """
+    one_op_at_a_time()
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
 

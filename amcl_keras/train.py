@@ -20,7 +20,7 @@ from amcl_keras import augment, autotune, data, encoders, evaluation, export, re
 from amcl_keras.callbacks import (
     JSONLinesHistory, KNNMonitor, NonFiniteLossGuard, OnlineLinearProbe, PairTelemetry, TemperatureSaturationWarning,
 )
-from amcl_keras.distribute import enable_determinism, is_chief, make_strategy
+from amcl_keras.distribute import enable_determinism, is_chief, make_strategy, one_op_at_a_time
 from amcl_keras.optimizers import CoupledWeightDecaySGD
 from amcl_keras.runs import RunBackup, RunDirectoryError  # noqa: F401 (RunDirectoryError: part of this API)
 from amcl_keras.errors import InvalidInputError
@@ -368,6 +368,8 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
               file=sys.stderr)
         return runs.read_results(run_dir)
     started = time.perf_counter()
+    if config.train.deterministic:
+        one_op_at_a_time()  # before the strategy starts TensorFlow's runtime
     strategy = make_strategy(config.train.strategy, config.train.cpu_replicas)  # first: it may need a fresh TF
     if config.train.deterministic:
         enable_determinism(config.train.seed)

@@ -60,6 +60,29 @@ def test_the_same_command_twice_gives_bit_identical_weights_and_history(replicas
     assert results[0]["trained"] == results[1]["trained"] and results[0]["replicas"] == replicas
 
 
+# The demo's own model and batch (small_convnet width 32, 256 pairs): big enough that the step's kernels run
+# multi-threaded, where two ops running at once used to make 3 of 6 runs of the same command differ (up to 1.7e-5).
+DEMO_SIZE = ["--epochs", "1", "--steps-per-epoch", "3", "--set", "train.deterministic=true", "--set",
+             "export.formats=[]", "--set", "eval.probe_epochs=1", "--set", "eval.max_examples=200", "--set",
+             "eval.random_init=false", "--set", "eval.tensorboard=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("replicas,runs", [(1, 3), (2, 2)])
+def test_the_demo_size_is_deterministic_too(replicas, runs, tmp_path):
+    extra = ["--set", f"train.cpu_replicas={replicas}"] + (["--set", "train.strategy=default"] if replicas == 1 else [])
+    weights = []
+    for index in range(runs):
+        command = [sys.executable, "-m", "amcl_keras.cli", "train", "--run-dir", str(tmp_path / str(index)),
+                   *DEMO_SIZE, *extra]
+        finished = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        weights.append(_weights(tmp_path / str(index)))
+    assert len(weights[0]) > 50
+    for other in weights[1:]:
+        assert [name for name in weights[0] if not np.array_equal(weights[0][name], other[name])] == []
+
+
 def _wait_for_backup(process, run_dir, at_least, log):
     state_path, deadline = run_dir / "backup" / "state.json", time.time() + 300
     while time.time() < deadline:
