@@ -58,13 +58,13 @@ AMCL_KNOBS = {
         "rectified": ["model.objective=rectified"],
         "authors": ["model.objective=authors"],
     },
-    "barlow_twins": {
-        "normalized": ["model.objective=normalized"],
-        "normalized-beta1": ["model.objective=normalized", "model.beta=1.0"],
-        "rectified": ["model.objective=rectified"],
-        "authors": ["model.objective=authors"],
+    "barlow_twins": {  # every knob says whether φ's inputs stop the gradient (the default differs per method)
+        "normalized": ["model.objective=normalized", "model.temperature_stop_gradient=false"],
+        "normalized-beta1": ["model.objective=normalized", "model.beta=1.0", "model.temperature_stop_gradient=false"],
+        "rectified": ["model.objective=rectified", "model.temperature_stop_gradient=false"],
+        "authors": ["model.objective=authors", "model.temperature_stop_gradient=false"],
         # added after the first round (issue 22, item 4): the form that keeps each term's meaning and scale
-        "weighted": ["model.objective=weighted"],
+        "weighted": ["model.objective=weighted", "model.temperature_stop_gradient=false"],
         # ... and the same with φ on stopped-gradient embeddings (the encoder cannot game its own weights)
         "weighted-sg": ["model.objective=weighted", "model.temperature_stop_gradient=true"],
     },
@@ -146,18 +146,42 @@ def test_arms(method, choice):
     return arms
 
 
+AMCL_ONLY = ("objective", "temperature_center", "temperature_stop_gradient", "beta", "temperature_hidden_dim",
+             "temperature_min", "temperature_max", "negatives", "top_k")
+
+
+def _same_settings(written, config):
+    """Whether the finished run whose config is at `written` was trained with `config`: every setting it wrote down
+    equals `config`'s (a setting added since, absent from it, had the value it now has by default), ignoring the
+    AMCL-only settings of a plain run (a default that changed there does not change a plain run)."""
+    import yaml
+
+    stored = yaml.safe_load(written.read_text(encoding="utf-8"))
+    intended = json.loads(json.dumps(config.to_dict()))  # tuples as the lists the YAML holds
+    for section, values in stored.items():
+        for key, value in (values or {}).items():
+            if section == "model" and key in AMCL_ONLY and not intended["model"]["amcl"]:
+                continue
+            if intended.get(section, {}).get(key, value) != value:
+                return False
+    return True
+
+
 def run_one(args, dataset, split, method, name, arm, seed, directory):
     """Train (or read back) one run; returns its record."""
     from amcl_keras import config as config_lib, train
 
     run_dir = directory / "runs" / f"{method}-{name}-seed{seed}"
     results_path = run_dir / "results.json"
-    if results_path.is_file():
+    config = config_lib.load(None, config_overrides(args, dataset, split, method, arm, seed))
+    # a finished run is reused only if it was trained with these settings (an arm such as "amcl" changes its
+    # settings when validation chooses another knob)
+    same = results_path.is_file() and _same_settings(run_dir / "config.yaml", config)
+    if same:
         results = json.loads(results_path.read_text())
     elif args.only_finished:
         return None
     else:
-        config = config_lib.load(None, config_overrides(args, dataset, split, method, arm, seed))
         results = train.run(config, run_dir, overwrite=True, verbose=0)
     record = {"method": method, "arm": name, "seed": seed, "settings": arm, "run_dir": str(run_dir),
               "linear_probe": results["trained"]["linear_probe"], "knn": results["trained"]["knn"],
