@@ -32,6 +32,9 @@ def use_cpu_replicas(count):
 
 
 
+_WARNED = []  # the warning below, once per process
+
+
 def one_op_at_a_time():
     """TensorFlow's inter-op parallelism set to 1, as deterministic mode needs: two ops that run at once share the
     intra-op thread pool, and a kernel that gets fewer threads splits its reductions differently, so the same
@@ -45,6 +48,9 @@ def one_op_at_a_time():
         tf.config.threading.set_inter_op_parallelism_threads(1)
         return True
     except RuntimeError:
+        if _WARNED:
+            return False
+        _WARNED.append(True)
         print("amcl: warning: deterministic mode could not set TensorFlow's inter-op parallelism to 1: TensorFlow "
               "already started in this process, so runs may differ in the last bits. Call "
               "amcl_keras.enable_determinism() first thing in the process, or set TF_NUM_INTEROP_THREADS=1 before "

@@ -421,7 +421,15 @@ def open_artefact(export_dir, format, metadata=None):
     LiteRT interpreter)."""
     metadata = metadata or read_metadata(export_dir, format)
     info = metadata["formats"][format]
-    return FORMATS[format].open(pathlib.Path(export_dir) / info["path"], info)
+    path = pathlib.Path(export_dir) / info["path"]
+    try:
+        return FORMATS[format].open(path, info)
+    except Exception as error:  # onnxruntime, TF and LiteRT raise their own types for a damaged file
+        raise ExportReadError(
+            f"The {format} artefact {str(path)!r} cannot be opened ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0][:300] if str(error).strip() else 'no message'}): it is truncated, "
+            f"damaged or not a {format} file. Export it again: `amcl export RUN_DIR --formats {format} --overwrite`."
+        ) from error
 
 
 def artefact_features(run_dir, format, export_dir=None, batch_size=512):

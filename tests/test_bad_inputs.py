@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import pathlib
+import re
 import shutil
 
 import keras
@@ -556,3 +557,53 @@ def test_a_history_line_cut_short_is_dropped_on_resume(tmp_path):
     (tmp_path / runs.HISTORY).write_text('{"epoch": 1, "loss": 1.0}\n{"epoch": 2, "lo')
     runs.trim_history(tmp_path, 2)
     assert runs.read_history(tmp_path) == [{"epoch": 1, "loss": 1.0}]
+
+
+# --- exported artefacts that are damaged, absent or of the wrong kind (`amcl eval --artefact`) -----------------
+
+@pytest.fixture(scope="module")
+def exported_run(tiny_run, tmp_path_factory):
+    """A copy of conftest's tiny run with an ONNX export (the tests below damage their own copies)."""
+    run = tmp_path_factory.mktemp("exported") / "run"
+    shutil.copytree(tiny_run, run)
+    amcl.export.export_encoder(str(run), run / "export", formats=["onnx"])
+    return run
+
+
+@pytest.mark.parametrize("damage,expected", [
+    ("truncated-onnx", "cannot be opened"),
+    ("onnx-is-a-text-file", "cannot be opened"),
+    ("metadata-not-json", "is corrupt"),
+    ("format-not-exported", "has the formats ['onnx'], not 'litert'"),
+    ("artefact-deleted", "onnx"),
+])
+def test_eval_on_a_damaged_or_absent_artefact(damage, expected, exported_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(exported_run, run)
+    artefact, fmt = run / "export" / "encoder.onnx", "onnx"
+    if damage == "truncated-onnx":
+        artefact.write_bytes(artefact.read_bytes()[:200])
+    elif damage == "onnx-is-a-text-file":
+        artefact.write_text("this is not an ONNX model")
+    elif damage == "metadata-not-json":
+        (run / "export" / "metadata.json").write_text("{not json")
+    elif damage == "format-not-exported":
+        fmt = "litert"
+    else:
+        artefact.unlink()
+    assert cli.main(["eval", str(run), "--artefact", fmt]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and "bug" not in err, err
+    assert not (run / f"eval-{fmt}.json").exists()
+
+
+@pytest.mark.parametrize("images,shown", [
+    (np.zeros((8, 28, 28, 1), "float32"), "float32 (8, 28, 28, 1)"),
+    (np.zeros((3, 28, 28, 1), "uint8"), "uint8 (3, 28, 28, 1)"),
+    (np.zeros((8, 28, 28, 3), "uint8"), "uint8 (8, 28, 28, 3)"),
+    (np.zeros((8, 28), "uint8"), "uint8 (8, 28)"),
+], ids=["float", "too-few", "wrong-channels", "wrong-rank"])
+def test_int8_calibration_and_verification_images_of_the_wrong_kind(images, shown, tiny_run, tmp_path):
+    with pytest.raises(amcl.export.ExportError, match=r"must be uint8 \[N >= 7, H, W, 1\], got " + re.escape(shown)):
+        amcl.export.export_encoder(str(tiny_run), tmp_path / "out", formats=["onnx_int8"], images=images)
+    assert not (tmp_path / "out").exists()
