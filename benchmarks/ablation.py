@@ -167,7 +167,19 @@ def _same_settings(written, config):
     return True
 
 
-def run_one(args, dataset, split, method, name, arm, seed, directory):
+def _recorded(previous, method, name, seed, arm, config):
+    """A record of `previous` (the results.json records of an earlier invocation) for this run, trained with these
+    settings: its whole config where the record holds one, its arm's settings otherwise (records written before
+    configs were recorded: a run folder lost with its machine is then not trained again)."""
+    for record in previous:
+        if (record["method"], record["arm"], record["seed"]) != (method, name, seed) or record["settings"] != arm:
+            continue
+        if "config" not in record or record["config"] == json.loads(json.dumps(config.to_dict())):
+            return record
+    return None
+
+
+def run_one(args, dataset, split, method, name, arm, seed, directory, previous=()):
     """Train (or read back) one run; returns its record."""
     from amcl_keras import config as config_lib, train
 
@@ -177,6 +189,10 @@ def run_one(args, dataset, split, method, name, arm, seed, directory):
     # a finished run is reused only if it was trained with these settings (an arm such as "amcl" changes its
     # settings when validation chooses another knob)
     same = results_path.is_file() and _same_settings(run_dir / "config.yaml", config)
+    recorded = None if results_path.is_file() else _recorded(previous, method, name, seed, arm, config)
+    if recorded is not None:
+        print(f"  {method:<12} {name:<26} seed {seed}: read back from results.json (its run folder is gone)")
+        return recorded
     if same:
         results = json.loads(results_path.read_text())
     elif args.only_finished:
@@ -185,7 +201,8 @@ def run_one(args, dataset, split, method, name, arm, seed, directory):
         results = train.run(config, run_dir, overwrite=True, verbose=0)
     record = {"method": method, "arm": name, "seed": seed, "settings": arm, "run_dir": str(run_dir),
               "linear_probe": results["trained"]["linear_probe"], "knn": results["trained"]["knn"],
-              "seconds": results["seconds"], "temperatures": reproduce.final_temperatures(run_dir)}
+              "seconds": results["seconds"], "temperatures": reproduce.final_temperatures(run_dir),
+              "config": json.loads(json.dumps(config.to_dict()))}
     print(f"  {method:<12} {name:<26} seed {seed}: probe {100 * record['linear_probe']:.1f}  "
           f"kNN {100 * record['knn']:.1f}  {reproduce._format_tau(record['temperatures'])}  "
           f"({record['seconds']:.0f} s)", flush=True)
@@ -313,6 +330,9 @@ def main():
     parser.add_argument("--eval-examples", type=int, default=10000)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results/ablation"))
     parser.add_argument("--quick", action="store_true", help="one seed, 1 epoch of 3 steps, short probe")
+    parser.add_argument("--no-extras", action="store_true",
+                        help="test phase: only the grid's own arms (baseline, multihead, adaptive, amcl), not every "
+                             "other AMCL knob setting")
     parser.add_argument("--only-finished", action="store_true",
                         help="train nothing: summarise the runs that have finished (e.g. while others still run)")
     args = parser.parse_args()
@@ -334,10 +354,12 @@ def main():
         if args.phase in ("validation", "all"):
             dataset, split = dataset_value(name, directory, validation=True)
             print(f"[{name}] validation (seed {args.validation_seed})", flush=True)
-            validation = [r for r in entry.get("validation", []) if r["method"] not in args.methods]
+            previous = entry.get("validation", [])
+            validation = [r for r in previous if r["method"] not in args.methods]
             for method in args.methods:
                 records = finished(run_one(args, dataset, split, method, arm_name, arm, args.validation_seed,
-                                           directory / "validation") for arm_name, arm in validation_arms(method).items())
+                                           directory / "validation", previous)
+                                   for arm_name, arm in validation_arms(method).items())
                 if not records:
                     continue
                 choice = choose(method, records)
@@ -345,7 +367,8 @@ def main():
                     tau = choice["tau"]
                     extra = {k: a for k, a in validation_arms(method, tau).items() if k not in validation_arms(method)}
                     records += finished(run_one(args, dataset, split, method, arm_name, arm, args.validation_seed,
-                                                directory / "validation") for arm_name, arm in extra.items())
+                                                directory / "validation", previous)
+                                        for arm_name, arm in extra.items())
                 choice = choose(method, records)
                 if choice:
                     choices[method] = choice
@@ -360,14 +383,16 @@ def main():
                 sys.exit(f"No validated choice for {missing} on {name}: run --phase validation first.")
             dataset, split = dataset_value(name, directory, validation=False)
             print(f"[{name}] test (seeds {args.seeds})", flush=True)
-            test = [r for r in entry.get("test", []) if r["method"] not in args.methods]
+            previous = entry.get("test", [])
+            test = [r for r in previous if r["method"] not in args.methods]
             arms = {m: list(test_arms(m, choices[m]).items()) for m in args.methods if m in choices}
             plan = [(m, n, a, seed) for seed in args.seeds for m in arms for n, a in arms[m]]
             essential = [item for item in plan if not item[1].startswith("amcl-")]
             extras = [item for item in plan if item[1].startswith("amcl-")]
-            plan = essential + extras  # every seed's essential arms first
+            plan = essential + ([] if args.no_extras else extras)  # every seed's essential arms first
             for method, arm_name, arm, seed in plan:
-                test += finished([run_one(args, dataset, split, method, arm_name, arm, seed, directory / "test")])
+                test += finished([run_one(args, dataset, split, method, arm_name, arm, seed, directory / "test",
+                                          previous)])
                 entry["test"] = test
                 results_path.write_text(json.dumps(summary, indent=2))
             entry["test_summary"] = summary_rows(test)

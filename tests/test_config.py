@@ -83,7 +83,7 @@ def test_missing_and_malformed_files(tmp_path):
         config_lib.load(bad)
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "barlow_twins", "simsiam"])
+@pytest.mark.parametrize("method", registry.names())
 def test_from_model_config_hands_every_temperature_option_to_the_loss(method):
     import amcl_keras as amcl
 
@@ -123,7 +123,7 @@ def test_moco_queue_needs_one_batch_asymmetric_and_two_symmetric():
         config_lib.load(None, ["model.method=moco", "model.moco_form=symmetric", "model.queue_size=256"])
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "barlow_twins", "simsiam"])
+@pytest.mark.parametrize("method", registry.names())
 def test_from_model_config_hands_the_pipeline_options_to_the_model(method):
     import amcl_keras as amcl
 

@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from amcl_keras import config as config_lib, train
+from amcl_keras import config as config_lib, registry, train
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "moco", "barlow_twins", "simsiam"])
+@pytest.mark.parametrize("method", registry.names())
 def test_method_trains_two_epochs_with_finite_loss_and_moving_temperature(method, tmp_path):
     config = config_lib.load(None, [
         f"model.method={method}", "train.epochs=2", "train.steps_per_epoch=4", "data.batch_size=64",

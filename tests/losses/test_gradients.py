@@ -27,7 +27,9 @@ RTOL = 1e-6
 DIRECTIONS = 2  # random directions per differentiable input
 BATCH, HEADS, DIM, QUEUE, TOP_K = 5, 2, 6, 7, 3
 BARLOW_BATCH, BARLOW_DIM = 6, 5
-AMCL = dict(beta=0.05, temperature_hidden_dim=4, temperature_min=0.1, temperature_max=1.0, dtype="float64")
+# φ's inputs not stopped (Barlow Twins' default stops them): the whole gradient, φ's input path included, is checked
+AMCL = dict(beta=0.05, temperature_hidden_dim=4, temperature_min=0.1, temperature_max=1.0, dtype="float64",
+            temperature_stop_gradient=False)
 OBJECTIVES = ["authors", "normalized", "rectified"]
 NON_CONTRASTIVE_OBJECTIVES = OBJECTIVES + ["weighted"]  # SimSiam and Barlow Twins only
 NEGATIVES = ["topk", "hardest"]

@@ -5,8 +5,12 @@ import numpy as np
 import tensorflow as tf
 
 import amcl_keras as amcl
+from amcl_keras import registry
 
 GLOBAL_BATCH = 8
+
+# THE list of methods for the generic suites: the registry's (a method registered by its own module joins them)
+METHODS = registry.names()
 
 
 def views(seed=0):

@@ -3,7 +3,7 @@ import pytest
 
 import amcl_keras as amcl
 from tests import reference
-from tests.methods.helpers import GLOBAL_BATCH, build, one_step, views
+from tests.methods.helpers import GLOBAL_BATCH, METHODS, build, one_step, views
 from tests.methods.test_encoder_forward import embed
 
 
@@ -72,7 +72,7 @@ def test_projector_output_bn_standardises_the_heads_by_default(method):
     assert type(off).from_config(off.get_config()).projector_output_bn is False
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "barlow_twins", "simsiam"])
+@pytest.mark.parametrize("method", METHODS)
 def test_model_round_trip_through_get_config(method, tmp_path):
     options = {"moco": {"moco_form": "symmetric"}, "barlow_twins": {"projector_output_bn": False},
                "simsiam": {"projector_output_bn": False}}.get(method, {})

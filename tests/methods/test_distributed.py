@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.methods.helpers import build, one_step, views
+from tests.methods.helpers import METHODS, build, one_step, views
 
-METHODS = ["simclr", "moco", "barlow_twins", "simsiam"]
 # (method, options): every method with each encoder_forward; MoCo's asymmetric form (the default)
 # embeds one view per encoder, so encoder_forward changes nothing there: its symmetric form takes both.
 FORMS = [(method, {"encoder_forward": forward}) for method in ("simclr", "barlow_twins", "simsiam")

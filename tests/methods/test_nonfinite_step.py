@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.methods.helpers import build, one_step, views
+from tests.methods.helpers import METHODS, build, one_step, views
 
 
 def _state(model):
     return {v.path: v.numpy().copy() for v in model.variables + model.optimizer.variables}
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "barlow_twins", "simsiam"])
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("replicas", [1, 2])
 @pytest.mark.parametrize("poisoned_view", [1, 2])
 def test_a_nan_batch_changes_no_variable(method, replicas, poisoned_view, two_replicas):
