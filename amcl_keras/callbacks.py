@@ -37,17 +37,20 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
         self.backup_dir = backup_dir
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
+        self._epoch, self._skipped = epoch, 0.0  # the model's `skipped` count restarts every epoch
 
     def on_train_begin(self, logs=None):
         self._last_temperatures, self._last_step = None, None
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
-        loss = logs.get("loss")
+        loss, skipped = logs.get("loss"), logs.get("skipped")
         if loss is None:
             return
-        if math.isfinite(float(loss)):
+        # a trainer of this package counts skipped steps (its loss is the mean of the others); any other model's
+        # non-finite step shows in its loss
+        newly_skipped = skipped is not None and float(skipped) > self._skipped
+        if not newly_skipped and math.isfinite(float(loss)):
             self._last_temperatures = {k: round(float(v), 6) for k, v in logs.items() if k.startswith("tau_")}
             self._last_step = (self._epoch + 1, batch + 1)
             return
@@ -69,7 +72,8 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
                       "with a changed config to start over." if state else " No backup had been written yet.")
         raise NonFiniteLossError(
             f"The training loss or gradient stopped being finite at epoch {self._epoch + 1}, step {batch + 1} "
-            f"(loss {float(loss)}): {where}. Last finite mean temperatures per "
+            f"({'the step was skipped: no variable changed' if newly_skipped else f'loss {float(loss)}'}): {where}. "
+            "Last finite mean temperatures per "
             f"head{last}: {self._last_temperatures or 'n/a'}. Lower the learning rate, keep gradient clipping "
             "on (train.clipnorm), raise model.temperature_min, or check the input data for NaNs." + backup
         )

@@ -29,22 +29,27 @@ class StepLoss(typing.NamedTuple):
     carry: typing.Any = None
 
 
-def cond_per_replica(predicate, true_fn, false_fn, args=()):
-    """`true_fn(*args)` if `predicate` else `false_fn(*args)`, where the branches may update
-    variables through `merge_call` (an optimizer step, MoCo's momentum update). Under a strategy
-    the choice is made once in the cross-replica context and the branch runs on every replica
-    (TF does not allow a `cond` around `merge_call` inside a replica), as Keras's
-    `LossScaleOptimizer` does; `predicate` must be the same on every replica."""
+def switch_per_replica(index, branches, args=()):
+    """`branches[index](*args)`, where the branches may update variables through `merge_call` (an optimizer
+    step, MoCo's momentum update). Under a strategy the choice is made once in the cross-replica context and
+    the branch runs on every replica (TF does not allow a `cond` around `merge_call` inside a replica), as
+    Keras's `LossScaleOptimizer` does; `index` must be the same on every replica."""
     if not tf.distribute.has_strategy():
-        return tf.cond(predicate, lambda: true_fn(*args) or tf.constant(0), lambda: false_fn(*args) or tf.constant(0))
+        return tf.switch_case(index, [lambda branch=branch: branch(*args) or tf.constant(0) for branch in branches])
 
-    def decide(strategy, predicate, *args):
-        predicate = strategy.experimental_local_results(predicate)[0]
+    def decide(strategy, index, *args):
+        index = strategy.experimental_local_results(index)[0]
         run = strategy.extended.call_for_each_replica
-        tf.cond(predicate, lambda: run(true_fn, args=args) or tf.constant(0),
-                lambda: run(false_fn, args=args) or tf.constant(0))
+        tf.switch_case(index, [lambda branch=branch: run(branch, args=args) or tf.constant(0) for branch in branches])
 
-    return tf.distribute.get_replica_context().merge_call(decide, args=(predicate, *args))
+    return tf.distribute.get_replica_context().merge_call(decide, args=(index, *args))
+
+
+# Under mixed_float16, non-finite gradients are the loss-scale optimizer's signal to halve its scale and skip the
+# update. Below this scale no float16 overflow explains them (a gradient would have to exceed 65504 · 2^64 ≈ 1e24;
+# AMCL-Barlow Twins with every τ at 1e-5, loss ~4e10, needs a scale near 2^-15): the non-finite guard counts them
+# as non-finite gradients, about 80 halvings after the first (the optimizer would otherwise halve the scale forever).
+MIN_LOSS_SCALE = 2.0**-64
 
 
 def built_output_shape(layer, input_shape):
@@ -154,7 +159,8 @@ class ContrastiveTrainer(keras.Model):
         self.projector = projector
         self.amcl = bool(amcl)
         self.contrastive_loss = self._check_loss(loss)
-        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.loss_tracker = keras.metrics.Mean(name="loss")  # over the epoch's steps that were not skipped
+        self.skipped_tracker = keras.metrics.Sum(name="skipped")  # steps skipped as non-finite this epoch
         self._stat_trackers = {
             f"{stat}_{head}": keras.metrics.Mean(name=f"{stat}_{head}")
             for stat in self.stat_names()
@@ -195,6 +201,12 @@ class ContrastiveTrainer(keras.Model):
     def after_optimizer_step(self, carry):
         """Update non-trainable state after the optimizer step (MoCo: momentum encoder, queue);
         `carry` is the `StepLoss.carry` of the step."""
+
+    def after_step_only_variables(self):
+        """The non-trainable variables that only `after_optimizer_step` changes, never a forward pass (MoCo: the
+        queue, the key encoder's momentum-updated weights). A skipped step leaves them alone by not running
+        `after_optimizer_step`, so the non-finite guard neither copies nor checks them each step."""
+        return []
 
     # --- telemetry -------------------------------------------------------------------
     uses_negatives = True  # SimSiam has none: its τ⁻ is not reported
@@ -270,7 +282,17 @@ class ContrastiveTrainer(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, *self._stat_trackers.values()]
+        return [self.loss_tracker, self.skipped_tracker, *self._stat_trackers.values()]
+
+    def get_metrics_result(self):
+        """The logs; a mean over no step (every step of the epoch so far skipped) is NaN, not Mean's 0 / 0 = 0."""
+        logs = {}
+        for metric in self.metrics:
+            value = metric.result()
+            if isinstance(metric, keras.metrics.Mean):
+                value = tf.where(metric.count > 0, value, tf.constant(float("nan"), value.dtype))
+            logs[metric.name] = value
+        return logs
 
     def _views(self, data):
         if self.augmenter is not None:
@@ -332,13 +354,28 @@ class ContrastiveTrainer(keras.Model):
         `after_optimizer_step` would use: MoCo's keys) is not all finite}."""
         return {}
 
-    def _nonfinite_parts(self, features, z, gradients, loss, carry):
+    # Set to False to train without the non-finite guard (no check, no snapshot): benchmarks/guard_cost.py
+    # measures what the guard costs that way. A non-finite step then updates the weights with it.
+    skip_nonfinite_steps = True
+
+    def forward_state(self):
+        """The non-trainable variables a forward pass may change (batch-norm statistics, augmentation seeds):
+        what a skipped step puts back."""
+        after_only = {id(v) for v in self.after_step_only_variables()}
+        return [v for v in self.non_trainable_variables if id(v) not in after_only]
+
+    def _nonfinite_parts(self, features, z, gradients, loss, carry, state):
         """{(kind, part): scalar bool}: True where that part's "outputs" or "gradients" are not all
         finite (parts: the encoder, head c, "other" = temperature network, predictor).
 
-        Under a LossScaleOptimizer, non-finite (scaled) gradients are its signal to skip the step
-        and lower the scale, so only the outputs are checked there."""
-        check_gradients = not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        Under a LossScaleOptimizer (mixed_float16), non-finite scaled gradients are its signal to skip
+        the update and lower the scale: they count here only below `MIN_LOSS_SCALE`, where no float16
+        overflow explains them (the optimizer would otherwise halve the scale forever: training silently stops)."""
+        gradient_check = tf.constant(True)
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            if not self.optimizer.built:  # as its `apply` would, a little earlier: its scale is read here
+                self.optimizer.build(self.trainable_variables)
+            gradient_check = self.optimizer.dynamic_scale < MIN_LOSS_SCALE
         owner = {}
         for head, layer in enumerate(self.projector.heads):
             owner.update({id(v): f"head {head}" for v in layer.trainable_variables})
@@ -350,14 +387,14 @@ class ContrastiveTrainer(keras.Model):
             bad["outputs", f"head {head}"].append(~z_finite[head])
         for part, flag in self.carry_health(carry).items():
             bad["outputs", part].append(flag)
-        for variable in self.non_trainable_variables:
+        for variable in state:
             if "float" in str(variable.dtype):
                 bad["outputs", "state"].append(~tf.reduce_all(tf.math.is_finite(variable)))
         bad["outputs", "loss"].append(~tf.math.is_finite(loss))
-        if check_gradients:
-            for variable, gradient in zip(self.trainable_variables, gradients):
-                if gradient is not None:
-                    bad["gradients", owner.get(id(variable), "other")].append(~tf.reduce_all(tf.math.is_finite(gradient)))
+        for variable, gradient in zip(self.trainable_variables, gradients):
+            if gradient is not None:
+                finite = tf.reduce_all(tf.math.is_finite(gradient))
+                bad["gradients", owner.get(id(variable), "other")].append(gradient_check & ~finite)
         return {key: tf.reduce_any(tf.stack(flags)) if flags else tf.constant(False) for key, flags in bad.items()}
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -408,11 +445,13 @@ class ContrastiveTrainer(keras.Model):
         the loss) or gradients are not all finite (on any replica) is
         skipped whole: no optimizer update (weights, slots, iteration count), no after-step update
         (MoCo's key encoder and queue), and the state the forward pass changed (batch-norm
-        statistics, in-step augmentation seeds) is put back; its loss is logged as NaN, which is
-        what `NonFiniteLossGuard` stops on."""
+        statistics, in-step augmentation seeds) is put back. It is counted in the `skipped` log (what
+        `NonFiniteLossGuard` stops on), and its loss and statistics stay out of the epoch's means."""
         view1, view2 = self._views(data)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        state = [tf.identity(v) for v in self.non_trainable_variables]  # what the forward pass may change
+        guarded = self.skip_nonfinite_steps
+        state = self.forward_state() if guarded else []
+        snapshot = [tf.identity(v) for v in state]  # what the forward pass may change
         with tf.GradientTape() as tape:
             features, z1, z2 = self.embed_views(view1, view2 if self.embeds_both_views else None)
             loss, stats, carry = self.compute_loss_and_stats(z1, z2, (view1, view2))
@@ -427,29 +466,47 @@ class ContrastiveTrainer(keras.Model):
         # A NaN feature can leave a head's ReLU as 0 and the loss finite, and a finite loss can
         # have a non-finite gradient: any of these makes the step's loss NaN, so the guard stops
         # the run there, and the part it came from is counted for the guard's message.
-        health = self._nonfinite_parts(features, z, gradients, loss, carry)
-        for part, flag in health.items():
-            self.nonfinite_steps[part].update_state(tf.cast(flag, tf.float32))
-        bad = tf.reduce_any(tf.stack(list(health.values())))
+        bad, overflow = tf.constant(False), tf.constant(False)
+        scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        if scaling:  # the loss-scale optimizer will skip its update: the rest of the step is skipped with it
+            overflow = ~tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None])
+        if guarded:
+            health = self._nonfinite_parts(features, z, gradients, loss, carry, state)
+            for part, flag in health.items():
+                self.nonfinite_steps[part].update_state(tf.cast(flag, tf.float32))
+            bad = tf.reduce_any(tf.stack(list(health.values())))
         if replicas > 1:  # every replica takes the same branch below
-            bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(bad, tf.int32)) > 0
+            flags = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.stack([bad, overflow]), tf.int32))
+            bad, overflow = flags[0] > 0, flags[1] > 0
             gradients = self._clip_global_gradients(gradients, replicas)
-        loss = tf.where(bad, tf.constant(float("nan"), loss.dtype), loss)
 
         def apply(gradients, carry):
             self.optimizer.apply(gradients, self.trainable_variables)
             self.after_optimizer_step(carry)
 
         def skip(gradients, carry):
-            for variable, value in zip(self.non_trainable_variables, state):
+            for variable, value in zip(state, snapshot):
                 variable.assign(value)
 
-        cond_per_replica(bad, skip, apply, args=(gradients, carry))
-        self.loss_tracker.update_state(loss)
+        def scale_down(gradients, carry):  # the loss-scale optimizer halves its scale and updates nothing
+            self.optimizer.apply(gradients, self.trainable_variables)
+            skip(gradients, carry)
+
+        if guarded or scaling:
+            # 0: skipped whole; 1: the loss-scale optimizer's own skip (no after-step update either); 2: applied
+            branch = tf.where(bad, 0, tf.where(overflow, 1, 2))
+            switch_per_replica(branch, [skip, scale_down, apply], args=(gradients, carry))
+        else:
+            apply(gradients, carry)
+        # a skipped step is counted, and its loss and statistics stay out of the epoch's means
+        kept = 1.0 - tf.cast(bad, tf.float32)
+        self.skipped_tracker.update_state(tf.cast(bad, tf.float32) / replicas)  # the replicas' counts are summed
+        self.loss_tracker.update_state(tf.where(bad, tf.zeros_like(loss), loss), sample_weight=kept)
         for name, per_head in stats.items():
             for head in range(per_head.shape[0]):
-                self._stat_trackers[f"{name}_{head}"].update_state(per_head[head])
-        logs = {metric.name: metric.result() for metric in self.metrics}
+                value = tf.where(bad, tf.zeros_like(per_head[head]), per_head[head])
+                self._stat_trackers[f"{name}_{head}"].update_state(value, sample_weight=kept)
+        logs = self.get_metrics_result()
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
             # Keras 3.15 reduces every log across workers by reduce("MEAN", v, axis=0), which fails
             # on scalars (tensorflow/tensorflow#72388); a [1] tensor reduces to the scalar.

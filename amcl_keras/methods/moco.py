@@ -213,6 +213,11 @@ class MoCo(ContrastiveTrainer):
         queries = self.encoder.weights + self.projector.weights
         return [(k, q) for k, q in zip(keys, queries) if q.trainable]
 
+    def after_step_only_variables(self):
+        """The queue and the key encoder/projector weights that follow the query's by momentum (its batch-norm
+        statistics change in its forward pass and are not among them)."""
+        return [key for key, _ in self._momentum_pairs()] + list(self.queue.weights)
+
     def _keys(self, images):
         """The momentum encoder's L2-normalised keys `[b, C, d]` (training mode, no gradient). A sample whose
         key-encoder features are not finite gets a NaN key, so the non-finite guard sees it (`carry_health`):

@@ -29,12 +29,13 @@ def tiny_encoder():
     return amcl.encoders.small_convnet((8, 8, 1), width=4, synchronized_batch_norm=True)
 
 
-def build(method, amcl_on, strategy=None, clipnorm=1.0, lr=0.5, **options):
+def build(method, amcl_on, strategy=None, clipnorm=1.0, lr=0.5, encoder=None, **options):
     """A small model of `method`, compiled with SGD, inside `strategy` (default: one device);
-    `options` go to the method's constructor (e.g. encoder_forward, moco_form)."""
+    `encoder`: a function that returns the encoder (default `tiny_encoder`); `options` go to the method's
+    constructor (e.g. encoder_forward, moco_form)."""
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        encoder = tiny_encoder()
+        encoder = (encoder or tiny_encoder)()
         common = dict(num_heads=2, amcl=amcl_on, projection_dim=8, hidden_dim=16, **options)
         if method == "simclr":
             loss = amcl.losses.AMCLNTXentLoss(8, beta=0.01, top_k=5, temperature_hidden_dim=8, objective="authors") if amcl_on else None

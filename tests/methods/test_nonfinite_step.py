@@ -1,11 +1,12 @@
 """A step with non-finite outputs or gradients leaves every variable exactly as it was: weights,
 optimizer slots and iteration count, batch-norm statistics, MoCo's key encoder and queue."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.methods.helpers import METHODS, build, one_step, views
+from tests.methods.helpers import METHODS, build, one_step, tiny_encoder, views
 
 
 def _state(model):
@@ -27,7 +28,8 @@ def test_a_nan_batch_changes_no_variable(method, replicas, poisoned_view, two_re
     poisoned = (view1 if poisoned_view == 1 else view2).copy()
     poisoned[-1, 0, 0, 0] = np.nan  # one pixel of one image
     logs = one_step(model, *((poisoned, view2) if poisoned_view == 1 else (view1, poisoned)))
-    assert np.isnan(logs["loss"][0])
+    assert logs["skipped"] == [1.0]  # counted once, whatever the number of replicas
+    assert np.isnan(logs["loss"][0])  # the epoch's only step was skipped: it has no mean loss
     after = _state(model)
     assert after.keys() == before.keys()
     changed = [path for path in before if not np.array_equal(before[path], after[path], equal_nan=True)]
@@ -35,7 +37,7 @@ def test_a_nan_batch_changes_no_variable(method, replicas, poisoned_view, two_re
     assert int(model.optimizer.iterations.numpy()) == 1
     # and the model trains on from there
     logs = one_step(model, view1, view2)
-    assert np.isfinite(logs["loss"][0]) and int(model.optimizer.iterations.numpy()) == 2
+    assert np.isfinite(logs["loss"][0]) and logs["skipped"] == [0.0] and int(model.optimizer.iterations.numpy()) == 2
     moved = [path for path, value in _state(model).items() if not np.array_equal(value, before[path])]
     assert len(moved) > 10
 
@@ -54,3 +56,98 @@ def test_a_head_that_overflows_on_finite_input_is_skipped_too():
     assert np.isnan(logs["loss"][0])
     after = _state(model)
     assert [p for p in before if not np.array_equal(before[p], after[p], equal_nan=True)] == []
+
+
+def _steps(model, batches):
+    history = model.fit(tf.data.Dataset.from_tensor_slices(tuple(np.stack(b) for b in zip(*batches))),
+                        epochs=1, verbose=0, shuffle=False)
+    return history.history
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_skipped_step_is_counted_and_left_out_of_the_epoch_mean(method):
+    """An epoch of (good, NaN, good) batches ends exactly where (good, good) does — same weights, same mean loss —
+    and reports one skipped step."""
+    view1, view2 = views()
+    other1, other2 = views(seed=1)
+    poisoned = view1.copy()
+    poisoned[0, 0, 0, 0] = np.nan
+    with_nan, reference = build(method, True), build(method, True)
+    reference.set_weights(with_nan.get_weights())
+    logs = _steps(with_nan, [(view1, view2), (poisoned, view2), (other1, other2)])
+    expected = _steps(reference, [(view1, view2), (other1, other2)])
+    assert logs["skipped"] == [1.0] and expected["skipped"] == [0.0]
+    assert np.isfinite(logs["loss"][0]) and logs["loss"][0] == expected["loss"][0]
+    for name in [n for n in expected if n.startswith("tau_")]:
+        assert logs[name][0] == expected[name][0], name
+    for a, b in zip(with_nan.weights, reference.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+_NAN_GRADIENT = tf.Variable(False, trainable=False)  # outside every model: switching it changes no model variable
+
+
+@keras.saving.register_keras_serializable("tests")
+class NaNGradientWhenSwitchedOn(keras.layers.Layer):
+    """The identity, whose gradient is NaN while `_NAN_GRADIENT` is on: finite outputs, non-finite gradients."""
+
+    def call(self, x):
+        @tf.custom_gradient
+        def identity(x):
+            return tf.identity(x), lambda dy: tf.where(_NAN_GRADIENT, tf.fill(tf.shape(dy), tf.constant(np.nan, dy.dtype)), dy)
+
+        return identity(x)
+
+
+def _encoder_with_nan_gradient():
+    inputs = keras.Input((8, 8, 1))
+    return keras.Model(inputs, NaNGradientWhenSwitchedOn()(tiny_encoder()(inputs)))
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_under_mixed_float16_the_loss_scale_skip_is_the_steps_and_a_nan_gradient_is_caught(method, tmp_path):
+    """mixed_float16: a non-finite gradient at a normal loss scale is the loss-scale optimizer's skip — it halves
+    its scale, and the rest of the step (batch-norm statistics, MoCo's key encoder and queue) is skipped with it;
+    below `MIN_LOSS_SCALE` no overflow explains it: the step is skipped whole, counted, and the guard stops there."""
+    from amcl_keras.callbacks import NonFiniteLossGuard, NonFiniteLossError
+    from amcl_keras.methods.base import MIN_LOSS_SCALE
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = build(method, True, encoder=_encoder_with_nan_gradient)
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        view1, view2 = views()
+        one_step(model, view1, view2)
+        _NAN_GRADIENT.assign(True)
+        scale = float(model.optimizer.dynamic_scale.numpy())
+        before = {path: value for path, value in _state(model).items() if "dynamic_scale" not in path and "step_counter" not in path}
+        logs = one_step(model, view1, view2)
+        assert logs["skipped"] == [0.0] and np.isfinite(logs["loss"][0])  # the loss-scale optimizer's own skip
+        assert float(model.optimizer.dynamic_scale.numpy()) == scale / 2
+        after = _state(model)
+        assert [path for path in before if not np.array_equal(before[path], after[path])] == []
+        model.optimizer.dynamic_scale.assign(MIN_LOSS_SCALE / 2)
+        before = _state(model)
+        logs = one_step(model, view1, view2)
+        assert logs["skipped"] == [1.0]
+        after = _state(model)
+        assert [path for path in before if not np.array_equal(before[path], after[path], equal_nan=True)] == []
+        with pytest.raises(NonFiniteLossError, match="non-finite gradients in encoder"):
+            model.fit(tf.data.Dataset.from_tensors((view1, view2)).repeat(2), epochs=1, verbose=0,
+                      callbacks=[NonFiniteLossGuard()])
+    finally:
+        _NAN_GRADIENT.assign(False)
+        keras.config.set_dtype_policy(previous)
+
+
+def test_a_skipped_step_copies_only_what_a_forward_pass_can_change():
+    """MoCo's queue and momentum-updated key weights change only after an applied step: the guard's snapshot
+    leaves them out (the bit-identical tests above show the step still leaves them alone)."""
+    model = build("moco", True)
+    snapshot = {id(v) for v in model.forward_state()}
+    assert not {id(v) for v in model.queue.weights} & snapshot
+    key_kernels = [v for v in model.key_encoder.weights if "kernel" in v.path]
+    assert key_kernels and not {id(v) for v in key_kernels} & snapshot
+    key_statistics = [v for v in model.key_encoder.weights if "moving" in v.path]
+    assert key_statistics and {id(v) for v in key_statistics} <= snapshot  # its forward pass updates these

@@ -48,7 +48,7 @@ def test_plain_simclr_is_one_head_ntxent():
     assert isinstance(model.contrastive_loss, amcl.losses.NTXentLoss)
     assert model.contrastive_loss.temperature == amcl.methods.simclr.SimCLRSettings.temperature == 0.1
     assert len(model.projector.heads) == 1
-    assert [m.name for m in model.metrics] == ["loss"]
+    assert [m.name for m in model.metrics] == ["loss", "skipped"]
 
 
 def test_non_finite_input_stops_at_its_step_naming_the_encoder_and_the_last_temperatures():
@@ -80,7 +80,7 @@ def test_a_head_gone_non_finite_is_named():
     with pytest.raises(NonFiniteLossError) as raised:
         model.fit(dataset, epochs=1, verbose=0, callbacks=[NonFiniteLossGuard()])
     message = str(raised.value)
-    assert "step 1 (loss nan): non-finite outputs in head 1;" in message, message  # head 1 alone is the origin
+    assert "step 1 (the step was skipped: no variable changed): non-finite outputs in head 1;" in message, message  # head 1 alone is the origin
     assert "head 1" in message.split("non-finite gradients in ")[1], message
 
 
