@@ -410,6 +410,9 @@ def validate(config):
     require(not (train.jit_compile is True and train.cpu_replicas > 1), "train.jit_compile", train.jit_compile,
             "false with train.cpu_replicas > 1: Keras 3 cannot XLA-compile a step spanning several devices "
             "(keras-team/keras#19005). Set train.jit_compile=false, or train on one device")
+    require(not (train.jit_compile is True and train.deterministic), "train.jit_compile", train.jit_compile,
+            "not true with train.deterministic=true: bit-identical reruns are verified without XLA only. Set "
+            "train.jit_compile=auto (deterministic runs then train without XLA) or false")
     require(train.mixed_precision in PRECISIONS, "train.mixed_precision", train.mixed_precision, f"one of {PRECISIONS}")
     require(train.backup_every_steps is None or train.backup_every_steps >= 1, "train.backup_every_steps",
             train.backup_every_steps, "None (every epoch only) or >= 1")

@@ -79,6 +79,40 @@ def enable_determinism(seed=0):
     tf.config.experimental.enable_op_determinism()
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below the first with bfloat16 instructions
+_ISAS_WITHOUT_BFLOAT16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def check_precision(policy, cpu_flags=None, environ=None):
+    """Refuse `mixed_bfloat16` where TensorFlow's CPU kernels cannot run it: no GPU, oneDNN on, and a CPU without
+    native bfloat16 (`avx512_bf16` / AMX), or oneDNN capped below it (`ONEDNN_MAX_CPU_ISA=AVX2`). There oneDNN
+    fails inside the first convolution with "could not create a primitive descriptor"."""
+    environ = os.environ if environ is None else environ
+    if policy != "mixed_bfloat16" or tf.config.list_logical_devices("GPU"):
+        return
+    if environ.get("TF_ENABLE_ONEDNN_OPTS", "1") == "0":
+        return  # Eigen's (slow) bfloat16 kernels
+    if cpu_flags is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+                cpu_flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), None)
+        except OSError:
+            return  # not Linux / x86: nothing known
+        if cpu_flags is None:
+            return
+    cap = environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    native = "avx512_bf16" in cpu_flags or "amx_bf16" in cpu_flags
+    if native and cap not in _ISAS_WITHOUT_BFLOAT16:
+        return
+    why = (f"oneDNN is capped to ONEDNN_MAX_CPU_ISA={cap}, below bfloat16 instructions" if native
+           else "this CPU has no native bfloat16 instructions (avx512_bf16 or AMX)")
+    raise EnvironmentProblemError(
+        f"train.mixed_precision=mixed_bfloat16 cannot run on this machine: there is no GPU and {why}, so TensorFlow's "
+        "oneDNN kernels cannot compute in bfloat16. Use train.mixed_precision=float32 (the default), train on a GPU or "
+        "a CPU with avx512_bf16/AMX" + (", or unset ONEDNN_MAX_CPU_ISA" if native else "")
+        + " (TF_ENABLE_ONEDNN_OPTS=0 runs it on slow Eigen kernels).")
+
+
 def make_strategy(name="auto", cpu_replicas=1):
     """`auto`: MirroredStrategy over all visible GPUs, else the default strategy;
     `mirrored`: MirroredStrategy over the GPUs, or over `cpu_replicas` logical CPU devices;

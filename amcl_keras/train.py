@@ -20,7 +20,7 @@ from amcl_keras import augment, autotune, data, encoders, evaluation, export, re
 from amcl_keras.callbacks import (
     JSONLinesHistory, KNNMonitor, NonFiniteLossGuard, OnlineLinearProbe, PairTelemetry, TemperatureSaturationWarning,
 )
-from amcl_keras.distribute import enable_determinism, is_chief, make_strategy, one_op_at_a_time
+from amcl_keras.distribute import check_precision, enable_determinism, is_chief, make_strategy, one_op_at_a_time
 from amcl_keras.optimizers import CoupledWeightDecaySGD
 from amcl_keras.runs import RunBackup, RunDirectoryError  # noqa: F401 (RunDirectoryError: part of this API)
 from amcl_keras.errors import InvalidInputError
@@ -138,6 +138,7 @@ def load_data(config):
 
 def build(config, training_data, strategy):
     """Stage 2: the model (in the config's precision) and its optimizer, under `strategy`."""
+    check_precision(config.train.mixed_precision)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.train.mixed_precision)  # the model only: augmenters, probes stay float32
     try:

@@ -78,6 +78,8 @@ TRAIN_CASES = [
     ("batch-larger-than-data", ["--set", "data.batch_size=8192"], "lower data.batch_size"),
     ("xla-with-replicas", ["--set", "train.jit_compile=true", "--set", "train.cpu_replicas=2"],
      "Set train.jit_compile=false, or train on one device"),
+    ("deterministic-with-xla", ["--set", "train.deterministic=true", "--set", "train.jit_compile=true"],
+     "bit-identical reruns are verified without XLA only. Set train.jit_compile=auto"),
     ("multi-worker-without-tf-config", ["--set", "train.strategy=multi_worker"], "needs the TF_CONFIG environment"),
     # a folder where a file is expected, and the other way round
     ("config-is-a-folder", ["--config", "{tmp}"], "is a folder, not a YAML file"),
@@ -607,3 +609,43 @@ def test_int8_calibration_and_verification_images_of_the_wrong_kind(images, show
     with pytest.raises(amcl.export.ExportError, match=r"must be uint8 \[N >= 7, H, W, 1\], got " + re.escape(shown)):
         amcl.export.export_encoder(str(tiny_run), tmp_path / "out", formats=["onnx_int8"], images=images)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, environ, refused", [
+    (["avx2", "fma"], {}, "this CPU has no native bfloat16 instructions"),
+    (["avx2", "avx512f", "avx512_bf16"], {"ONEDNN_MAX_CPU_ISA": "AVX2"}, "capped to ONEDNN_MAX_CPU_ISA=AVX2"),
+    (["avx2", "avx512f", "avx512_bf16"], {}, None),
+    (["avx2", "amx_bf16"], {"ONEDNN_MAX_CPU_ISA": "ALL"}, None),
+    (["avx2"], {"TF_ENABLE_ONEDNN_OPTS": "0"}, None),  # Eigen's kernels
+])
+def test_mixed_bfloat16_without_native_kernels_is_refused_up_front(flags, environ, refused):
+    """oneDNN without bfloat16 instructions fails inside the first convolution ("could not create a primitive
+    descriptor"): the precision is refused before anything runs, saying why and what to use."""
+    from amcl_keras.distribute import check_precision
+
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("a GPU computes bfloat16 itself")
+    check_precision("float32", flags, environ)  # nothing to check
+    if refused is None:
+        check_precision("mixed_bfloat16", flags, environ)
+        return
+    with pytest.raises(amcl.errors.EnvironmentProblemError, match=refused) as error:
+        check_precision("mixed_bfloat16", flags, environ)
+    assert "Use train.mixed_precision=float32" in str(error.value)
+
+
+def test_cli_mixed_bfloat16_under_an_avx2_cap_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    """The case that used to end in oneDNN's raw traceback and "a bug in amcl-keras" (exit 1)."""
+    try:
+        flags = next(line for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        pytest.skip("no x86 CPU flags to read")
+    assert flags  # with or without native bfloat16, the AVX2 cap refuses it
+    if tf.config.list_logical_devices("GPU"):
+        pytest.skip("a GPU computes bfloat16 itself")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # read by the check (and by oneDNN, were it to start after it)
+    code = cli.main(["train", "--run-dir", str(tmp_path / "run"), *TINY, "--set", "train.mixed_precision=mixed_bfloat16"])
+    assert code == 2
+    message = capsys.readouterr().err
+    assert "mixed_bfloat16 cannot run on this machine" in message and "Traceback" not in message
+    assert not (tmp_path / "run").exists()  # nothing written
