@@ -511,6 +511,21 @@ def _copy(run_dir, tmp_path):
     return pathlib.Path(shutil.copytree(run_dir, tmp_path / "run"))
 
 
+@pytest.mark.parametrize("change, shown", [
+    (["--method", "moco"], "model.method: 'simclr' -> 'moco'"),
+    (["--set", "model.encoder=resnet18_cifar"], "model.encoder: 'small_convnet' -> 'resnet18_cifar'"),
+])
+def test_resuming_after_the_method_or_backbone_changed_is_refused(change, shown, unfinished_run, tmp_path, capsys):
+    """Its backups hold another model's weights: the run is refused, naming the change and the ways out, and
+    nothing in it is touched."""
+    run_dir = _copy(unfinished_run, tmp_path)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert cli.main(["train", "--run-dir", str(run_dir), *TINY, "--epochs", "2", *change]) == 2
+    message = capsys.readouterr().err
+    assert f"holds a run with a different config ({shown}" in message and "Re-run with the same config to resume" in message
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
 def _truncate(path):
     path.write_bytes(path.read_bytes()[:500])
 
