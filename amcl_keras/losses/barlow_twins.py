@@ -126,12 +126,15 @@ def use_fused_xla(enabled=None):
 
 def _fused_xla_enabled():
     if _FUSED_XLA["enabled"] is None:
-        try:
-            tiny = tf.zeros([1, 2, 2])
-            _pair_sums_forward(tiny, tiny, ("normalized", 2.0, 1.0, 0.0, 2, 0.1, 1.0, None))
-            _FUSED_XLA["enabled"] = True
-        except _XLA_UNAVAILABLE:
-            _FUSED_XLA["enabled"] = False
+        # eagerly, also when first asked while a tf.function is traced: the probe must compile and run now (its
+        # error caught here), not become float32 ops inside the caller's graph
+        with tf.init_scope():
+            try:
+                tiny = tf.zeros([1, 2, 2])
+                _pair_sums_forward(tiny, tiny, ("normalized", 2.0, 1.0, 0.0, 2, 0.1, 1.0, None))
+                _FUSED_XLA["enabled"] = True
+            except _XLA_UNAVAILABLE:
+                _FUSED_XLA["enabled"] = False
     return _FUSED_XLA["enabled"]
 
 
