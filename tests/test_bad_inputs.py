@@ -674,3 +674,40 @@ def test_cli_mixed_bfloat16_under_an_avx2_cap_is_one_line_and_exit_2(tmp_path, c
     message = capsys.readouterr().err
     assert "mixed_bfloat16 cannot run on this machine" in message and "Traceback" not in message
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_a_second_sigterm_while_the_first_backup_is_written(tmp_path):
+    """Pre-emption: SIGTERM during step 1, and again while the backup it asked for is being written (a scheduler
+    that repeats itself): the backup completes, training stops once with RunPreempted, and the backup restores."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be installed in the main thread")  # the SIGTERM would end the worker
+    model = helpers.build("simclr", True)
+    backup = RunBackup(tmp_path, every_steps=None, preemptible=True)
+    writes = []
+
+    class SendSIGTERM(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:
+                os.kill(os.getpid(), signal.SIGTERM)  # the first
+
+    original = model.save_weights
+
+    def save_weights(path, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the second, in the middle of writing
+        writes.append(path)
+        return original(path, *args, **kwargs)
+
+    model.save_weights = save_weights
+    previous = signal.getsignal(signal.SIGTERM)
+    view1, view2 = helpers.views()
+    with pytest.raises(runs.RunPreempted, match="Stopped by SIGTERM after epoch 0 \\+ 1 step"):
+        model.fit(tf.data.Dataset.from_tensors((view1, view2)).repeat(4), epochs=1, verbose=0,
+                  callbacks=[SendSIGTERM(), backup])
+    assert len(writes) == 1  # one backup, not one per signal
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is put back
+    state = RunBackup.restore(helpers.build("simclr", True), tmp_path)
+    assert (state["epoch"], state["step"]) == (0, 1)
