@@ -30,6 +30,7 @@ colour set shipped with the package (its own validation split, disjoint source i
     python -m benchmarks.ablation                                 # both datasets, both phases
     python -m benchmarks.ablation --datasets tuxpaint_stamps --methods simclr --phase validation
     python -m benchmarks.ablation --quick                          # a few steps: checks the pipeline
+    python -m benchmarks.ablation --methods barlow_twins --phase test --no-extras   # the grid's own arms only
 """
 
 import argparse
