@@ -60,10 +60,12 @@ def test_a_nan_batch_changes_no_variable(method, amcl_on, policy, replicas, pois
     assert len(moved) > 10
 
 
-def test_a_head_that_overflows_on_finite_input_is_skipped_too():
-    """Finite images, one head's weights so large that its outputs overflow to inf: the step is
-    skipped the same way (the variables the test did not set are unchanged)."""
-    model = build("simclr", True)
+@pytest.mark.parametrize("amcl_on", [True, False], ids=["amcl", "plain"])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_head_that_overflows_on_finite_input_is_skipped_too(method, amcl_on):
+    """Finite images, one head's weights so large that its outputs overflow to inf (the loss through an
+    extreme value): the step is skipped the same way (the variables the test did not set are unchanged)."""
+    model = build(method, amcl_on)
     view1, view2 = views()
     one_step(model, view1, view2)
     before = _state(model)
@@ -71,7 +73,7 @@ def test_a_head_that_overflows_on_finite_input_is_skipped_too():
     kernel.assign(tf.fill(kernel.shape, 3e38))  # head 1's outputs overflow to inf
     before[kernel.path] = kernel.numpy().copy()
     logs = one_step(model, view1, view2)
-    assert np.isnan(logs["loss"][0])
+    assert logs["skipped"] == [1.0] and np.isnan(logs["loss"][0])
     after = _state(model)
     assert [p for p in before if not np.array_equal(before[p], after[p], equal_nan=True)] == []
 
