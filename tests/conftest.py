@@ -25,6 +25,17 @@ def _seed():
 
 
 @pytest.fixture
+def policy(request):
+    """The Keras dtype policy named by the test's parameter (indirect), put back afterwards."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(request.param)
+    yield request.param
+    keras.config.set_dtype_policy(previous)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

@@ -41,14 +41,6 @@ class _StepLosses(keras.callbacks.Callback):
         self.model.history.history["step_losses"] = self.losses
 
 
-@pytest.fixture
-def policy(request):
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(request.param)
-    yield request.param
-    keras.config.set_dtype_policy(previous)
-
-
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"], indirect=True)
 @pytest.mark.parametrize("method", ["simclr"] + [pytest.param(m, marks=pytest.mark.slow) for m in ("moco", "barlow_twins", "simsiam")])
 def test_every_method_trains_finitely_with_temperatures_at_the_floor(policy, method):

@@ -13,14 +13,6 @@ def _state(model):
     return {v.path: v.numpy().copy() for v in model.variables + model.optimizer.variables}
 
 
-@pytest.fixture
-def policy(request):
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(request.param)
-    yield request.param
-    keras.config.set_dtype_policy(previous)
-
-
 @pytest.mark.parametrize("policy", ["float32", "mixed_float16"], indirect=True)
 @pytest.mark.parametrize("amcl_on", [True, False], ids=["amcl", "plain"])
 @pytest.mark.parametrize("method", METHODS)
@@ -86,7 +78,7 @@ def _steps(model, batches):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_a_skipped_step_is_counted_and_left_out_of_the_epoch_mean(method):
-    """An epoch of (good, NaN, good) batches ends exactly where (good, good) does — same weights, same mean loss —
+    """An epoch of (good, NaN, good) batches ends where (good, good) does (up to round-off) — same weights and mean loss —
     and reports one skipped step."""
     view1, view2 = views()
     other1, other2 = views(seed=1)
@@ -97,11 +89,14 @@ def test_a_skipped_step_is_counted_and_left_out_of_the_epoch_mean(method):
     logs = _steps(with_nan, [(view1, view2), (poisoned, view2), (other1, other2)])
     expected = _steps(reference, [(view1, view2), (other1, other2)])
     assert logs["skipped"] == [1.0] and expected["skipped"] == [0.0]
-    assert np.isfinite(logs["loss"][0]) and logs["loss"][0] == expected["loss"][0]
+    # two models on the same steps: equal up to float32 round-off (a kernel may split a reduction differently on
+    # another CPU); a step that had not been skipped would move them by far more at learning rate 0.5
+    assert np.isfinite(logs["loss"][0])
+    np.testing.assert_allclose(logs["loss"][0], expected["loss"][0], rtol=1e-5)
     for name in [n for n in expected if n.startswith("tau_")]:
-        assert logs[name][0] == expected[name][0], name
+        np.testing.assert_allclose(logs[name][0], expected[name][0], rtol=1e-5, err_msg=name)
     for a, b in zip(with_nan.weights, reference.weights):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
 
 
 _NAN_GRADIENT = tf.Variable(False, trainable=False)  # outside every model: switching it changes no model variable
