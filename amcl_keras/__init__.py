@@ -34,19 +34,53 @@ def _start_up_lines_hidden():
         os.close(null)
 
 
-with _start_up_lines_hidden():
-    import tensorflow  # noqa: E402, F401 (first, quietly; the modules below import it)
-
-from amcl_keras import (  # noqa: E402
-    augment, autotune, callbacks, config, constants, data, encoders, errors, evaluation, export, losses, methods, optimizers, registry,
-    runs,
-)
-from amcl_keras.heads import MultiHeadPredictor, MultiHeadProjector, ProjectionHead
-from amcl_keras.methods import BarlowTwins, ContrastiveTrainer, MoCo, SimCLR, SimSiam
-from amcl_keras.distribute import enable_determinism
-from amcl_keras.temperature import AdaptiveTemperature, omega
-
 __version__ = "0.2.0"  # the one place the version is written (pyproject reads it; CHANGELOG.md)
+
+# The `amcl` command (amcl_keras_entry.main) sets this while it imports `amcl_keras.cli`, so that `amcl --help`
+# answers without TensorFlow; the command then calls `load()` before it does any work.
+DEFER_ENVIRONMENT_VARIABLE = "AMCL_KERAS_DEFER_TENSORFLOW"
+
+_PUBLIC_MODULES = ("augment", "autotune", "callbacks", "config", "constants", "data", "embedding", "encoders", "errors",
+                   "evaluation", "export", "losses", "methods", "optimizers", "registry", "runs")
+_loaded = False
+
+
+def load():
+    """Import TensorFlow (quietly, see `_start_up_lines_hidden`) and every module of the package, which registers
+    the methods and the Keras-serialisable layers (`keras.saving.load_model("encoder.keras")` needs them).
+    `import amcl_keras` does this itself; only the `amcl` command defers it until its arguments are parsed."""
+    global _loaded
+    if _loaded:
+        return
+    with _start_up_lines_hidden():
+        import tensorflow  # noqa: F401 (first, quietly; the modules below import it)
+
+    import importlib
+
+    for name in _PUBLIC_MODULES:
+        importlib.import_module(f"amcl_keras.{name}")
+    from amcl_keras.distribute import enable_determinism
+    from amcl_keras.heads import MultiHeadPredictor, MultiHeadProjector, ProjectionHead
+    from amcl_keras.methods import BarlowTwins, ContrastiveTrainer, MoCo, SimCLR, SimSiam
+    from amcl_keras.temperature import AdaptiveTemperature, omega
+
+    globals().update({name: value for name, value in locals().items() if name in __all__})
+    _loaded = True
+
+
+def __getattr__(name):
+    """Only reached before `load()` (the `amcl` command's deferred start): a submodule is imported alone (this is
+    also how `from amcl_keras import config` finds it), a class or function loads the package first."""
+    if name in _PUBLIC_MODULES:
+        import importlib
+
+        return importlib.import_module(f"amcl_keras.{name}")
+    if name in __all__ and not _loaded:
+        load()
+        return globals()[name]
+    raise AttributeError(f"module 'amcl_keras' has no attribute {name!r}")
+
+
 __all__ = [
     "AdaptiveTemperature",
     "BarlowTwins",
@@ -63,6 +97,7 @@ __all__ = [
     "config",
     "constants",
     "data",
+    "embedding",
     "enable_determinism",
     "encoders",
     "errors",
@@ -75,3 +110,7 @@ __all__ = [
     "registry",
     "runs",
 ]
+
+
+if os.environ.get(DEFER_ENVIRONMENT_VARIABLE) != "1":
+    load()

@@ -1,4 +1,4 @@
-"""`amcl` command line, five commands:
+"""`amcl` command line, the commands:
 
     amcl train [--config FILE] [--set section.key=value ...]   pre-train, evaluate, export; writes a run directory
     amcl eval RUN_DIR [--artefact FORMAT]                      linear probe and kNN of a run's encoder (eval.json),
@@ -6,6 +6,8 @@
     amcl export RUN_DIR [--formats saved_model onnx ...]       verified SavedModel / ONNX / LiteRT / int8 export
     amcl report RUN_DIR [RUN_DIR ...] --out report.png          curves and similarity histograms of runs
     amcl augment-preview [--preset abcde]                      a PNG of images and two augmented views of each
+    amcl embed SOURCE IMAGES... --out FILE.npy                 embeddings of your images (+ FILE.csv index)
+    amcl neighbours SOURCE IMAGES... --out grid.png            each query image and its k nearest neighbours
 
 Exit codes: 0 done, 1 a bug in amcl-keras (an error the library does not expect: its traceback is
 printed, please report it), 2 bad input (config, run directory, data, a path that cannot be read
@@ -20,13 +22,13 @@ import sys
 import time
 import traceback
 
-import numpy as np
-
-from amcl_keras import config as config_lib, data, evaluation, export as export_lib, preview, registry, report
-from amcl_keras import __version__, runs, train as train_lib
-from amcl_keras.callbacks import NonFiniteLossError
+import amcl_keras
+from amcl_keras import __version__, config as config_lib  # neither imports TensorFlow: `amcl --help` stays fast
 from amcl_keras.constants import DEFAULT_EXPORT_FORMATS, EXPORT_FORMATS, EXPORT_INT8_TOLERANCE, EXPORT_TOLERANCE
 from amcl_keras.errors import AMCLError
+
+# The commands import what they use when they run (after `amcl_keras.load()`), so that parsing the arguments and
+# printing help never import TensorFlow.
 
 
 def _parser():
@@ -48,8 +50,9 @@ def _parser():
                        help="override a config value, e.g. --set train.epochs=1 (repeatable)")
     train.add_argument("--epochs", type=int, help="shortcut for --set train.epochs=N")
     train.add_argument("--steps-per-epoch", type=int, help="shortcut for --set train.steps_per_epoch=N")
-    train.add_argument("--method", choices=sorted(registry.METHODS),
-                       help="shortcut for --set model.method=NAME (method defaults fill what the config leaves open)")
+    train.add_argument("--method", metavar="NAME",
+                       help="shortcut for --set model.method=NAME, a registered method (simclr, moco, barlow_twins, "
+                            "simsiam, or your own); the method's defaults fill what the config leaves open")
     train.add_argument("--no-amcl", action="store_true",
                        help="the method's baseline, 1 head with its fixed temperature: shortcut for --set model.amcl=false "
                             "--set model.num_heads=1")
@@ -95,6 +98,9 @@ def _parser():
     )
     report.add_argument("run_dirs", metavar="RUN_DIR", nargs="+")
     report.add_argument("--out", default="report.png", help="PNG to write")
+    report.add_argument("--map", dest="map_method", default="auto", choices=("auto", "tsne", "pca"),
+                        help="the embedding map's projection: t-SNE (needs scikit-learn: pip install "
+                             "\"amcl-keras[map]\"), PCA, or auto (t-SNE when scikit-learn is installed)")
     preview = commands.add_parser(
         "augment-preview",
         help="write a PNG of original images and two augmented views of each",
@@ -107,10 +113,110 @@ def _parser():
     preview.add_argument("--rgb-samples", action="store_true", help="use the shipped colour photos instead")
     preview.add_argument("--count", type=int, default=8, help="number of images (rows)")
     preview.add_argument("--out", default="augment_preview.png", help="PNG to write")
+    images = argparse.ArgumentParser(add_help=False)  # what `embed` and `neighbours` share
+    images.add_argument("source", metavar="SOURCE",
+                        help="a run directory (its encoder.keras), an export folder, or one artefact in it "
+                             "(saved_model/, encoder.onnx, encoder.tflite, the int8 files)")
+    images.add_argument("images", metavar="IMAGES", nargs="*",
+                        help="image files or folders of them (searched recursively; a folder's sub-folder names are "
+                             "the labels)")
+    images.add_argument("--dataset", help="instead of IMAGES: a dataset by name (shipped, tfds, .npz or a folder)")
+    images.add_argument("--split", default="test", help="the dataset's split (default %(default)s)")
+    images.add_argument("--max-examples", type=int, help="at most this many images of the dataset")
+    images.add_argument("--format", choices=EXPORT_FORMATS,
+                        help="embed with this exported artefact (default: the Keras encoder of a run directory, or an "
+                             "export folder's first float artefact)")
+    images.add_argument("--batch-size", type=int, default=256, help="images per encoder call (default %(default)s)")
+    embed = commands.add_parser(
+        "embed", parents=[images],
+        help="embed your images (or a dataset split) with a trained or exported encoder: FILE.npy + FILE.csv",
+        description="Embed images with the encoder of SOURCE: writes OUT (.npy, float32 [N, feature_dim]) and next "
+        "to it OUT with .csv (row, source file, label) — the rows in the same order.",
+    )
+    embed.add_argument("--out", required=True, help="the .npy file to write (its .csv index is written next to it)")
+    neighbours = commands.add_parser(
+        "neighbours", parents=[images],
+        help="write a PNG of query images and their k nearest neighbours among IMAGES (or a dataset split)",
+        description="Embed the gallery (IMAGES or --dataset) with the encoder of SOURCE, then for each query (--queries "
+        "files, else --count images drawn from the gallery, each left out of its own neighbours) write a row of the "
+        "query and its k most cosine-similar gallery images. Prints how many neighbours share the query's label.",
+    )
+    neighbours.add_argument("--queries", nargs="+", metavar="IMAGE", help="query image files or folders (default: "
+                                                                          "--count images drawn from the gallery)")
+    neighbours.add_argument("--count", type=int, default=8, help="queries drawn from the gallery (default %(default)s)")
+    neighbours.add_argument("-k", type=int, default=8, help="neighbours per query (default %(default)s)")
+    neighbours.add_argument("--seed", type=int, default=0, help="which gallery images are drawn as queries")
+    neighbours.add_argument("--out", default="neighbours.png", help="PNG to write (default %(default)s)")
     return parser
 
 
+def _gallery(args):
+    """The embedder of args.source and the images it embeds: IMAGES or --dataset (exactly one)."""
+    from amcl_keras import embedding
+    from amcl_keras.errors import InvalidInputError
+
+    if bool(args.images) == bool(args.dataset):
+        raise InvalidInputError("Give the images to embed either as IMAGES (files or folders) or as --dataset NAME "
+                                f"(with --split), not {'both' if args.images else 'neither'}.")
+    if args.batch_size < 1 or (args.max_examples is not None and args.max_examples < 1):
+        raise InvalidInputError("--batch-size and --max-examples must be at least 1.")
+    embedder = embedding.open_embedder(args.source, args.format)
+    if args.dataset:
+        image_set = embedding.dataset_images(args.dataset, args.split, embedder.size, embedder.channels, args.max_examples)
+    else:
+        image_set = embedding.read_images(args.images, embedder.size, embedder.channels)
+        if args.max_examples:
+            image_set = embedding.ImageSet(image_set.images[: args.max_examples], image_set.sources[: args.max_examples],
+                                           image_set.labels[: args.max_examples], image_set.skipped)
+    if image_set.skipped:
+        print(f"amcl: skipped {len(image_set.skipped)} unreadable file(s), e.g. {image_set.skipped[0]}", file=sys.stderr)
+    print(f"Embedding {len(image_set.images)} images with {embedder.description}")
+    return embedding, embedder, image_set
+
+
+def _embed(args):
+    embedding, embedder, image_set = _gallery(args)
+    vectors = embedding.embed(embedder, image_set.images, args.batch_size, verbose=1)
+    path, index = embedding.write_embeddings(args.out, vectors, image_set, embedder.description)
+    print(f"Wrote {path} (float32 {list(vectors.shape)}) and {index} (row, source, label)")
+    return 0
+
+
+def _neighbours(args):
+    import numpy as np
+
+    from amcl_keras.errors import InvalidInputError
+
+    embedding, embedder, gallery = _gallery(args)
+    vectors = embedding.embed(embedder, gallery.images, args.batch_size, verbose=1)
+    if args.queries:
+        queries = embedding.read_images(args.queries, embedder.size, embedder.channels)
+        query_vectors, exclude_self = embedding.embed(embedder, queries.images, args.batch_size), False
+    else:
+        if not 1 <= args.count <= len(gallery.images):
+            raise InvalidInputError(f"--count must be between 1 and the gallery's {len(gallery.images)} images, got "
+                                    f"{args.count}.")
+        order = np.random.default_rng(args.seed).permutation(len(gallery.images))  # queries first: exclude_self
+        gallery = embedding.ImageSet(gallery.images[order], [gallery.sources[i] for i in order],
+                                     [gallery.labels[i] for i in order], gallery.skipped)
+        vectors = vectors[order]
+        queries = embedding.ImageSet(gallery.images[: args.count], gallery.sources[: args.count],
+                                     gallery.labels[: args.count], [])
+        query_vectors, exclude_self = vectors[: args.count], True
+    indices, similarities = embedding.nearest_neighbours(vectors, query_vectors, args.k, exclude_self)
+    embedding.write_neighbour_grid(args.out, queries.images, queries.labels, gallery.images, gallery.labels, indices,
+                                   similarities)
+    agreement = embedding.label_agreement(queries.labels, gallery.labels, indices)
+    shared = "" if agreement is None else f"; {agreement * 100:.1f}% of the neighbours share their query's label"
+    print(f"Wrote {args.out}: {len(queries.images)} queries x {args.k} neighbours{shared}")
+    return 0
+
+
 def _preview(args):
+    import numpy as np
+
+    from amcl_keras import data, preview
+
     config = config_lib.load(args.config, args.overrides + ([f"data.augmentation={args.preset}"] if args.preset else []))
     if args.count < 1:
         print("amcl: --count must be at least 1", file=sys.stderr)
@@ -129,6 +235,8 @@ def _preview(args):
 
 
 def _eval(args):
+    from amcl_keras import evaluation, export as export_lib
+
     if args.export_dir and not args.artefact:
         print("amcl: eval failed: --export-dir needs --artefact FORMAT (which artefact of the export to evaluate, "
               f"one of {', '.join(EXPORT_FORMATS)})", file=sys.stderr)
@@ -144,12 +252,16 @@ def _eval(args):
 
 
 def _report(args):
-    path = report.write_report(args.run_dirs, args.out)
+    from amcl_keras import report
+
+    path = report.write_report(args.run_dirs, args.out, map_method=args.map_method)
     print(f"Wrote {path} for {len(args.run_dirs)} run(s).")
     return 0
 
 
 def _export(args):
+    from amcl_keras import export as export_lib
+
     out = args.out or os.path.join(args.run_dir, "export")
     metadata = export_lib.export_encoder(
         args.run_dir, out, formats=args.formats, tolerance=args.tolerance, overwrite=args.overwrite,
@@ -178,6 +290,8 @@ def _text(error):
 
 
 def _train(args):
+    from amcl_keras import train as train_lib
+
     overrides = list(args.overrides)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
@@ -212,7 +326,8 @@ def _configs(args):
     return 0
 
 
-COMMANDS = {"configs": _configs, "train": _train, "eval": _eval, "export": _export, "report": _report, "augment-preview": _preview}
+COMMANDS = {"configs": _configs, "train": _train, "eval": _eval, "export": _export, "report": _report,
+            "augment-preview": _preview, "embed": _embed, "neighbours": _neighbours}
 
 
 def _is_environment_error(error):
@@ -225,6 +340,12 @@ def main(argv=None):
     `AMCLError`, or an OS error such as a full disk) print one line; anything else is a bug in the
     library: its traceback is printed with a line asking for a report, exit code 1."""
     args = _parser().parse_args(argv)
+    if args.command == "configs":  # listing the shipped configs needs no TensorFlow
+        return _configs(args)
+    amcl_keras.load()
+    from amcl_keras import runs
+    from amcl_keras.callbacks import NonFiniteLossError
+
     try:
         return COMMANDS[args.command](args)
     except runs.RunPreempted as error:

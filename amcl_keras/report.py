@@ -4,7 +4,9 @@ Panels: training loss per epoch; kNN and online linear-probe accuracy per epoch 
 monitored them) with the final linear-probe/kNN results; per-head mean τ⁺ (solid) and τ⁻ (dashed) per epoch; and the
 histogram of positive vs negative cosine similarities of the final encoder's features on the
 run's test images (positives: two augmented views of one image; negatives: views of two
-different images) — the paper's Fig. 1 view.
+different images) — the paper's Fig. 1 view. Below them, one panel per run: a 2-D map of the final encoder's
+embeddings of the run's test images, coloured by label (t-SNE with scikit-learn installed —
+`pip install "amcl-keras[map]"` — else PCA; `embedding.map_2d`).
 """
 
 import json
@@ -13,7 +15,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from amcl_keras import augment, data, runs
+from amcl_keras import augment, data, embedding, runs
 
 
 def similarity_samples(run_dir, count=256, seed=0):
@@ -40,14 +42,27 @@ def similarity_samples(run_dir, count=256, seed=0):
     return positives, negatives
 
 
-def write_report(run_dirs, out_path, count=256):
+def embedding_map(run_dir, count=1000, method="auto", seed=0):
+    """(points `[N, 2]`, labels `[N]`, method used) of the run's final encoder on its test images."""
+    config = runs.load_config(run_dir).data
+    embedder = embedding.open_embedder(run_dir)
+    images = embedding.dataset_images(config.dataset, config.eval_test_split, embedder.size, embedder.channels, count,
+                                      config.data_dir, config.download)
+    points, used = embedding.map_2d(embedding.embed(embedder, images.images), method, seed)
+    return points, np.asarray(images.labels, dtype=object), used
+
+
+def write_report(run_dirs, out_path, count=256, map_count=1000, map_method="auto"):
     """Write the PNG for `run_dirs` (one or more) to `out_path`; returns the path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+    figure = plt.figure(figsize=(max(12, 4 * len(run_dirs)), 12), layout="constrained")
+    curves, maps = figure.subfigures(2, 1, height_ratios=[2, 1])
+    axes = curves.subplots(2, 2)
+    map_axes = np.atleast_1d(maps.subplots(1, len(run_dirs)))
     (loss_ax, knn_ax), (tau_ax, sim_ax) = axes
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, run_dir in enumerate(run_dirs):
@@ -78,6 +93,12 @@ def write_report(run_dirs, out_path, count=256):
         bins = np.linspace(-1, 1, 41)
         sim_ax.hist(positives, bins=bins, histtype="step", color=colour, linestyle="-", label=f"{label} positive")
         sim_ax.hist(negatives, bins=bins, histtype="step", color=colour, linestyle="--", label=f"{label} negative")
+        points, labels, used = embedding_map(run_dir, map_count, map_method)
+        for value in sorted(set(labels.tolist()), key=str):
+            chosen = labels == value
+            map_axes[index].scatter(points[chosen, 0], points[chosen, 1], s=4, label=str(value))
+        map_axes[index].set(title=f"{label}: {used} of {len(points)} test embeddings, coloured by label", xticks=[],
+                            yticks=[])
     # symlog: AMCL losses can be ~1e9 next to baselines near 1, and some are negative
     loss_ax.set(title="training loss (symmetric log scale)", xlabel="epoch", yscale="symlog")
     knn_ax.set(title="kNN (o), online probe (dotted); final kNN (*), probe (■)", xlabel="epoch", ylabel="accuracy")
@@ -87,7 +108,8 @@ def write_report(run_dirs, out_path, count=256):
         handles, _ = axis.get_legend_handles_labels()
         if handles:
             axis.legend(fontsize=7)
-    figure.tight_layout()
+    for axis in map_axes:
+        axis.legend(fontsize=6, markerscale=2, loc="best")
     figure.savefig(out_path, dpi=100)
     plt.close(figure)
     return out_path

@@ -7,7 +7,8 @@ import sys
 import pytest
 import yaml
 
-from amcl_keras import cli, errors as amcl_errors
+import amcl_keras
+from amcl_keras import cli, errors as amcl_errors, train as train_module
 
 REDUCED = [
     "--epochs", "1", "--steps-per-epoch", "3",
@@ -138,7 +139,7 @@ def _raising(error):
     OSError(28, "No space left on device", "/full/disk/backup"),
 ], ids=["invalid-input", "environment", "disk-full"])
 def test_an_expected_failure_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, error):
-    monkeypatch.setattr(cli.train_lib, "run", _raising(error))
+    monkeypatch.setattr(train_module, "run", _raising(error))
     assert cli.main(["train", "--run-dir", str(tmp_path / "r"), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "bug" not in err
@@ -155,7 +156,7 @@ def test_an_expected_failure_is_one_line_and_exit_2(tmp_path, capsys, monkeypatc
 def test_an_unexpected_exception_is_a_bug_with_its_traceback_and_exit_1(tmp_path, capsys, monkeypatch, error):
     """A ValueError or RuntimeError that is not the library's own is NOT tidied into an 'error' line: the
     traceback is the only way to find the bug."""
-    monkeypatch.setattr(cli.train_lib, "run", _raising(error))
+    monkeypatch.setattr(train_module, "run", _raising(error))
     assert cli.main(["train", "--run-dir", str(tmp_path / "r"), "--epochs", "1"]) == 1
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and str(error) in err
@@ -251,3 +252,35 @@ def test_the_version_is_written_once():
     assert 'dynamic = ["version"]' in pyproject and 'attr = "amcl_keras.__version__"' in pyproject
     assert "\nversion = " not in pyproject.split("[tool.setuptools.dynamic]")[0]
     assert f"## {amcl_keras.__version__} " in (REPOSITORY / "CHANGELOG.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("arguments", [["--help"], ["train", "--help"], ["export", "--help"], ["--version"], ["configs"]],
+                         ids=["help", "train-help", "export-help", "version", "configs"])
+def test_the_amcl_command_answers_help_without_importing_tensorflow(arguments):
+    """The console script's entry point (pyproject [project.scripts]) defers the package's TensorFlow import; the
+    child reports which heavy modules it imported by the time the command returned."""
+    probe = ("import sys, amcl_keras_entry\n"
+             "try:\n    code = amcl_keras_entry.main(sys.argv[1:])\nexcept SystemExit as exit:\n    code = exit.code\n"
+             "print('IMPORTED', sorted(m for m in ('tensorflow', 'keras', 'numpy') if m in sys.modules), code)")
+    environment = {k: v for k, v in os.environ.items() if k != amcl_keras.DEFER_ENVIRONMENT_VARIABLE}
+    completed = subprocess.run([sys.executable, "-c", probe, *arguments], capture_output=True, text=True, timeout=120,
+                               env=environment, cwd=REPOSITORY)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip().splitlines()[-1] == "IMPORTED [] 0", completed.stdout[-500:]
+    assert completed.stdout.count("usage: amcl") == (1 if "--help" in arguments else 0)
+
+
+def test_the_deferred_command_still_trains_and_the_deferral_is_not_inherited(tmp_path, monkeypatch):
+    """Through the entry point a command loads the package after parsing (methods and layers registered), and the
+    environment variable that deferred it is gone again (a process the command starts imports amcl_keras fully)."""
+    probe = ("import os, sys, amcl_keras_entry\n"
+             "code = amcl_keras_entry.main(sys.argv[1:])\n"
+             "import amcl_keras\n"
+             "print('STATE', code, amcl_keras._loaded, sorted(amcl_keras.registry.names())[:1],"
+             " os.environ.get(amcl_keras.DEFER_ENVIRONMENT_VARIABLE))")
+    completed = subprocess.run([sys.executable, "-c", probe, "train", "--run-dir", str(tmp_path / "r"), *REDUCED,
+                               ], capture_output=True, text=True, timeout=600,
+                               cwd=REPOSITORY)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip().splitlines()[-1] == "STATE 0 True ['barlow_twins'] None", completed.stdout[-800:]
+    assert (tmp_path / "r" / "encoder.keras").exists()

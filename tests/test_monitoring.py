@@ -72,7 +72,7 @@ def test_report_png_for_one_and_two_runs(tmp_path, capsys):
     for selection, out in ((runs[:1], tmp_path / "one.png"), (runs, tmp_path / "two.png")):
         assert cli.main(["report", *selection, "--out", str(out)]) == 0
         with Image.open(out) as image:
-            assert image.size == (1200, 800)
+            assert image.size == (1200, 1200)  # curves (2 x 2) above, one embedding map per run below
             pixels = np.asarray(image.convert("L"))
         assert pixels.std() > 10, "the figure has content, not a blank canvas"
     assert cli.main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")]) == 2
