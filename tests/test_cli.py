@@ -228,8 +228,8 @@ def test_the_built_wheel_trains_a_named_config_and_exports_from_an_empty_folder(
                    capture_output=True, timeout=600)
     environment = {**os.environ, "PYTHONPATH": str(target)}
 
-    def amcl(*arguments):
-        completed = subprocess.run([sys.executable, "-m", "amcl_keras.cli", *arguments], cwd=empty, env=environment,
+    def amcl(*arguments):  # the wheel's own console script (its entry point is amcl_keras_entry:main)
+        completed = subprocess.run([str(target / "bin" / "amcl"), *arguments], cwd=empty, env=environment,
                                    capture_output=True, text=True, timeout=900)
         assert completed.returncode == 0, completed.stderr[-3000:]
         return completed
@@ -242,6 +242,8 @@ def test_the_built_wheel_trains_a_named_config_and_exports_from_an_empty_folder(
          "--set", "eval.probe_epochs=1", "--set", "eval.max_examples=200", "--set", "export.formats=[]")
     amcl("export", "run", "--formats", "onnx")
     assert (empty / "run" / "export" / "encoder.onnx").is_file()
+    amcl("embed", "run/export/encoder.onnx", "--dataset", "fashion_mnist_subset", "--max-examples", "50", "--out", "e.npy")
+    assert (empty / "e.npy").is_file() and (empty / "e.csv").is_file()
 
 
 def test_the_version_is_written_once():
