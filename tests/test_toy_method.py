@@ -1,101 +1,26 @@
 """A new method costs four files: the method file, its loss file, a YAML and a test file.
 
-This test module plays all four for a toy method ("align": pull the two views' embeddings
-together, BYOL's alignment term without a predictor; AMCL weighs each pair by 1/τ(z1, z2)). It
-registers the method from here, then the config, the CLI and the run's labels pick it up without
-any change to the package. The fixture unregisters it afterwards.
+tests/toy_method.py plays the method and loss files of a toy method ("align"), registered for the whole
+session by tests/conftest.py; this module plays the YAML and the test file. The config, the CLI, the run's
+labels and the generic suites pick the toy up without any change to the package or to those suites.
 """
 
-import dataclasses
 import json
+import pathlib
+import subprocess
+import sys
 
 import keras
 import pytest
-import tensorflow as tf
 import yaml
 
 from amcl_keras import cli, config as config_lib, registry
-from amcl_keras.config import require
-from amcl_keras.heads import MultiHeadProjector
-from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
-from amcl_keras.losses.common import EmbeddingLoss, as_heads, sum_over_heads
-from amcl_keras.methods.base import ContrastiveTrainer, MethodSettings, StepLoss, temperature_options
-
-
-# --- "the loss file" ------------------------------------------------------------------------------
-def _cosine(loss, z1, z2):
-    z1, z2 = (tf.math.l2_normalize(as_heads(z, name, loss.compute_dtype), -1) for z, name in ((z1, "z1"), (z2, "z2")))
-    return z1, z2, tf.transpose(tf.reduce_sum(z1 * z2, -1))  # [C, b]
-
-
-@keras.saving.register_keras_serializable(package="amcl_keras_tests")
-class AlignLoss(EmbeddingLoss):
-    """2 − 2·cos(z1, z2), mean over the batch, summed over heads."""
-
-    def loss_and_stats(self, z1, z2):
-        return sum_over_heads(2.0 - 2.0 * _cosine(self, z1, z2)[2]), {}
-
-
-@keras.saving.register_keras_serializable(package="amcl_keras_tests")
-class AMCLAlignLoss(AdaptiveTemperatureLoss):
-    """(2 − 2·cos)/τ(z1, z2) + β·R(τ) per pair, τ from the shared φ."""
-
-    def loss_and_stats(self, z1, z2):
-        z1, z2, cosine = _cosine(self, z1, z2)
-        embed = self.temperature.embed
-        tau = tf.transpose(self.temperature.from_scores(tf.reduce_sum(embed(z1) * embed(z2), -1)))  # [C, b]
-        loss = sum_over_heads((2.0 - 2.0 * cosine) / tau + self.regularizer(tau))
-        return loss, {"tau_pos": tf.reduce_mean(tau, axis=1)}
-
-
-# --- "the method file" ----------------------------------------------------------------------------
-@dataclasses.dataclass
-class AlignSettings(MethodSettings):
-    projection_dim: int = 16
-    hidden_dim: int = 32
-    beta: float = 1e-3
-    heads_share_hidden: bool = False  # a setting of the toy's own (unused: it shows the plumbing)
-
-    def check(self, config):
-        super().check(config)
-        require(not self.heads_share_hidden, "model.heads_share_hidden", self.heads_share_hidden, "false (not built)")
-
-
-def _define_method():
-    @registry.register_method("toy_align", "ToyAlign", settings=AlignSettings, learning_rate=0.05)
-    class ToyAlign(ContrastiveTrainer):
-        baseline_loss, amcl_loss = AlignLoss, AMCLAlignLoss
-        config_args = ("num_heads", "projection_dim", "hidden_dim")
-
-        def __init__(self, encoder, num_heads=3, amcl=True, projection_dim=AlignSettings.projection_dim,
-                     hidden_dim=AlignSettings.hidden_dim, loss=None, **kwargs):
-            loss = loss or (AMCLAlignLoss(projection_dim, AlignSettings.beta) if amcl else AlignLoss())
-            self.num_heads, self.projection_dim, self.hidden_dim = num_heads, projection_dim, hidden_dim
-            projector = MultiHeadProjector(num_heads, hidden_dims=(hidden_dim,), output_dim=projection_dim)
-            super().__init__(encoder, projector, loss, amcl, **kwargs)
-
-        @classmethod
-        def from_model_config(cls, encoder, cfg, global_batch, **kwargs):
-            loss = AMCLAlignLoss(cfg.projection_dim, **temperature_options(cfg)) if cfg.amcl else AlignLoss()
-            return cls(encoder, cfg.num_heads, cfg.amcl, cfg.projection_dim, cfg.hidden_dim, loss=loss,
-                       encoder_forward=cfg.encoder_forward, **kwargs)
-
-        uses_negatives = False
-
-        def stat_names(self):
-            return ("tau_pos",) if self.amcl else ()
-
-        def compute_loss_and_stats(self, z1, z2, views):
-            return StepLoss(*self.contrastive_loss.loss_and_stats(z1, z2))
-
-    return ToyAlign
-
+from tests.toy_method import AMCLAlignLoss
 
 @pytest.fixture
 def toy_method():
-    model = _define_method()
-    yield model
-    registry.METHODS.pop("toy_align")
+    """The toy method's model class: tests/toy_method.py, registered for the whole session by tests/conftest.py."""
+    return registry.method("toy_align").model
 
 
 # --- "the YAML" -----------------------------------------------------------------------------------
@@ -158,3 +83,19 @@ def test_the_toy_round_trips_through_get_config(toy_method):
     clone = toy_method.from_config(model.get_config())
     assert (clone.num_heads, clone.projection_dim, type(clone.contrastive_loss)) == (2, 8, AMCLAlignLoss)
     assert isinstance(keras.saving.serialize_keras_object(model), dict)
+
+
+# the suites that cover "every method" by iterating the registry (tests/methods/helpers.METHODS)
+GENERIC_SUITES = ("tests/methods/test_distributed.py", "tests/methods/test_nonfinite_step.py",
+                  "tests/methods/test_barlow_twins_simsiam.py", "tests/test_config.py", "tests/test_methods_train.py")
+
+
+def test_the_generic_suites_pick_up_the_toy():
+    """Collected as pytest collects them: each generic suite holds test cases of the toy method, and those of the
+    two-replica, non-finite-step and training suites run in this session (their ids name toy_align)."""
+    completed = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-n", "0", *GENERIC_SUITES],
+                               capture_output=True, text=True, timeout=300, cwd=pathlib.Path(__file__).parents[1])
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-2000:]
+    collected = [line for line in completed.stdout.splitlines() if "::" in line]
+    for suite in GENERIC_SUITES:
+        assert any(line.startswith(suite) and "toy_align" in line for line in collected), suite

@@ -1,16 +1,21 @@
 """Shared pieces of the method tests: a tiny encoder, distinct images, one fit step."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
+import yaml
 
 import amcl_keras as amcl
-from amcl_keras import registry
+from amcl_keras import config as config_lib, registry
 
 GLOBAL_BATCH = 8
 
 # THE list of methods for the generic suites: the registry's (a method registered by its own module joins them)
 METHODS = registry.names()
+# the methods amcl_keras ships (for the tests of its own configs and docs; a test's toy method has neither)
+SHIPPED_METHODS = [name for name in METHODS if registry.method(name).model.__module__.startswith("amcl_keras.")]
 
 
 def views(seed=0):
@@ -29,33 +34,45 @@ def tiny_encoder():
     return amcl.encoders.small_convnet((8, 8, 1), width=4, synchronized_batch_norm=True)
 
 
+# A small model of ANY registered method: the method's own `from_model_config` reads a config made with these
+# values wherever the method has the setting (a toy method registered by a test gets the same treatment).
+SMALL_MODEL = {
+    "num_heads": 2, "projection_dim": 8, "hidden_dim": 16, "top_k": 5, "temperature_hidden_dim": 8, "beta": 0.01,
+    # the paper's objective everywhere: its loss is the most sensitive to a wrong gradient or reduction
+    "objective": "authors",
+    # with the default 1e-5 an AMCL loss over raw channel vectors (Barlow Twins) starts near 1e8 and float32
+    # round-off, not the distribution, decides its last digits
+    "temperature_min": 0.1,
+    "queue_size": 32, "momentum": 0.9, "predictor_hidden_dim": 4,
+}
+
+
+def _settings_of(method):
+    if method not in registry.METHODS:
+        raise ValueError(f"tests/methods/helpers.build: {method!r} is not a registered method (registered: "
+                         f"{registry.names()}); import the module that registers it first.")
+    return {field.name for field in dataclasses.fields(registry.method(method).settings)}
+
+
+def small_config(method, amcl_on, **options):
+    """The `model:` config of a small `method` model; `options` that are config settings override SMALL_MODEL."""
+    known = _settings_of(method) | {field.name for field in dataclasses.fields(config_lib.ModelConfig)}
+    values = {**SMALL_MODEL, **{k: v for k, v in options.items() if k in known}, "method": method, "amcl": amcl_on}
+    overrides = [f"model.{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+                 for key, value in values.items() if key in known]
+    return config_lib.load(None, overrides + [f"data.batch_size={GLOBAL_BATCH}"]).model
+
+
 def build(method, amcl_on, strategy=None, clipnorm=1.0, lr=0.5, encoder=None, **options):
-    """A small model of `method`, compiled with SGD, inside `strategy` (default: one device);
-    `encoder`: a function that returns the encoder (default `tiny_encoder`); `options` go to the method's
-    constructor (e.g. encoder_forward, moco_form)."""
+    """A small model of any registered `method` (SMALL_MODEL settings, built by the method's `from_model_config`),
+    compiled with SGD, inside `strategy` (default: one device); `encoder`: a function that returns the encoder
+    (default `tiny_encoder`); `options`: config settings (e.g. encoder_forward, moco_form) or constructor keywords."""
+    cfg = small_config(method, amcl_on, **options)
+    constructor = {k: v for k, v in options.items() if not hasattr(cfg, k) and k not in SMALL_MODEL}
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
-        encoder = (encoder or tiny_encoder)()
-        common = dict(num_heads=2, amcl=amcl_on, projection_dim=8, hidden_dim=16, **options)
-        if method == "simclr":
-            loss = amcl.losses.AMCLNTXentLoss(8, beta=0.01, top_k=5, temperature_hidden_dim=8, objective="authors") if amcl_on else None
-            model = amcl.SimCLR(encoder, loss=loss, **common)
-        elif method == "moco":
-            loss = amcl.losses.AMCLInfoNCELoss(8, beta=0.01, top_k=5, temperature_hidden_dim=8) if amcl_on else None
-            model = amcl.MoCo(encoder, queue_size=32, momentum=0.9, loss=loss, **common)
-        elif method == "barlow_twins":
-            # temperature_min 0.1: with the default 1e-5 the loss starts near 1e8 (τ on raw channel
-            # vectors saturates) and float32 round-off, not the distribution, decides the last digits.
-            loss = amcl.losses.AMCLBarlowTwinsLoss(
-                8, GLOBAL_BATCH, beta=1e-3, temperature_hidden_dim=8, temperature_min=0.1, objective="authors"
-            ) if amcl_on else None
-            model = amcl.BarlowTwins(encoder, batch_size=GLOBAL_BATCH, loss=loss, **common)
-        elif method == "simsiam":
-            loss = amcl.losses.AMCLSimSiamLoss(8, beta=0.01, temperature_hidden_dim=8) if amcl_on else None
-            model = amcl.SimSiam(encoder, predictor_hidden_dim=4, loss=loss, **common)
-        else:
-            raise ValueError(f"tests/methods/helpers.build knows no small model of method {method!r}; add one here "
-                             "(simclr, moco, barlow_twins, simsiam are built).")
+        model = registry.method(method).model.from_model_config((encoder or tiny_encoder)(), cfg, GLOBAL_BATCH,
+                                                              **constructor)
         model.compile(optimizer=keras.optimizers.SGD(lr, global_clipnorm=clipnorm))
     return model
 

@@ -3,7 +3,7 @@ import pytest
 
 import amcl_keras as amcl
 from tests import reference
-from tests.methods.helpers import GLOBAL_BATCH, METHODS, build, one_step, views
+from tests.methods.helpers import GLOBAL_BATCH, METHODS, SMALL_MODEL, build, one_step, views
 from tests.methods.test_encoder_forward import embed
 
 
@@ -47,7 +47,7 @@ def test_simsiam_step_loss_matches_numpy_and_has_one_predictor_per_head(encoder_
         else:
             p = model.predictor(np.concatenate([z1, z2]), training=True).numpy()
             p1, p2 = p[:GLOBAL_BATCH], p[GLOBAL_BATCH:]
-        expected[form] = reference.simsiam(p1, p2, z1, z2, weights, 0.01)
+        expected[form] = reference.simsiam(p1, p2, z1, z2, weights, 0.01, t_min=SMALL_MODEL["temperature_min"])
     loss = one_step(model, view1, view2)["loss"][0]
     np.testing.assert_allclose(loss, expected[encoder_forward], rtol=1e-5, atol=1e-6)
     other = expected["concatenated" if encoder_forward == "per_view" else "per_view"]

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 import amcl_keras as amcl
 from tests import reference
-from tests.methods.helpers import GLOBAL_BATCH, build, one_step, tiny_encoder, views
+from tests.methods.helpers import GLOBAL_BATCH, SMALL_MODEL, build, one_step, tiny_encoder, views
 
 FORMS = ["asymmetric", "symmetric"]
 
@@ -69,7 +69,7 @@ def test_loss_is_the_queue_loss_of_the_form(moco_form, amcl_on):
     queue = model.queue.keys.numpy()
     if amcl_on:
         weights = model.contrastive_loss.temperature.get_weights()
-        direction = lambda a, b: reference.amcl_infonce(a, b, queue, weights, 0.01, "topk", 5)  # noqa: E731
+        direction = lambda a, b: reference.amcl_infonce(a, b, queue, weights, 0.01, "topk", 5, t_min=SMALL_MODEL["temperature_min"])  # noqa: E731
     else:
         tau = amcl.methods.moco.MoCoSettings.temperature  # the default τ the baseline model was built with
         direction = lambda a, b: reference.infonce(a, b, queue, tau)  # noqa: E731
@@ -198,3 +198,19 @@ def test_key_queue_layer_writes_after_its_pointer_and_wraps():
     assert int(queue.pointer.numpy()) == 1
     with pytest.raises(ValueError, match="6 keys per step do not fit a queue of size 5"):
         queue.enqueue(tf.zeros((6, 2, 3)))
+
+
+@pytest.mark.parametrize("moco_form,encoder_forward,keys", [
+    ("asymmetric", "per_view", 8),
+    pytest.param("symmetric", "per_view", 16, marks=pytest.mark.slow),
+    pytest.param("symmetric", "concatenated", 16, marks=pytest.mark.slow),
+])
+def test_two_replicas_equal_one_device_queue_included(moco_form, encoder_forward, keys, two_replicas):
+    """The generic two-replica check (tests/methods/test_distributed.py) for each MoCo form, then the queue: the
+    global batch's keys (1 view asymmetric, 2 symmetric) enqueued alike."""
+    from tests.methods.test_distributed import check_two_replicas_equal_one_device
+
+    single, mirrored = check_two_replicas_equal_one_device(
+        "moco", {"moco_form": moco_form, "encoder_forward": encoder_forward}, True, two_replicas)
+    assert int(single.queue.pointer.numpy()) == int(mirrored.queue.pointer.numpy()) == keys
+    np.testing.assert_allclose(mirrored.queue.keys.numpy(), single.queue.keys.numpy(), rtol=1e-5, atol=1e-6)
