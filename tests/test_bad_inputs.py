@@ -45,7 +45,7 @@ TRAIN_CASES = [
     ("no-heads", ["--set", "model.num_heads=0"], "model.num_heads=0 is out of range"),
     ("batch-over-replicas", ["--set", "train.cpu_replicas=3"], "divide evenly over train.cpu_replicas=3"),
     ("batch-of-one", ["--set", "data.batch_size=1"], "at least 2"),
-    ("unknown-method", ["--set", "model.method=byol"], "one of ['barlow_twins', 'moco', 'simclr', 'simsiam']"),
+    ("unknown-method", ["--set", "model.method=byol"], "model.method='byol' is out of range: one of ['barlow_twins', 'moco', 'simclr', 'simsiam'"),
     ("unknown-encoder", ["--set", "model.encoder=vit"], "one of ['resnet18_cifar', 'resnet50_cifar', 'small_convnet']"),
     ("bad-preset", ["--set", "data.augmentation=xyz"], "Use 'simclr', 'strong' or letters"),
     ("bad-strategy", ["--set", "train.strategy=tpu"], "one of ('auto', 'default', 'mirrored', 'multi_worker')"),

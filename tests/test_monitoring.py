@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import amcl_keras as amcl
 from amcl_keras import cli, data, evaluation
+from amcl_keras.constants import TEMPERATURE_MIN
 
 TINY = [
     "--set", "data.batch_size=64", "--set", "model.encoder_width=4", "--set", "model.hidden_dim=32",
@@ -161,7 +162,7 @@ def test_pair_statistics_match_numpy():
     from tests.methods import helpers
 
     view1, view2 = helpers.views()
-    model = helpers.build("simclr", True)
+    model = helpers.build("simclr", True, temperature_min=TEMPERATURE_MIN)  # the reference's τ range
     stats = model.pair_statistics(view1, view2)
     expected = _reference_pair_statistics(model, view1, view2)
     assert set(stats) == set(expected)
@@ -186,7 +187,7 @@ def test_monitors_under_two_replicas_match_one_device_computation(two_replicas, 
     from tests.methods import helpers
 
     view1, view2 = helpers.views()
-    model = helpers.build("simclr", True, strategy=two_replicas, lr=0.05)
+    model = helpers.build("simclr", True, strategy=two_replicas, lr=0.05, temperature_min=TEMPERATURE_MIN)
     train, test = data.load_shipped("test")[0][:200], data.load_shipped("test")[1][:200]
     toy = (tf.image.resize(train, (8, 8)).numpy().astype(np.uint8), test)
     probe = amcl.callbacks.OnlineLinearProbe(toy, toy, batch_size=32)
