@@ -202,7 +202,7 @@ def test_key_queue_layer_writes_after_its_pointer_and_wraps():
 
 @pytest.mark.parametrize("moco_form,encoder_forward,keys", [
     ("asymmetric", "per_view", 8),
-    pytest.param("symmetric", "per_view", 16, marks=pytest.mark.slow),
+    # the symmetric form once: its per-view forward is the one test_distributed covers for every other method
     pytest.param("symmetric", "concatenated", 16, marks=pytest.mark.slow),
 ])
 def test_two_replicas_equal_one_device_queue_included(moco_form, encoder_forward, keys, two_replicas):
