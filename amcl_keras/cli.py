@@ -166,8 +166,7 @@ def _gallery(args):
     else:
         image_set = embedding.read_images(args.images, embedder.size, embedder.channels)
         if args.max_examples:
-            image_set = embedding.ImageSet(image_set.images[: args.max_examples], image_set.sources[: args.max_examples],
-                                           image_set.labels[: args.max_examples], image_set.skipped)
+            image_set = image_set.take(slice(args.max_examples))
     if image_set.skipped:
         print(f"amcl: skipped {len(image_set.skipped)} unreadable file(s), e.g. {image_set.skipped[0]}", file=sys.stderr)
     print(f"Embedding {len(image_set.images)} images with {embedder.description}")
@@ -197,11 +196,8 @@ def _neighbours(args):
             raise InvalidInputError(f"--count must be between 1 and the gallery's {len(gallery.images)} images, got "
                                     f"{args.count}.")
         order = np.random.default_rng(args.seed).permutation(len(gallery.images))  # queries first: exclude_self
-        gallery = embedding.ImageSet(gallery.images[order], [gallery.sources[i] for i in order],
-                                     [gallery.labels[i] for i in order], gallery.skipped)
-        vectors = vectors[order]
-        queries = embedding.ImageSet(gallery.images[: args.count], gallery.sources[: args.count],
-                                     gallery.labels[: args.count], [])
+        gallery, vectors = gallery.take(order), vectors[order]
+        queries = gallery.take(slice(args.count))
         query_vectors, exclude_self = vectors[: args.count], True
     indices, similarities = embedding.nearest_neighbours(vectors, query_vectors, args.k, exclude_self)
     embedding.write_neighbour_grid(args.out, queries.images, queries.labels, gallery.images, gallery.labels, indices,

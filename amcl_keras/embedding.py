@@ -106,6 +106,11 @@ class ImageSet:
     labels: list
     skipped: list  # files that could not be read as images
 
+    def take(self, rows):
+        """The images at `rows` (a slice or an index array), in that order; the skipped list is kept."""
+        rows = np.arange(len(self.images))[rows]
+        return ImageSet(self.images[rows], [self.sources[i] for i in rows], [self.labels[i] for i in rows], self.skipped)
+
 
 def _image_files(paths):
     """(file, label) for every image file given, or found under a given folder (label: its first sub-folder)."""
