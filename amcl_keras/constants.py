@@ -27,8 +27,12 @@ NEGATIVE_FORMS = ("topk", "hardest")  # "topk": the authors' code; "hardest": pa
 #                 multiplied by a weight from its temperature, bounded to [1/4, 4] with mean one
 #                 (temperature.bounded_weights): the temperatures can re-weight terms, never
 #                 rescale the loss or move its minimum (Barlow Twins' diagonal target stays 1).
+#   "head_weighted": Barlow Twins only: one weight per HEAD instead of per pair — each head's plain
+#                 Barlow Twins loss times a bounded, mean-one weight from the geometric mean of that
+#                 head's channel-pair temperatures; within a head every term keeps its plain weight.
 # The bounded forms regularise EVERY temperature with +β·R_c(τ) ≥ 0 (temperature.bounded_omega).
-OBJECTIVES = ("authors", "normalized", "rectified", "weighted")
+OBJECTIVES = ("authors", "normalized", "rectified", "weighted", "head_weighted")
+NON_CONTRASTIVE_OBJECTIVES = ("authors", "normalized", "rectified", "weighted")  # SimSiam
 CONTRASTIVE_OBJECTIVES = ("authors", "normalized", "rectified")  # the AMCL losses with negatives (SimCLR, MoCo)
 # `MethodSettings`' fallback. Each method's default is the objective its AMCL loss class declares as
 # `default_objective`, the one chosen on validation (docs/METHOD.md §10), so `AMCLNTXentLoss(d)` built

@@ -71,7 +71,9 @@ AMCL_KNOBS = {
     },
 }
 AMCL_KNOBS["moco"] = AMCL_KNOBS["simclr"]
-AMCL_KNOBS["simsiam"] = AMCL_KNOBS["barlow_twins"]
+AMCL_KNOBS["simsiam"] = dict(AMCL_KNOBS["barlow_twins"])
+# Barlow Twins only (third round): one weight per head from its geometric-mean τ, each head's terms Barlow Twins' own
+AMCL_KNOBS["barlow_twins"]["head-weighted-sg"] = ["model.objective=head_weighted", "model.temperature_stop_gradient=true"]
 DATASETS = ("fashion_mnist", "tuxpaint_stamps")
 DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST (full, grayscale)", "tuxpaint_stamps": "Tux Paint stamps (colour)"}
 

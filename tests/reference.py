@@ -286,12 +286,20 @@ def simsiam_bounded(p1, p2, z1, z2, weights, beta, objective, t_min=1e-5, t_max=
 def barlow_twins_bounded(z1, z2, weights, beta, lambda_, objective, t_min=1e-5, t_max=2.0, center=None):
     z1, z2 = _heads(z1), _heads(z2)
     total = 0.0
+    head_losses, head_temperatures = [], []  # "head_weighted": each head's plain loss and geometric-mean τ
     for c in range(z1.shape[1]):
         corr = _correlation(z1[:, c], z2[:, c])
         d = corr.shape[0]
         tau = np.array([[temperature(weights, z1[:, c, l], z2[:, c, m], t_min, t_max) for m in range(d)]
                         for l in range(d)])
         inv = 1.0 / tau
+        if objective == "head_weighted":
+            plain = sum((1 - corr[l, l]) ** 2 if l == m else lambda_ * corr[l, m] ** 2
+                        for l in range(d) for m in range(d))
+            head_losses.append(plain)
+            head_temperatures.append(np.exp(np.mean(np.log(tau))))
+            total += beta * sum(bounded_omega(t, d, center) for t in tau.ravel())
+            continue
         if objective == "weighted":
             off = ~np.eye(d, dtype=bool)
             w_diag, w_off = weighted_weights(np.diag(tau)), np.zeros((d, d))
@@ -316,4 +324,6 @@ def barlow_twins_bounded(z1, z2, weights, beta, lambda_, objective, t_min=1e-5, 
                 else:
                     total += lambda_ * corr[l, m] ** 2 * inv[l, m] / off_mean
                 total += beta * bounded_omega(tau[l, m], d, center)
+    if head_losses:
+        total += float(np.dot(weighted_weights(head_temperatures), head_losses))
     return total

@@ -46,7 +46,8 @@ def _channel_pair_sums(product, scores, options):
     λ·C²/τ − β·Ω(τ); rectified: λ·C²/τ + β·R(τ); normalized: C²/τ, 1/τ and β·R(τ) separately (the mean
     of 1/τ only rescales the first, so it needs no second pass); weighted: u·C², u and β·R(τ), u the
     bounded ratio of τ to the geometric mean of the head's off-diagonal τ (its mean rescales the
-    first, as for normalized); always τ (for the mean τ⁻).
+    first, as for normalized); head_weighted: −log τ summed over ALL m (for each head's geometric-mean τ), C² and
+    β·R(τ); always τ (for the mean τ⁻).
     `product` = B·C (C the cross-correlation), `scores` = φ(a)·φ(b); `options` = (objective, B, λ, β,
     d, τ_min, τ_max, c), Python values. Elementwise work plus row sums, which XLA compiles into a few
     fused loops (instead of ~40 TensorFlow kernels, each a pass over C·d² entries, forward and backward).
@@ -74,6 +75,9 @@ def _channel_pair_sums(product, scores, options):
         mean_log_inverse = tf.reduce_sum(rows(log_inverse), axis=1) / pairs  # row sums first: see above
         ratio = bounded_ratio(log_inverse - mean_log_inverse[:, None, None])
         sums = [rows(ratio * tf.square(correlation)), rows(ratio), rows(beta * bounded_omega(tau, dim, center))]
+    elif objective == "head_weighted":  # Σ_m −log τ over ALL pairs (each head's mean), then the plain terms
+        sums = [tf.reduce_sum(-tf.math.log(tau), axis=2), rows(tf.square(correlation)),
+                rows(beta * bounded_omega(tau, dim, center))]
     else:
         sums = [rows(square_over_tau), rows(1.0 / tau), rows(beta * bounded_omega(tau, dim, center))]
     return [tf.linalg.diag_part(correlation), tf.linalg.diag_part(tau), rows(tau)] + sums
@@ -199,6 +203,10 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
       form and target (C = I is still the minimum), times a weight w from its temperature — the
       bounded ratio 2^tanh(log(τ̄/τ)/ln 2) to the geometric mean τ̄, normalised to mean one over the
       diagonal and over the off-diagonal separately, so each w ∈ [1/4, 4].
+    - `"head_weighted"`: Σ_c w_c·[Σ_l (1 − C_ll)² + λ·Σ_{l≠m} C_lm²] + β·Σ R(τ): one weight per HEAD, the
+      bounded ratio of the heads' geometric-mean τ̄ to head c's geometric-mean temperature (over all its
+      channel pairs), normalised to mean one over the heads; inside a head every term is Barlow Twins'
+      own (one head: exactly Barlow Twins plus the regulariser).
     Ω(τ) = (d/2)·log τ + 1/τ; R(τ) = (d/2)·[log(τ/c) + c/τ − 1] ≥ 0, d = projection_dim.
 
     Example:
@@ -261,6 +269,13 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
         if self.objective == "authors":
             positive = tf.square(1.0 - diagonal / tau_diagonal) + self.beta * omega(tau_diagonal, dim)
             negative = tf.reduce_sum(sums[0], axis=1)
+        elif self.objective == "head_weighted":
+            log_inverse_rows, squares, regularizer = (tf.reduce_sum(rows, axis=1) for rows in sums)
+            log_inverse = log_inverse_rows / float(dim * dim)  # [C]: −log of each head's geometric-mean τ
+            ratio = bounded_ratio(log_inverse - tf.reduce_mean(log_inverse))
+            weight = ratio / tf.reduce_mean(ratio)  # [C], mean one over the heads, each in [1/4, 4]
+            positive = weight[:, None] * tf.square(1.0 - diagonal) + self.regularizer(tau_diagonal)
+            negative = weight * self.lambda_ * squares + regularizer
         elif self.objective == "weighted":
             log_inverse = -tf.math.log(tau_diagonal)
             ratio = bounded_ratio(log_inverse - tf.reduce_mean(log_inverse, axis=1, keepdims=True))

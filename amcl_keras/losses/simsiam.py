@@ -7,7 +7,7 @@
 import keras
 import tensorflow as tf
 
-from amcl_keras.constants import TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN
+from amcl_keras.constants import NON_CONTRASTIVE_OBJECTIVES, TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN
 from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
 from amcl_keras.losses.common import EmbeddingLoss, as_heads, sum_over_heads
 from amcl_keras.losses.distributed import gather_global_batch
@@ -95,6 +95,7 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
     ```
     """
 
+    objectives = NON_CONTRASTIVE_OBJECTIVES  # not "head_weighted" (Barlow Twins only)
     default_objective = "authors"  # validated for SimSiam (docs/METHOD.md §10); τ runs to its floor
 
     def __init__(self, projection_dim, beta=1e-4, temperature_hidden_dim=TEMPERATURE_HIDDEN_DIM, temperature_min=TEMPERATURE_MIN,

@@ -36,7 +36,7 @@ def test_amcl_barlow_twins_matches_numpy(rng, batch, heads, dim):
     np.testing.assert_allclose(float(loss(z1, z2)), expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("objective", ["authors", "rectified", "normalized", "weighted"])
+@pytest.mark.parametrize("objective", ["authors", "rectified", "normalized", "weighted", "head_weighted"])
 def test_amcl_barlow_twins_float32_stays_at_round_off_for_many_channel_pairs(objective):
     """d = 1024 (1M channel pairs per head): the float32 loss, its stats and its gradient agree with the same
     loss in float64 to round-off, ~1e-7 (summing the d² pairs in one float32 loop, as XLA's CPU reduction
@@ -66,7 +66,7 @@ def test_amcl_barlow_twins_float32_stays_at_round_off_for_many_channel_pairs(obj
 def test_amcl_barlow_twins_with_one_channel_is_finite():
     """d = 1 has no off-diagonal pairs: the negative terms are 0 (the normalized form divides by no pair)."""
     z1, z2 = (np.random.default_rng(seed).normal(size=(8, 1)).astype("float32") for seed in (0, 1))
-    for objective in ("authors", "rectified", "normalized", "weighted"):
+    for objective in ("authors", "rectified", "normalized", "weighted", "head_weighted"):
         loss = AMCLBarlowTwinsLoss(1, 8, temperature_hidden_dim=4, objective=objective)
         value, stats = loss.loss_and_stats(z1, z2)
         assert np.isfinite(float(value)) and np.isfinite(stats["tau_pos"].numpy()).all(), objective
@@ -88,7 +88,7 @@ def test_amcl_barlow_twins_refuses_another_batch_size(rng):
         loss(z, z)
 
 
-@pytest.mark.parametrize("objective", ["authors", "rectified", "normalized", "weighted"])
+@pytest.mark.parametrize("objective", ["authors", "rectified", "normalized", "weighted", "head_weighted"])
 def test_the_plain_tensorflow_path_equals_the_xla_fused_one(objective):
     """Without XLA (a build or device that lacks it) the loss takes the plain TensorFlow path: the same value, the
     same gradients for the embeddings and φ, to float32 round-off."""

@@ -17,6 +17,7 @@ from tests import reference
 
 BOUNDED = ["normalized", "rectified"]
 NON_CONTRASTIVE_BOUNDED = BOUNDED + ["weighted"]  # SimSiam and Barlow Twins also have the "weighted" form
+BARLOW_BOUNDED = NON_CONTRASTIVE_BOUNDED + ["head_weighted"]  # and Barlow Twins one weight per head
 
 
 def _constant_temperature(loss):
@@ -62,9 +63,9 @@ def test_simsiam_bounded_matches_numpy(rng, objective):
     np.testing.assert_allclose(float(loss(p1, p2, z1, z2)), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("objective", NON_CONTRASTIVE_BOUNDED)
+@pytest.mark.parametrize("objective", BARLOW_BOUNDED)
 def test_barlow_twins_bounded_matches_numpy(rng, objective):
-    z1, z2 = (rng.normal(size=(10, 2, 6)).astype("float32") for _ in range(2))
+    z1, z2 = (rng.normal(size=(10, 3, 6)).astype("float32") for _ in range(2))
     loss = AMCLBarlowTwinsLoss(6, 10, beta=0.01, temperature_hidden_dim=8, objective=objective, temperature_min=0.05)
     expected = reference.barlow_twins_bounded(z1, z2, loss.temperature.get_weights(), 0.01, 5e-3, objective,
                                               t_min=0.05)
@@ -215,10 +216,35 @@ def test_weighted_barlow_twins_keeps_the_identity_as_its_minimum(rng):
     centred -= centred.mean(axis=0)
     channels = np.linalg.qr(centred)[0].astype("float32")  # orthonormal, still zero-mean columns
     shifted = (channels * rng.uniform(0.5, 3.0, size=16) + rng.normal(size=16)).astype("float32")
-    for objective, expect_baseline in (("weighted", True), ("normalized", False)):
+    for objective, expect_baseline in (("weighted", True), ("head_weighted", True), ("normalized", False)):
         loss = AMCLBarlowTwinsLoss(16, 64, beta=0.0, objective=objective)
         value = float(loss(channels, shifted))
         assert np.isclose(value, 16 / 64**2, rtol=1e-3) == expect_baseline, (objective, value)
+
+
+def test_head_weighted_barlow_twins_weights_whole_heads_with_mean_one_bounded_weights(rng):
+    """One head: the weight is 1, so the loss is plain Barlow Twins plus the regulariser (β = 0: exactly it).
+    Three heads with φ steep enough to spread their temperatures far apart: the loss is Σ_c w_c·(head c's plain
+    Barlow Twins loss) with weights of mean one inside [1/4, 4] — solved for w from three different batches."""
+    z1, z2 = (rng.normal(size=(16, 1, 8)).astype("float32") for _ in range(2))
+    one_head = AMCLBarlowTwinsLoss(8, 16, beta=0.0, objective="head_weighted")
+    np.testing.assert_allclose(float(one_head(z1, z2)), float(BarlowTwinsLoss()(z1, z2)), rtol=1e-5)
+
+    loss = AMCLBarlowTwinsLoss(8, 16, beta=0.0, objective="head_weighted", temperature_hidden_dim=8)
+    _steep(loss, 20.0)
+    heads = [(rng.normal(size=(16, 3, 8)) * rng.uniform(0.2, 5.0, size=(1, 3, 1))).astype("float32") for _ in range(2)]
+    plain = [float(BarlowTwinsLoss()(heads[0][:, c], heads[1][:, c])) for c in range(3)]
+    tau = [np.exp(np.mean(np.log(loss.temperature.pairwise(
+        tf.transpose(tf.constant(heads[0][:, c])), tf.transpose(tf.constant(heads[1][:, c]))).numpy()))) for c in range(3)]
+    weights = reference.weighted_weights(tau)
+    assert weights.min() >= 0.25 and weights.max() <= 4.0 and weights.std() > 0.01
+    np.testing.assert_allclose(float(loss(*heads)), float(np.dot(weights, plain)), rtol=1e-4)
+
+
+def test_head_weighted_is_barlow_twins_only():
+    for make in (lambda: AMCLSimSiamLoss(8, objective="head_weighted"), lambda: AMCLNTXentLoss(8, objective="head_weighted")):
+        with pytest.raises(ValueError, match="'head_weighted' exists, but not for AMCL"):
+            make()
 
 
 def test_weighted_is_refused_by_the_losses_with_negatives():

@@ -134,7 +134,7 @@ def test_amcl_simsiam_gradients(objective):
     _check(loss, _simsiam_inputs(), ["p1", "p2"], stopped=["z1", "z2"])
 
 
-@pytest.mark.parametrize("objective", NON_CONTRASTIVE_OBJECTIVES)
+@pytest.mark.parametrize("objective", NON_CONTRASTIVE_OBJECTIVES + ["head_weighted"])  # head_weighted: Barlow only
 def test_amcl_barlow_twins_gradients(objective):
     loss = AMCLBarlowTwinsLoss(BARLOW_DIM, BARLOW_BATCH, lambda_=0.1, objective=objective, **AMCL)
     _check(loss, _barlow_inputs(), ["z1", "z2"])
