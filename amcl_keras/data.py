@@ -30,6 +30,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 BAD_IMAGE_POLICIES = ("skip", "error")
 log = logging.getLogger("amcl_keras.data")
 SHIPPED_PATH = pathlib.Path(__file__).parent / "data" / "fashion_mnist_subset.npz"
+# Fashion-MNIST's ten classes in label order (Zalando's README; tfds's `fashion_mnist` names them the same way):
+# its shipped file holds no names, so they are kept here
+FASHION_MNIST_CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                             "Bag", "Ankle boot")
 
 
 def load_shipped(split="train", name=SHIPPED):
@@ -52,6 +56,8 @@ def shipped_class_names(name):
     """The class names of a shipped dataset, in label order (None where the file has none)."""
     if name not in SHIPPED_DATASETS:
         raise InvalidInputError(f"No shipped dataset {name!r}; the shipped ones are {sorted(SHIPPED_DATASETS)}.")
+    if name == "fashion_mnist_subset":
+        return list(FASHION_MNIST_CLASS_NAMES)
     with np.load(SHIPPED_PATH.with_name(f"{name}.npz")) as arrays:
         return arrays["class_names"].tolist() if "class_names" in arrays.files else None
 

@@ -42,7 +42,13 @@ def test_every_class_in_every_split_and_named(splits):
     for split, (_, labels) in splits.items():
         counts = np.bincount(labels, minlength=len(names))
         assert len(counts) == len(names) and counts.min() > 0, (split, counts)
-    assert data.shipped_class_names("fashion_mnist_subset") is None
+
+
+
+def test_fashion_mnist_classes_are_named_as_its_notice_lists_them():
+    notice = (pathlib.Path(data.__file__).parent / "data" / "LICENSE-fashion-mnist.txt").read_text()
+    listed = " ".join(notice.split("Class names, in label order:")[1].split(".")[0].split())
+    assert data.shipped_class_names("fashion_mnist_subset") == [n.strip() for n in listed.split(",")]
 
 
 def test_real_colour_objects_not_blank_or_grey(splits):
