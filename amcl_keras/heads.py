@@ -73,9 +73,10 @@ class ProjectionHead(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_dim,)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
+    def settings(self):
+        """The head's own constructor arguments (what `get_config` adds to the layer's; shared by
+        `MultiHeadProjector`, whose heads are all built alike)."""
+        return dict(
             hidden_dims=list(self.hidden_dims),
             output_dim=self.output_dim,
             batch_norm=self.batch_norm,
@@ -83,6 +84,10 @@ class ProjectionHead(keras.layers.Layer):
             synchronized_batch_norm=self.synchronized_batch_norm,
             output_batch_norm=self.output_batch_norm,
         )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.settings())
         return config
 
 
@@ -149,16 +154,7 @@ class MultiHeadProjector(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        head = self.heads[0]
-        config.update(
-            num_heads=self.num_heads,
-            hidden_dims=list(head.hidden_dims),
-            output_dim=head.output_dim,
-            batch_norm=head.batch_norm,
-            activation=head.activation,
-            synchronized_batch_norm=head.synchronized_batch_norm,
-            output_batch_norm=head.output_batch_norm,
-        )
+        config.update(num_heads=self.num_heads, **self.heads[0].settings())
         return config
 
 

@@ -72,10 +72,8 @@ class BarlowTwins(ContrastiveTrainer):
                     "AMCL Barlow Twins needs the fixed global batch size: pass batch_size=<global batch> "
                     "(the temperature network maps channel vectors of that length), or amcl=False."
                 )
-            settings = BarlowTwinsSettings
-            loss = (AMCLBarlowTwinsLoss(projection_dim, batch_size, settings.lambda_, settings.beta,
-                                        objective=settings.objective,
-                                        temperature_center=settings.temperature_center) if amcl else BarlowTwinsLoss(settings.lambda_))
+            lambda_ = BarlowTwinsSettings.lambda_
+            loss = self.default_loss(amcl, projection_dim, BarlowTwinsSettings, (batch_size, lambda_), (lambda_,))
         self.num_heads = num_heads
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim

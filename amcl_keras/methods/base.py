@@ -142,6 +142,16 @@ class ContrastiveTrainer(keras.Model):
     amcl_loss = None
     config_args = ()
 
+    @classmethod
+    def default_loss(cls, amcl, projection_dim, settings, amcl_args=(), baseline_args=()):
+        """The loss a method builds when given none: its AMCL loss (`projection_dim`, `*amcl_args`) with the β,
+        objective and regulariser centre its settings dataclass holds (validated per method), or its baseline loss
+        (`*baseline_args`)."""
+        if amcl:
+            return cls.amcl_loss(projection_dim, *amcl_args, beta=settings.beta, objective=settings.objective,
+                                 temperature_center=settings.temperature_center)
+        return cls.baseline_loss(*baseline_args)
+
     def __init__(self, encoder, projector, loss, amcl, augmenter=None, encoder_forward="per_view", **kwargs):
         super().__init__(**kwargs)
         if encoder_forward not in ENCODER_FORWARDS:

@@ -162,9 +162,7 @@ class MoCo(ContrastiveTrainer):
                 f"the authors'; 'symmetric': both views both ways), got {moco_form!r}."
             )
         if loss is None:
-            loss = (AMCLInfoNCELoss(projection_dim, MoCoSettings.beta, objective=MoCoSettings.objective,
-                    temperature_center=MoCoSettings.temperature_center) if amcl
-                    else InfoNCELoss(MoCoSettings.temperature))
+            loss = self.default_loss(amcl, projection_dim, MoCoSettings, baseline_args=(MoCoSettings.temperature,))
         self.moco_form = moco_form
         self.num_heads = num_heads
         self.projection_dim = projection_dim

@@ -57,9 +57,7 @@ class SimCLR(ContrastiveTrainer):
     def __init__(self, encoder, num_heads=NUM_HEADS, amcl=True, projection_dim=SimCLRSettings.projection_dim,
                  hidden_dim=SimCLRSettings.hidden_dim, loss=None, **kwargs):
         if loss is None:
-            loss = (AMCLNTXentLoss(projection_dim, SimCLRSettings.beta, objective=SimCLRSettings.objective,
-                    temperature_center=SimCLRSettings.temperature_center) if amcl
-                    else NTXentLoss(SimCLRSettings.temperature))
+            loss = self.default_loss(amcl, projection_dim, SimCLRSettings, baseline_args=(SimCLRSettings.temperature,))
         self.num_heads = num_heads
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim

@@ -60,9 +60,7 @@ class SimSiam(ContrastiveTrainer):
         loss=None, projector_output_bn=SimSiamSettings.projector_output_bn, **kwargs,
     ):
         if loss is None:
-            loss = (AMCLSimSiamLoss(projection_dim, SimSiamSettings.beta, objective=SimSiamSettings.objective,
-                    temperature_center=SimSiamSettings.temperature_center) if amcl
-                    else SimSiamLoss())
+            loss = self.default_loss(amcl, projection_dim, SimSiamSettings)
         self.num_heads = num_heads
         self.projection_dim = projection_dim
         self.hidden_dim = hidden_dim
