@@ -59,6 +59,32 @@ def register_method(name, display_name, settings, learning_rate):
     return register
 
 
+def defaults_table(methods=None):
+    """A Markdown table of every method's `model:` settings and `train.learning_rate` with their defaults, read from
+    the settings dataclasses (rows: settings; columns: methods; "–" where a method has no such setting). README's
+    "Per-method defaults" is this table (tests/test_readme.py regenerates and compares it).
+
+    Example:
+    ```python
+    import amcl_keras as amcl
+    print(amcl.registry.defaults_table())
+    ```
+    """
+    specs = [METHODS[name] for name in (methods or names())]
+    rows = {"learning_rate": ["`train.learning_rate`", *(_cell(spec.learning_rate) for spec in specs)]}
+    for index, spec in enumerate(specs):
+        for field in dataclasses.fields(spec.settings):
+            row = rows.setdefault(field.name, [f"`model.{field.name}`", *(["–"] * len(specs))])
+            row[1 + index] = _cell(getattr(spec.settings, field.name))
+    header = ["setting", *(spec.display_name for spec in specs)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows.values()])
+
+
+def _cell(value):
+    return "`null`" if value is None else f"`{str(value).lower() if isinstance(value, bool) else value}`"
+
+
 def names():
     """The registered method names, in registration order: THE list of methods. Tests and benchmarks that
     cover "every method" iterate this (import `amcl_keras` first: its methods register on import)."""

@@ -33,7 +33,7 @@ class SimCLRSettings(MethodSettings):
 class SimCLR(ContrastiveTrainer):
     """SimCLR with AMCL: `num_heads` projection heads (512 → 512 → 128) and the adaptive-temperature loss.
 
-    `amcl=False, num_heads=1` is plain SimCLR (NT-Xent, τ = 0.5). Loss options go through
+    `amcl=False, num_heads=1` is plain SimCLR (NT-Xent, τ = 0.1, validated; the paper: 0.5). Loss options go through
     `loss=` (an `AMCLNTXentLoss` or `NTXentLoss`); by default `AMCLNTXentLoss(projection_dim,
     objective="normalized")` (the bounded objective, docs/METHOD.md §9; pass
     `objective="authors"` for the paper's form), or `NTXentLoss(0.1)` (the validated τ) when `amcl=False`.
