@@ -44,6 +44,11 @@ DEFAULT_OBJECTIVE = "normalized"
 # How the two views go through the online encoder and heads (and SimSiam's predictor, MoCo's key
 # encoder): each on its own (batch-norm statistics per view, the authors'), or as one batch.
 ENCODER_FORWARDS = ("per_view", "concatenated")
+# How `train.clipnorm` (global-norm clipping) treats the temperature network φ's gradient: "joint" — one global norm
+# over every trainable variable (the authors'); "separate" — φ clipped by its own global norm and the encoder + heads
+# by theirs, so a large φ gradient (AMCL-Barlow Twins' regulariser over d² channel pairs: ~100× the encoder's norm)
+# cannot shrink the encoder's step. docs/METHOD.md §10.
+TEMPERATURE_CLIPPINGS = ("joint", "separate")
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 # The authors' optimiser settings: `train:` defaults and `CoupledWeightDecaySGD`'s constructor defaults.
 SGD_MOMENTUM = 0.9

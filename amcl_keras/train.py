@@ -33,7 +33,8 @@ def build_model(config, input_shape, augmenter=None):
     encoder = encoders.get(cfg.encoder, input_shape, width=cfg.encoder_width,
                            synchronized_batch_norm=cfg.synchronized_batch_norm, weights=cfg.encoder_weights,
                            options=cfg.encoder_options)
-    return registry.method(cfg.method).model.from_model_config(encoder, cfg, config.data.batch_size, augmenter=augmenter)
+    return registry.method(cfg.method).model.from_model_config(encoder, cfg, config.data.batch_size, augmenter=augmenter,
+                                                               temperature_clipping=cfg.temperature_clipping)
 
 
 def build_optimizer(config, total_steps):

@@ -7,6 +7,7 @@ authors': batch-norm statistics per view) or both in one batch ("concatenated") 
 A method subclass supplies its heads, its losses and `compute_loss_and_stats` (returning a `StepLoss`).
 """
 
+import contextlib
 import dataclasses
 import typing
 
@@ -14,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.config import require
-from amcl_keras.constants import DEFAULT_OBJECTIVE, ENCODER_FORWARDS
+from amcl_keras.constants import DEFAULT_OBJECTIVE, ENCODER_FORWARDS, TEMPERATURE_CLIPPINGS
 from amcl_keras.heads import check_feature_shape
 from amcl_keras.errors import InvalidInputError, WrongTypeError
 
@@ -86,6 +87,8 @@ class MethodSettings:
     temperature_center: typing.Optional[float] = None  # bounded objectives: τ the regulariser prefers (None: 2/d)
     # φ on stopped-gradient embeddings: the encoder gets no gradient through the temperatures (docs/METHOD.md §9)
     temperature_stop_gradient: bool = False
+    # "joint": one global clipping norm over all weights (the authors'); "separate": φ's gradient clipped on its own
+    temperature_clipping: str = "joint"
 
     # Not a setting: one line printed when training starts with AMCL on, where the validated ablation
     # found no AMCL variant of this method better than its tuned baseline (None: AMCL won).
@@ -97,7 +100,22 @@ class MethodSettings:
         for key in ("projection_dim", "hidden_dim"):
             require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "it must be a positive integer")
         require(self.beta >= 0, "model.beta", self.beta, "it must be >= 0 (the authors use 1e-4; 1e-6 for Barlow Twins)")
+        require(self.temperature_clipping in TEMPERATURE_CLIPPINGS, "model.temperature_clipping", self.temperature_clipping,
+                f"one of {TEMPERATURE_CLIPPINGS} ('joint': one global clipping norm, the authors'; 'separate': the "
+                "temperature network's gradient clipped on its own)")
 
+
+
+@contextlib.contextmanager
+def _optimizer_clipping_off(optimizer):
+    """The optimizer's `global_clipnorm` unset while the step's update is traced (the trainer has clipped the
+    gradient itself, by groups), then put back: its config and checkpoints are unchanged."""
+    inner = optimizer.inner_optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else optimizer
+    saved, inner.global_clipnorm = inner.global_clipnorm, None
+    try:
+        yield
+    finally:
+        inner.global_clipnorm = saved
 
 
 def temperature_options(cfg, negatives=False):
@@ -152,8 +170,16 @@ class ContrastiveTrainer(keras.Model):
                                  temperature_center=settings.temperature_center)
         return cls.baseline_loss(*baseline_args)
 
-    def __init__(self, encoder, projector, loss, amcl, augmenter=None, encoder_forward="per_view", **kwargs):
+    def __init__(self, encoder, projector, loss, amcl, augmenter=None, encoder_forward="per_view",
+                 temperature_clipping="joint", **kwargs):
         super().__init__(**kwargs)
+        if temperature_clipping not in TEMPERATURE_CLIPPINGS:
+            raise InvalidInputError(
+                f"`temperature_clipping` must be one of {TEMPERATURE_CLIPPINGS} ('joint': the optimizer's global "
+                f"clipping norm over every weight, the authors'; 'separate': the temperature network's gradient "
+                f"clipped by its own global norm), got {temperature_clipping!r}."
+            )
+        self.temperature_clipping = temperature_clipping
         if encoder_forward not in ENCODER_FORWARDS:
             raise InvalidInputError(
                 f"`encoder_forward` must be one of {ENCODER_FORWARDS} ('per_view': each view through the encoder and "
@@ -327,6 +353,17 @@ class ContrastiveTrainer(keras.Model):
             )
         return data
 
+    def _temperature_variable_ids(self):
+        """ids of φ's trainable variables when they are clipped on their own (`temperature_clipping="separate"` with
+        the optimizer's `global_clipnorm` set), else None."""
+        optimizer = self.optimizer
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            optimizer = optimizer.inner_optimizer
+        temperature = getattr(self.contrastive_loss, "temperature", None)
+        if self.temperature_clipping != "separate" or not optimizer.global_clipnorm or temperature is None:
+            return None
+        return {id(v) for v in temperature.trainable_variables}
+
     def _clip_global_gradients(self, gradients, replicas):
         """Clip the GLOBAL gradient under several replicas, as one device would.
 
@@ -338,6 +375,8 @@ class ContrastiveTrainer(keras.Model):
         first, clipped with the optimizer's settings, and handed on divided by the replica count:
         the optimizer's own sum then gives the clipped global gradient, and its own clipping,
         on a vector R times smaller, is a no-op. Costs one extra all-reduce, only when clipping.
+        With `temperature_clipping="separate"` (also on one replica) φ's gradient and the rest are clipped by two
+        global norms here, and the optimizer's own clipping is switched off for the step (`_own_clipping`).
         """
         optimizer, scale = self.optimizer, None
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
@@ -345,13 +384,20 @@ class ContrastiveTrainer(keras.Model):
             optimizer, scale = optimizer.inner_optimizer, tf.cast(optimizer.dynamic_scale, tf.float32)
         if not (optimizer.global_clipnorm or optimizer.clipnorm or optimizer.clipvalue):
             return gradients
+        separate = self._temperature_variable_ids()
         present = [index for index, g in enumerate(gradients) if g is not None]
-        summed = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, [gradients[index] for index in present]
-        )
+        summed = [gradients[index] for index in present]
+        if replicas > 1:
+            summed = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, summed)
         if scale is not None:
             summed = [g / tf.cast(scale, g.dtype) for g in summed]
-        if optimizer.global_clipnorm:
+        if separate is not None:  # two global norms: φ's, and everything else's (the optimizer's own clip is off)
+            in_phi = [id(self.trainable_variables[index]) in separate for index in present]
+            groups = [[g for g, phi in zip(summed, in_phi) if phi is flag] for flag in (True, False)]
+            clipped = [iter(tf.clip_by_global_norm(group, optimizer.global_clipnorm)[0]) if group else iter(())
+                       for group in groups]
+            summed = [next(clipped[0] if phi else clipped[1]) for phi in in_phi]
+        elif optimizer.global_clipnorm:
             summed, _ = tf.clip_by_global_norm(summed, optimizer.global_clipnorm)
         elif optimizer.clipnorm:
             summed = [tf.clip_by_norm(g, optimizer.clipnorm) for g in summed]
@@ -495,10 +541,16 @@ class ContrastiveTrainer(keras.Model):
         if replicas > 1:  # every replica takes the same branch below
             flags = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.stack([bad, overflow]), tf.int32))
             bad, overflow = flags[0] > 0, flags[1] > 0
+        own_clipping = self._temperature_variable_ids() is not None
+        if replicas > 1 or own_clipping:
             gradients = self._clip_global_gradients(gradients, replicas)
 
+        def optimizer_apply(gradients):
+            with _optimizer_clipping_off(self.optimizer) if own_clipping else contextlib.nullcontext():
+                self.optimizer.apply(gradients, self.trainable_variables)
+
         def apply(gradients, carry):
-            self.optimizer.apply(gradients, self.trainable_variables)
+            optimizer_apply(gradients)
             self.after_optimizer_step(carry)
 
         def skip(gradients, carry):
@@ -506,7 +558,7 @@ class ContrastiveTrainer(keras.Model):
                 variable.assign(value)
 
         def scale_down(gradients, carry):  # the loss-scale optimizer halves its scale and updates nothing
-            self.optimizer.apply(gradients, self.trainable_variables)
+            optimizer_apply(gradients)
             skip(gradients, carry)
 
         if scaling:
@@ -539,6 +591,7 @@ class ContrastiveTrainer(keras.Model):
             "encoder": keras.saving.serialize_keras_object(self.encoder),
             "amcl": self.amcl,
             "encoder_forward": self.encoder_forward,
+            "temperature_clipping": self.temperature_clipping,
             "loss": keras.saving.serialize_keras_object(self.contrastive_loss),
         }
         config.update({name: getattr(self, name) for name in self.config_args})
