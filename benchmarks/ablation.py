@@ -74,6 +74,10 @@ AMCL_KNOBS["moco"] = AMCL_KNOBS["simclr"]
 AMCL_KNOBS["simsiam"] = dict(AMCL_KNOBS["barlow_twins"])
 # Barlow Twins only (third round): one weight per head from its geometric-mean τ, each head's terms Barlow Twins' own
 AMCL_KNOBS["barlow_twins"]["head-weighted-sg"] = ["model.objective=head_weighted", "model.temperature_stop_gradient=true"]
+# ... and with φ's gradient clipped on its own (fourth round): under one global norm φ's gradient (its regulariser over
+# d² channel pairs, ~100x the encoder's norm at the start) shrank the encoder's step ~100x against plain Barlow Twins
+for _knob in ("weighted-sg", "head-weighted-sg"):
+    AMCL_KNOBS["barlow_twins"][_knob + "-clip"] = AMCL_KNOBS["barlow_twins"][_knob] + ["model.temperature_clipping=separate"]
 DATASETS = ("fashion_mnist", "tuxpaint_stamps")
 DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST (full, grayscale)", "tuxpaint_stamps": "Tux Paint stamps (colour)"}
 
