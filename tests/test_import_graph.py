@@ -98,9 +98,35 @@ def test_nothing_below_reaches_up(upper):
              "amcl_keras.heads", "amcl_keras.data", "amcl_keras.augment", "amcl_keras.evaluation"]
     for name in below:
         if name != upper:
-            assert upper not in _reachable(name), f"{name} reaches {upper}"
+            reached = {m for m in _reachable(name) if m == upper or m.startswith(upper + ".")}  # a package's modules too
+            assert not reached, f"{name} reaches {sorted(reached)}"
 
 
 def test_methods_and_the_training_job_sit_above_config_and_runs():
     assert "amcl_keras.config" in _reachable("amcl_keras.methods.simclr")
     assert {"amcl_keras.config", "amcl_keras.runs", "amcl_keras.registry"} <= _reachable("amcl_keras.train")
+
+
+def test_no_import_cycle():
+    assert not [name for name in GRAPH if name in _reachable(name)]
+
+
+# amcl_keras.export: the package's front (export_encoder and the public names) on reading and verification, those on
+# the format table; every other module of it is a format module (saved_model.py, onnx.py, litert.py, ...), on the format
+# table alone: a new format is one more such module (or a few lines that call `register`:
+# tests/test_export_format_recipe.py), never an edit of another format's
+EXPORT_TABLE = "amcl_keras.export.formats"
+EXPORT_SHARED = {
+    EXPORT_TABLE: set(),
+    "amcl_keras.export.read": {EXPORT_TABLE},
+    "amcl_keras.export.verify": {EXPORT_TABLE, "amcl_keras.export.read", "amcl_keras.export.saved_model"},
+}
+
+
+def test_the_export_modules_sit_in_layers():
+    modules = {name for name in GRAPH if name.startswith("amcl_keras.export.")}
+    assert set(EXPORT_SHARED) < modules
+    for name in modules:
+        allowed = EXPORT_SHARED.get(name, {EXPORT_TABLE})
+        inside = {target for target, _ in GRAPH[name] if target == "amcl_keras.export" or target in modules}
+        assert inside <= allowed, f"{name} imports {sorted(inside - allowed)}"
