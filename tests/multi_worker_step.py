@@ -24,7 +24,7 @@ def main(out):
 
     keras.utils.set_random_seed(0)
     view1, view2 = helpers.views()
-    model = helpers.build("simclr", True, strategy=strategy)
+    model = helpers.build(helpers.DEFAULT_METHOD, True, strategy=strategy)
     loss = helpers.one_step(model, view1, view2)["loss"][0]
     if is_chief(strategy):
         np.savez(out, loss=loss, replicas=strategy.num_replicas_in_sync,

@@ -22,8 +22,9 @@ import pytest
 import tensorflow as tf
 
 import amcl_keras as amcl
-from amcl_keras import cli, runs, train
+from amcl_keras import cli, registry, runs, train
 from amcl_keras.config import ConfigError
+from amcl_keras.constants import AUGMENTATION_PRESETS
 from amcl_keras.runs import RunBackup
 from tests.methods import helpers
 
@@ -31,7 +32,8 @@ TINY = ["--epochs", "1", "--steps-per-epoch", "1", "--set", "data.batch_size=32"
         "--set", "model.hidden_dim=16", "--set", "model.projection_dim=8", "--set", "eval.probe_epochs=1",
         "--set", "eval.max_examples=64", "--set", "export.formats=[]"]
 
-# (case id, extra `amcl train` arguments, text the message must contain: what was wrong / what to do)
+# (case id, extra `amcl train` arguments, text the message must contain: what was wrong / what to do); a method's own
+# settings have their cases in its test file (tests/methods/test_<method>.py, through `check_bad_training_input`)
 TRAIN_CASES = [
     ("unknown-key", ["--set", "model.num_head=3"], "Did you mean 'num_heads'?"),
     ("unknown-section", ["--set", "modle.num_heads=3"], "Did you mean 'model'?"),
@@ -45,13 +47,12 @@ TRAIN_CASES = [
     ("no-heads", ["--set", "model.num_heads=0"], "model.num_heads=0 is out of range"),
     ("batch-over-replicas", ["--set", "train.cpu_replicas=3"], "divide evenly over train.cpu_replicas=3"),
     ("batch-of-one", ["--set", "data.batch_size=1"], "at least 2"),
-    ("unknown-method", ["--set", "model.method=byol"], "model.method='byol' is out of range: one of ['barlow_twins', 'moco', 'simclr', 'simsiam'"),
+    ("unknown-method", ["--set", "model.method=byol"], f"model.method='byol' is out of range: one of {sorted(registry.names())}"),
     ("unknown-encoder", ["--set", "model.encoder=vit"], "one of ['resnet18_cifar', 'resnet50_cifar', 'small_convnet']"),
-    ("bad-preset", ["--set", "data.augmentation=xyz"], "Use 'simclr', 'strong' or letters"),
+    ("bad-preset", ["--set", "data.augmentation=xyz"], f"Use {', '.join(map(repr, AUGMENTATION_PRESETS))} or letters"),
     ("bad-strategy", ["--set", "train.strategy=tpu"], "one of ('auto', 'default', 'mirrored', 'multi_worker')"),
     ("bad-precision", ["--set", "train.mixed_precision=float16"], "one of ('float32', 'mixed_float16', 'mixed_bfloat16')"),
     ("crop-scale-reversed", ["--set", "data.crop_scale=[0.9, 0.1]"], "0 < low <= high <= 1"),
-    ("moco-queue-too-small", ["--method", "moco", "--set", "model.queue_size=16"], "use at least that"),
     ("bad-export-format", ["--set", "export.formats=[tflite]"],
      "a list drawn from ['saved_model', 'onnx', 'onnx_int8', 'litert', 'litert_int8']"),
     ("backup-every-zero", ["--set", "train.backup_every_steps=0"], "None (every epoch only) or >= 1"),
@@ -81,7 +82,7 @@ TRAIN_CASES = [
      "The image height 28 is not divisible by model.encoder_options.patch_size=5"),
     ("unknown-evaluation-split", ["--set", "data.eval_test_split=nope"], "has the splits 'train' and 'test', got split='nope'"),
     ("objective-not-for-method", ["--set", "model.objective=weighted"],
-     "one of ('authors', 'normalized', 'rectified') for simclr"),
+     f"one of ('authors', 'normalized', 'rectified') for {helpers.DEFAULT_METHOD}"),
     ("stop-gradient-not-bool", ["--set", "model.temperature_stop_gradient=maybe"], "must be true or false"),
     ("unknown-tfds-name", ["--set", "data.dataset=not_a_dataset_xyz", "--set", "data.download=false"],
      "Check the name and split"),
@@ -116,6 +117,12 @@ def _path_fixtures(folder):
 @pytest.mark.parametrize("case", TRAIN_CASES, ids=[case[0] for case in TRAIN_CASES])
 def test_bad_training_input(case, tmp_path, capsys, monkeypatch):
     _, arguments, expected = case
+    check_bad_training_input(arguments, expected, tmp_path, capsys, monkeypatch)
+
+
+def check_bad_training_input(arguments, expected, tmp_path, capsys, monkeypatch):
+    """`amcl train` with `arguments` (after TINY) exits 2 with `expected` in its message, no traceback, no run
+    directory and the files of `_path_fixtures` untouched (also for the cases in the methods' test files)."""
     monkeypatch.delenv("TF_CONFIG", raising=False)
     (tmp_path / "paths").mkdir()
     paths = _path_fixtures(tmp_path / "paths")
@@ -397,7 +404,7 @@ def _no_space(*args, **kwargs):
 
 
 def test_full_disk_while_writing_a_backup_keeps_the_previous_one(tmp_path, monkeypatch):
-    model = helpers.build("simclr", True)
+    model = helpers.build(helpers.DEFAULT_METHOD, True)
     backup = RunBackup(tmp_path, every_steps=1)
     backup.set_model(model)
     backup.save(0, 1)
@@ -410,11 +417,11 @@ def test_full_disk_while_writing_a_backup_keeps_the_previous_one(tmp_path, monke
     assert "partial-" not in message and raised.value.errno == errno.ENOSPC
     assert (tmp_path / "state.json").read_text() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup-e0-s1.weights.h5", "state.json"]
-    assert RunBackup.restore(helpers.build("simclr", True), tmp_path)["step"] == 1
+    assert RunBackup.restore(helpers.build(helpers.DEFAULT_METHOD, True), tmp_path)["step"] == 1
 
 
 def test_full_disk_while_committing_a_backup_keeps_the_previous_one(tmp_path, monkeypatch):
-    model = helpers.build("simclr", True)
+    model = helpers.build(helpers.DEFAULT_METHOD, True)
     backup = RunBackup(tmp_path, every_steps=1)
     backup.set_model(model)
     backup.save(0, 1)
@@ -430,7 +437,7 @@ def test_full_disk_while_committing_a_backup_keeps_the_previous_one(tmp_path, mo
         backup.save(0, 2)
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backup-e0-s1.weights.h5", "state.json"]
-    assert RunBackup.restore(helpers.build("simclr", True), tmp_path)["step"] == 1
+    assert RunBackup.restore(helpers.build(helpers.DEFAULT_METHOD, True), tmp_path)["step"] == 1
 
 
 def test_cli_full_disk_while_backing_up(tmp_path, capsys, monkeypatch):
@@ -512,7 +519,7 @@ def _copy(run_dir, tmp_path):
 
 
 @pytest.mark.parametrize("change, shown", [
-    (["--method", "moco"], "model.method: 'simclr' -> 'moco'"),
+    (["--method", helpers.ANOTHER_METHOD], f"model.method: {helpers.DEFAULT_METHOD!r} -> {helpers.ANOTHER_METHOD!r}"),
     (["--set", "model.encoder=resnet18_cifar"], "model.encoder: 'small_convnet' -> 'resnet18_cifar'"),
 ])
 def test_resuming_after_the_method_or_backbone_changed_is_refused(change, shown, unfinished_run, tmp_path, capsys):
@@ -522,7 +529,9 @@ def test_resuming_after_the_method_or_backbone_changed_is_refused(change, shown,
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert cli.main(["train", "--run-dir", str(run_dir), *TINY, "--epochs", "2", *change]) == 2
     message = capsys.readouterr().err
-    assert f"holds a run with a different config ({shown}" in message and "Re-run with the same config to resume" in message
+    assert "holds a run with a different config (" in message and "Re-run with the same config to resume" in message
+    # the changes, "key: old -> new" in key order (another method brings its own settings and defaults along)
+    assert shown in message.split("holds a run with a different config (", 1)[1].split(")", 1)[0].split("; "), message
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
@@ -542,14 +551,14 @@ def test_truncated_latest_backup_resumes_from_the_previous_one(unfinished_run, t
 
 
 def test_restore_falls_back_and_drops_the_unreadable_backup(tmp_path):
-    model = helpers.build("simclr", True)
+    model = helpers.build(helpers.DEFAULT_METHOD, True)
     backup = RunBackup(tmp_path, every_steps=1)
     backup.set_model(model)
     backup.save(0, 1)
     backup.save(0, 2)
     assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["backup-e0-s1.weights.h5", "backup-e0-s2.weights.h5"]
     _truncate(tmp_path / "backup-e0-s2.weights.h5")
-    fresh = helpers.build("simclr", True)
+    fresh = helpers.build(helpers.DEFAULT_METHOD, True)
     assert RunBackup.restore(fresh, tmp_path) == {"epoch": 0, "step": 1, "weights": "backup-e0-s1.weights.h5"}
     resumed = RunBackup(tmp_path, every_steps=1, initial_step=1)
     resumed.set_model(fresh)
@@ -577,7 +586,7 @@ def test_unreadable_backup_stops_with_a_clear_message(damage, unfinished_run, tm
     assert "Traceback" not in err
     assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == listing  # nothing changed or removed
     with pytest.raises(runs.RunDirectoryError, match="--overwrite"):
-        RunBackup.restore(helpers.build("simclr", True), backup)
+        RunBackup.restore(helpers.build(helpers.DEFAULT_METHOD, True), backup)
 
 
 def test_a_history_line_cut_short_is_dropped_on_resume(tmp_path):
@@ -685,7 +694,7 @@ def test_a_second_sigterm_while_the_first_backup_is_written(tmp_path):
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signal handlers can only be installed in the main thread")  # the SIGTERM would end the worker
-    model = helpers.build("simclr", True)
+    model = helpers.build(helpers.DEFAULT_METHOD, True)
     backup = RunBackup(tmp_path, every_steps=None, preemptible=True)
     writes = []
 
@@ -709,5 +718,5 @@ def test_a_second_sigterm_while_the_first_backup_is_written(tmp_path):
                   callbacks=[SendSIGTERM(), backup])
     assert len(writes) == 1  # one backup, not one per signal
     assert signal.getsignal(signal.SIGTERM) == previous  # the handler is put back
-    state = RunBackup.restore(helpers.build("simclr", True), tmp_path)
+    state = RunBackup.restore(helpers.build(helpers.DEFAULT_METHOD, True), tmp_path)
     assert (state["epoch"], state["step"]) == (0, 1)

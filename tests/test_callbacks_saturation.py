@@ -19,9 +19,9 @@ TAU_MIN = 1e-5
 
 
 def _model(amcl_on=True, phi_bias=None):
-    """A tiny AMCL-SimCLR whose φ is forced: W2 = 0 and output bias `phi_bias`, so every pair's
+    """A tiny AMCL model of the default method whose φ is forced: W2 = 0 and output bias `phi_bias`, so every pair's
     score is r = |phi_bias|² and τ = τ_min + (τ_max − τ_min)·sigmoid(−r) is the same for all pairs."""
-    model = helpers.build("simclr", amcl_on, lr=0.01, temperature_min=TEMPERATURE_MIN)  # the default floor
+    model = helpers.build(helpers.DEFAULT_METHOD, amcl_on, lr=0.01, temperature_min=TEMPERATURE_MIN)  # the default floor
     if phi_bias is not None:
         temperature = model.contrastive_loss.temperature
         w1, b1, w2, _ = temperature.get_weights()

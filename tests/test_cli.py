@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 import amcl_keras
-from amcl_keras import cli, errors as amcl_errors, train as train_module
+from amcl_keras import cli, errors as amcl_errors, registry, train as train_module
+from tests.methods import helpers
 
 REDUCED = [
     "--epochs", "1", "--steps-per-epoch", "3",
@@ -90,18 +91,18 @@ def test_installed_command_runs_as_a_process(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["moco", "barlow_twins", "simsiam"])
+@pytest.mark.parametrize("method", [name for name in helpers.METHODS if name != helpers.DEFAULT_METHOD])
 def test_method_shortcuts_train_the_baseline(method, tmp_path, capsys):
     code = cli.main([
         "train", "--run-dir", str(tmp_path / method), "--method", method, "--no-amcl", *REDUCED,
         "--set", "model.projection_dim=32", "--set", "model.hidden_dim=64", "--set", "export.formats=[]",
-        *(["--set", "model.queue_size=256"] if method == "moco" else []),
+        *[argument for setting in helpers.own_settings(method, queue_size=256) for argument in ("--set", setting)],
     ])
     assert code == 0
     config = yaml.safe_load((tmp_path / method / "config.yaml").read_text())
     assert config["model"]["method"] == method and config["model"]["amcl"] is False
     assert config["model"]["num_heads"] == 1  # the baseline, not the multi-head arm (--heads-only)
-    assert config["train"]["learning_rate"] == {"moco": 0.08, "barlow_twins": 0.11, "simsiam": 0.05}[method]
+    assert config["train"]["learning_rate"] == registry.method(method).learning_rate  # the method's declared default
     history = [json.loads(line) for line in (tmp_path / method / "history.jsonl").read_text().splitlines()]
     assert set(history[0]) >= {"loss"} and not any(key.startswith("tau_") for key in history[0])
 
@@ -202,8 +203,9 @@ def test_a_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no configs/ here
     for given in ("moco_demo", "moco_demo.yaml", "configs/moco_demo.yaml"):
         assert config_lib.load(given).to_dict() == expected, given
-    (tmp_path / "moco_demo.yaml").write_text("model:\n  method: simclr\n")  # a file of that name wins over the name
-    assert config_lib.load("moco_demo.yaml").model.method == "simclr"
+    other = next(name for name in helpers.SHIPPED_METHODS if name != expected["model"]["method"])
+    (tmp_path / "moco_demo.yaml").write_text(f"model:\n  method: {other}\n")  # a file of that name wins over the name
+    assert config_lib.load("moco_demo.yaml").model.method == other
 
 
 def test_version(capsys):
@@ -278,11 +280,12 @@ def test_the_deferred_command_still_trains_and_the_deferral_is_not_inherited(tmp
     probe = ("import os, sys, amcl_keras_entry\n"
              "code = amcl_keras_entry.main(sys.argv[1:])\n"
              "import amcl_keras\n"
-             "print('STATE', code, amcl_keras._loaded, sorted(amcl_keras.registry.names())[:1],"
+             "print('STATE', code, amcl_keras._loaded, sorted(amcl_keras.registry.names()),"
              " os.environ.get(amcl_keras.DEFER_ENVIRONMENT_VARIABLE))")
     completed = subprocess.run([sys.executable, "-c", probe, "train", "--run-dir", str(tmp_path / "r"), *REDUCED,
                                ], capture_output=True, text=True, timeout=600,
                                cwd=REPOSITORY)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert completed.stdout.strip().splitlines()[-1] == "STATE 0 True ['barlow_twins'] None", completed.stdout[-800:]
+    expected = f"STATE 0 True {sorted(helpers.SHIPPED_METHODS)} None"  # every shipped method registered
+    assert completed.stdout.strip().splitlines()[-1] == expected, completed.stdout[-800:]
     assert (tmp_path / "r" / "encoder.keras").exists()

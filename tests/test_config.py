@@ -3,7 +3,8 @@ import pathlib
 import pytest
 
 from amcl_keras import config as config_lib, registry
-from tests.methods.helpers import SHIPPED_METHODS
+from amcl_keras.losses.adaptive import AMCLContrastiveLoss
+from tests.methods.helpers import SHIPPED_METHODS, own_settings
 
 CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -48,25 +49,14 @@ def test_round_trip_through_yaml(tmp_path):
 
 
 # The CLI catalogue (tests/test_bad_inputs.py) covers unknown keys, wrong types and the common ranges;
-# these are the cases it does not have.
+# these are the cases it does not have (a method's own settings: in its test file, tests/methods/test_<method>.py).
 @pytest.mark.parametrize(
     "overrides,message",
     [
         (["model.negatives=all"], "'topk', 'hardest'"),
-        (["model.method=moco", "model.queue_size=100"], r"MoCo \(asymmetric\) enqueues 256 keys per step"),
-        (["model.method=moco", "model.moco_form=symmetric", "model.queue_size=300"],
-         r"model.queue_size=300 .*MoCo \(symmetric\) enqueues 512 keys per step \(batch 256 × 2 views\)"),
-        (["model.method=moco", "model.moco_form=both"], r"model.moco_form='both' .*'asymmetric', 'symmetric'"),
-        (["model.moco_form=symmetric"], r"model.moco_form is a setting of moco, and model.method is 'simclr'"),
         (["model.settings=1"], "Unknown config key model.'settings'"),
         (["model.encoder_forward=joint"], r"model.encoder_forward='joint' .*'per_view', 'concatenated'"),
-        (["model.projector_output_bn=true"], "model.projector_output_bn is a setting of barlow_twins and simsiam"),
-        (["model.method=moco", "model.projector_output_bn=true"], "model.method is 'moco'"),
-        (["model.method=simsiam", "model.projector_output_bn=1"], "model.projector_output_bn must be true or false"),
         (["train.weight_decay_mode=adamw"], r"train.weight_decay_mode='adamw' .*'coupled', 'decoupled'"),
-        (["model.method=moco", "model.momentum=1.0"], "model.momentum=1.0 is out of range"),
-        (["model.method=barlow_twins", "model.lambda_=-1.0"], "model.lambda_=-1.0 is out of range"),
-        (["model.method=simsiam", "model.predictor_hidden_dim=0"], "model.predictor_hidden_dim=0 is out of range"),
         (["model.temperature=0.0"], "model.temperature=0.0 is out of range"),
     ],
 )
@@ -91,37 +81,31 @@ def test_from_model_config_hands_every_temperature_option_to_the_loss(method):
     cfg = config_lib.load(None, [f"model.method={method}", "model.beta=0.3", "model.temperature_min=0.01",
                              "model.temperature_max=1.5", "model.temperature_hidden_dim=7", "model.top_k=9",
                              "model.negatives=hardest", "model.projection_dim=8", "model.hidden_dim=8",
-                             "data.batch_size=16"] + (["model.queue_size=512"] if method == "moco" else [])).model
+                             "data.batch_size=16"] + own_settings(method, queue_size=512)).model
     model = amcl.methods.get(method).from_model_config(amcl.encoders.small_convnet((8, 8, 1), width=4), cfg, 16)
     loss = model.contrastive_loss
     assert (loss.beta, loss.temperature.temperature_min, loss.temperature.temperature_max,
             loss.temperature.hidden_dim) == (0.3, 0.01, 1.5, 7)
-    if method in ("simclr", "moco"):
+    if issubclass(registry.method(method).model.amcl_loss, AMCLContrastiveLoss):  # an AMCL loss with negatives
         assert (loss.negatives, loss.top_k) == ("hardest", 9)
 
 
 @pytest.mark.parametrize("method", SHIPPED_METHODS)
 def test_the_authors_pipeline_is_the_default_and_stated_in_their_configs(method):
-    """coupled weight decay, per-view encoder forward, output batch norm on Barlow Twins/SimSiam
-    heads, asymmetric MoCo: the defaults, and written out in configs/<method>_amcl_cifar10.yaml."""
-    output_bn = method in ("barlow_twins", "simsiam")
+    """coupled weight decay, per-view encoder forward, output batch norm on the heads of a method with
+    projector_output_bn, the asymmetric moco_form: the defaults, and written out in configs/<method>_amcl_cifar10.yaml."""
+    own = registry.method(method).setting_names()
+    output_bn = "projector_output_bn" in own  # a method that has the setting has it on
     for config in (config_lib.load(None, [f"model.method={method}"]),
                    config_lib.load(pathlib.Path(__file__).parents[1] / "configs" / f"{method}_amcl_cifar10.yaml")):
         assert config.train.weight_decay_mode == "coupled"
         assert config.model.encoder_forward == "per_view"
-        assert method != "moco" or config.model.moco_form == "asymmetric"
+        assert "moco_form" not in own or config.model.moco_form == "asymmetric"
         assert getattr(config.model.settings, "projector_output_bn", False) is output_bn
     text = (pathlib.Path(__file__).parents[1] / "configs" / f"{method}_amcl_cifar10.yaml").read_text()
-    for key in ("weight_decay_mode:", "encoder_forward:") + {"moco": ("moco_form:",), "barlow_twins": ("projector_output_bn:",),
-                                                              "simsiam": ("projector_output_bn:",)}.get(method, ()):
+    for key in ("weight_decay_mode:", "encoder_forward:") + tuple(f"{name}:" for name in ("moco_form", "projector_output_bn")
+                                                                  if name in own):
         assert key in text, key
-
-
-def test_moco_queue_needs_one_batch_asymmetric_and_two_symmetric():
-    config_lib.load(None, ["model.method=moco", "model.queue_size=256"])
-    config_lib.load(None, ["model.method=moco", "model.moco_form=symmetric", "model.queue_size=512"])
-    with pytest.raises(config_lib.ConfigError, match="enqueues 512"):
-        config_lib.load(None, ["model.method=moco", "model.moco_form=symmetric", "model.queue_size=256"])
 
 
 @pytest.mark.parametrize("method", registry.names())
@@ -130,15 +114,13 @@ def test_from_model_config_hands_the_pipeline_options_to_the_model(method):
 
     overrides = [f"model.method={method}", "model.encoder_forward=concatenated", "model.projection_dim=8",
                  "model.hidden_dim=8", "data.batch_size=16"]
-    if method == "moco":
-        overrides += ["model.moco_form=symmetric", "model.queue_size=512"]
-    if method in ("barlow_twins", "simsiam"):
-        overrides.append("model.projector_output_bn=false")
+    overrides += own_settings(method, moco_form="symmetric", queue_size=512, projector_output_bn="false")
+    own = registry.method(method).setting_names()
     cfg = config_lib.load(None, overrides).model
     model = amcl.methods.get(method).from_model_config(amcl.encoders.small_convnet((8, 8, 1), width=4), cfg, 16)
     assert model.encoder_forward == "concatenated"
-    if method == "moco":
+    if "moco_form" in own:
         assert model.moco_form == "symmetric"
-    if method in ("barlow_twins", "simsiam"):
+    if "projector_output_bn" in own:
         assert model.projector_output_bn is False
         assert all(head.blocks[-1].name == "output" for head in model.projector.heads)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from amcl_keras import config as config_lib, registry, train
+from tests.methods import helpers
 
 
 @pytest.mark.slow
@@ -15,7 +16,7 @@ def test_method_trains_two_epochs_with_finite_loss_and_moving_temperature(method
         f"model.method={method}", "train.epochs=2", "train.steps_per_epoch=4", "data.batch_size=64",
         "model.encoder_width=8", "model.projection_dim=32", "model.hidden_dim=64", "eval.probe_epochs=1",
         "eval.max_examples=200", "export.formats=[]",
-    ] + {"moco": ["model.queue_size=256"], "simsiam": ["model.predictor_hidden_dim=16"]}.get(method, []))
+    ] + helpers.own_settings(method, queue_size=256, predictor_hidden_dim=16))
     results = train.run(config, tmp_path / method, verbose=0)
     history = [json.loads(line) for line in (tmp_path / method / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import amcl_keras as amcl
+from amcl_keras import registry
 from tests.methods import helpers
 
 STEPS = 64  # float16 at the floor skips ~30 steps (Barlow Twins) while the loss scale comes down
@@ -16,18 +17,9 @@ FLOOR = dict(temperature_min=1e-5, temperature_max=1.1e-5, objective="authors") 
 
 
 def _model(method):
-    encoder = amcl.encoders.small_convnet((8, 8, 1), width=4)
-    common = dict(num_heads=2, projection_dim=8, hidden_dim=16)
-    if method == "simclr":
-        return amcl.SimCLR(encoder, loss=amcl.losses.AMCLNTXentLoss(8, top_k=5, temperature_hidden_dim=8, **FLOOR), **common)
-    if method == "moco":
-        return amcl.MoCo(encoder, queue_size=32, loss=amcl.losses.AMCLInfoNCELoss(8, top_k=5, temperature_hidden_dim=8, **FLOOR),
-                         **common)
-    if method == "barlow_twins":
-        return amcl.BarlowTwins(encoder, batch_size=8, loss=amcl.losses.AMCLBarlowTwinsLoss(8, 8, temperature_hidden_dim=8, **FLOOR),
-                                **common)
-    return amcl.SimSiam(encoder, predictor_hidden_dim=4, loss=amcl.losses.AMCLSimSiamLoss(8, temperature_hidden_dim=8, **FLOOR),
-                        **common)
+    """A small model of `method` (tests/methods/helpers.py's sizes, the method's own β) whose temperatures are all ≈ 1e-5."""
+    return helpers.build(method, True, encoder=lambda: amcl.encoders.small_convnet((8, 8, 1), width=4),
+                         beta=registry.method(method).settings.beta, **FLOOR)
 
 
 class _StepLosses(keras.callbacks.Callback):
@@ -42,7 +34,8 @@ class _StepLosses(keras.callbacks.Callback):
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"], indirect=True)
-@pytest.mark.parametrize("method", ["simclr"] + [pytest.param(m, marks=pytest.mark.slow) for m in ("moco", "barlow_twins", "simsiam")])
+@pytest.mark.parametrize("method", [helpers.DEFAULT_METHOD] + [pytest.param(m, marks=pytest.mark.slow)
+                                                                  for m in helpers.METHODS if m != helpers.DEFAULT_METHOD])
 def test_every_method_trains_finitely_with_temperatures_at_the_floor(policy, method):
     view1, view2 = helpers.views()
     model = _model(method)

@@ -60,7 +60,7 @@ def test_one_step_on_two_workers_equals_one_process_on_the_global_batch(tmp_path
 
     keras.utils.set_random_seed(0)
     view1, view2 = helpers.views()
-    model = helpers.build("simclr", True)
+    model = helpers.build(helpers.DEFAULT_METHOD, True)
     loss = helpers.one_step(model, view1, view2)["loss"][0]
     np.testing.assert_allclose(float(result["loss"]), loss, rtol=1e-5)
     for index, weight in enumerate(model.weights):

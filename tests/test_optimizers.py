@@ -133,7 +133,7 @@ def test_two_replicas_equal_one_device_with_coupled_decay(two_replicas):
     view1, view2 = helpers.views()
 
     def compiled(strategy, weight_decay):
-        model = helpers.build("simclr", True, strategy)
+        model = helpers.build(helpers.DEFAULT_METHOD, True, strategy)
         with (strategy or tf.distribute.get_strategy()).scope():
             model.compile(optimizer=CoupledWeightDecaySGD(0.5, momentum=0.9, weight_decay=weight_decay,
                                                           global_clipnorm=1.0))

@@ -9,8 +9,11 @@ import pytest
 from benchmarks import reproduce
 
 
+METHOD = "some_method"  # the summary only groups by it
+
+
 def _record(arm, seed, probe, knn, temperatures=None):
-    return {"method": "simclr", "preset": "abcde", "arm": arm, "seed": seed, "linear_probe": probe, "knn": knn,
+    return {"method": METHOD, "preset": "abcde", "arm": arm, "seed": seed, "linear_probe": probe, "knn": knn,
             "temperatures": temperatures}
 
 
@@ -19,7 +22,7 @@ def test_deltas_are_paired_per_seed_and_spread_is_the_sample_std():
     gains = {0: (0.01, 0.03), 1: (-0.02, 0.01), 2: (0.04, 0.02)}
     records = [_record("baseline", s, *v) for s, v in base.items()]
     records += [_record("bounded", s, base[s][0] + gains[s][0], base[s][1] + gains[s][1]) for s in base]
-    rows = reproduce.summarize(records, [("simclr", "abcde")], ["baseline", "bounded"], [0, 1, 2])
+    rows = reproduce.summarize(records, [(METHOD, "abcde")], ["baseline", "bounded"], [0, 1, 2])
     bounded = next(r for r in rows if r["arm"] == "bounded")
     probe_gains = 100 * np.array([gains[s][0] for s in base])
     assert bounded["delta_linear_probe"][0] == pytest.approx(probe_gains.mean())

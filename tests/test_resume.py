@@ -9,9 +9,7 @@ import sys
 import time
 
 import h5py
-import numpy as np
 import pytest
-import tensorflow as tf
 
 from amcl_keras import cli
 from amcl_keras.runs import RunBackup
@@ -25,41 +23,15 @@ TINY = [
 ]
 
 
-def test_backup_restores_weights_optimizer_state_and_moco_queue(tmp_path):
-    view1, view2 = helpers.views()
-    model = helpers.build("moco", True, lr=0.1)
-    data = tf.data.Dataset.from_tensors((view1, view2)).repeat(3)
-    backup = RunBackup(tmp_path / "backup", every_steps=2)
-    model.fit(data, epochs=1, verbose=0, callbacks=[backup])
-    assert RunBackup.read_state(tmp_path / "backup") == {"epoch": 1, "step": 0, "weights": "backup-e1-s0.weights.h5"}
-    # the previous backup is kept as a fallback, older ones are removed
-    assert sorted(p.name for p in (tmp_path / "backup").glob("*.h5")) == ["backup-e0-s2.weights.h5",
-                                                                         "backup-e1-s0.weights.h5"]
-    assert RunBackup.backups(tmp_path / "backup")[1] == {"epoch": 0, "step": 2, "weights": "backup-e0-s2.weights.h5"}
-
-    fresh = helpers.build("moco", True, lr=0.1)
-    assert RunBackup.restore(fresh, tmp_path / "backup")["epoch"] == 1
-    assert int(fresh.optimizer.iterations) == 3
-    for name in ("keys", "pointer"):
-        np.testing.assert_array_equal(getattr(fresh.queue, name).numpy(), getattr(model.queue, name).numpy())
-    for a, b in zip(model.weights, fresh.weights):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
-    for a, b in zip(model.optimizer.variables, fresh.optimizer.variables):
-        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
-    # the two continue identically: one more step each on the same batch
-    after = [helpers.one_step(m, view1, view2)["loss"][0] for m in (model, fresh)]
-    np.testing.assert_allclose(after[0], after[1], rtol=1e-6)
-
-
 def test_a_half_written_backup_leaves_the_previous_one_in_force(tmp_path):
-    model = helpers.build("simclr", True)
+    model = helpers.build(helpers.DEFAULT_METHOD, True)
     backup = RunBackup(tmp_path, every_steps=1)
     backup.set_model(model)
     backup.save(0, 1)
     (tmp_path / "backup-e0-s2.weights.h5").write_bytes(b"killed while writing")  # no state.json update
     (tmp_path / "state.json.partial").write_text("{")
     assert RunBackup.read_state(tmp_path)["weights"] == "backup-e0-s1.weights.h5"
-    assert RunBackup.restore(helpers.build("simclr", True), tmp_path)["step"] == 1
+    assert RunBackup.restore(helpers.build(helpers.DEFAULT_METHOD, True), tmp_path)["step"] == 1
 
 
 def _state(run_dir):

@@ -87,7 +87,9 @@ def test_the_toy_round_trips_through_get_config(toy_method):
 
 # the suites that cover "every method" by iterating the registry (tests/methods/helpers.METHODS)
 GENERIC_SUITES = ("tests/methods/test_distributed.py", "tests/methods/test_nonfinite_step.py",
-                  "tests/methods/test_barlow_twins_simsiam.py", "tests/test_config.py", "tests/test_methods_train.py")
+                  "tests/methods/test_barlow_twins_simsiam.py", "tests/methods/test_subclassed_encoder.py",
+                  "tests/test_config.py", "tests/test_methods_train.py", "tests/test_mixed_precision.py",
+                  "tests/test_cli.py", "tests/methods/test_temperature_clipping.py")
 
 
 def test_the_generic_suites_pick_up_the_toy():

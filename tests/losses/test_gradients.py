@@ -140,16 +140,13 @@ def test_amcl_barlow_twins_gradients(objective):
     _check(loss, _barlow_inputs(), ["z1", "z2"])
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["ntxent", "infonce", "simsiam", "barlow_twins"],
-)
-def test_baseline_gradients(name):
-    if name == "ntxent":
+@pytest.mark.parametrize("loss", [NTXentLoss, InfoNCELoss, SimSiamLoss, BarlowTwinsLoss], ids=lambda loss: loss.__name__)
+def test_baseline_gradients(loss):
+    if loss is NTXentLoss:
         _check(NTXentLoss(0.5, dtype="float64"), _ntxent_inputs(), ["z1", "z2"], with_phi=False)
-    elif name == "infonce":
+    elif loss is InfoNCELoss:
         _check(InfoNCELoss(0.2, dtype="float64"), _infonce_inputs(), ["query"], stopped=["key", "queue"], with_phi=False)
-    elif name == "simsiam":
+    elif loss is SimSiamLoss:
         _check(SimSiamLoss(dtype="float64"), _simsiam_inputs(), ["p1", "p2"], stopped=["z1", "z2"], with_phi=False)
     else:
         _check(BarlowTwinsLoss(lambda_=0.1, dtype="float64"), _barlow_inputs(), ["z1", "z2"], with_phi=False)
@@ -160,11 +157,11 @@ def _float64_cases():
     barlow = tf.TensorSpec([BARLOW_BATCH, HEADS, BARLOW_DIM], tf.float64)
     queue = tf.TensorSpec([HEADS, QUEUE, DIM], tf.float64)
     return {
-        "ntxent": (lambda o: AMCLNTXentLoss(DIM, top_k=TOP_K, objective=o, **AMCL), [ntxent] * 2),
-        "ntxent_hardest": (lambda o: AMCLNTXentLoss(DIM, negatives="hardest", objective=o, **AMCL), [ntxent] * 2),
-        "infonce": (lambda o: AMCLInfoNCELoss(DIM, top_k=TOP_K, objective=o, **AMCL), [ntxent] * 2 + [queue]),
-        "simsiam": (lambda o: AMCLSimSiamLoss(DIM, objective=o, **AMCL), [ntxent] * 4),
-        "barlow_twins": (lambda o: AMCLBarlowTwinsLoss(BARLOW_DIM, BARLOW_BATCH, objective=o, **AMCL), [barlow] * 2),
+        "AMCLNTXentLoss": (lambda o: AMCLNTXentLoss(DIM, top_k=TOP_K, objective=o, **AMCL), [ntxent] * 2),
+        "AMCLNTXentLoss_hardest": (lambda o: AMCLNTXentLoss(DIM, negatives="hardest", objective=o, **AMCL), [ntxent] * 2),
+        "AMCLInfoNCELoss": (lambda o: AMCLInfoNCELoss(DIM, top_k=TOP_K, objective=o, **AMCL), [ntxent] * 2 + [queue]),
+        "AMCLSimSiamLoss": (lambda o: AMCLSimSiamLoss(DIM, objective=o, **AMCL), [ntxent] * 4),
+        "AMCLBarlowTwinsLoss": (lambda o: AMCLBarlowTwinsLoss(BARLOW_DIM, BARLOW_BATCH, objective=o, **AMCL), [barlow] * 2),
     }
 
 

@@ -16,6 +16,10 @@ GLOBAL_BATCH = 8
 METHODS = registry.names()
 # the methods amcl_keras ships (for the tests of its own configs and docs; a test's toy method has neither)
 SHIPPED_METHODS = [name for name in METHODS if registry.method(name).model.__module__.startswith("amcl_keras.")]
+# "some method" for the tests that are not about methods: the one a config gets when it names none
+DEFAULT_METHOD = config_lib.ModelConfig.method
+# a shipped method other than the default (for the tests that change a run's method)
+ANOTHER_METHOD = next(name for name in SHIPPED_METHODS if name != DEFAULT_METHOD)
 
 
 def views(seed=0):
@@ -54,6 +58,12 @@ def _settings_of(method):
     return {field.name for field in dataclasses.fields(registry.method(method).settings)}
 
 
+def own_settings(method, **values):
+    """`model.KEY=VALUE` overrides of those `values` that `method`'s settings dataclass declares (e.g. a small
+    queue_size or predictor_hidden_dim for a fast test: only a method with that setting gets it)."""
+    return [f"model.{key}={value}" for key, value in values.items() if key in _settings_of(method)]
+
+
 def small_config(method, amcl_on, **options):
     """The `model:` config of a small `method` model; `options` that are config settings override SMALL_MODEL."""
     known = _settings_of(method) | {field.name for field in dataclasses.fields(config_lib.ModelConfig)}
@@ -72,7 +82,7 @@ def build(method, amcl_on, strategy=None, clipnorm=1.0, lr=0.5, encoder=None, **
     strategy = strategy or tf.distribute.get_strategy()
     with strategy.scope():
         model = registry.method(method).model.from_model_config((encoder or tiny_encoder)(), cfg, GLOBAL_BATCH,
-                                                              **constructor)
+                                                              temperature_clipping=cfg.temperature_clipping, **constructor)
         model.compile(optimizer=keras.optimizers.SGD(lr, global_clipnorm=clipnorm))
     return model
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import amcl_keras as amcl
+from amcl_keras import config as config_lib, registry
 from tests import reference
 from tests.methods.helpers import GLOBAL_BATCH, METHODS, SMALL_MODEL, build, one_step, views
 from tests.methods.test_encoder_forward import embed
@@ -74,8 +75,8 @@ def test_projector_output_bn_standardises_the_heads_by_default(method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_model_round_trip_through_get_config(method, tmp_path):
-    options = {"moco": {"moco_form": "symmetric"}, "barlow_twins": {"projector_output_bn": False},
-               "simsiam": {"projector_output_bn": False}}.get(method, {})
+    own = registry.method(method).setting_names()  # the non-default forms of the settings the method has
+    options = {key: value for key, value in {"moco_form": "symmetric", "projector_output_bn": False}.items() if key in own}
     model = build(method, True, encoder_forward="concatenated", **options)  # the non-default forms
     config = model.get_config()
     for key in ("encoder", "amcl", "loss", "encoder_forward", *type(model).config_args):
@@ -88,3 +89,42 @@ def test_model_round_trip_through_get_config(method, tmp_path):
     clone.load_weights(path)
     for a, b in zip(model.get_weights(), clone.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("method,learning_rate", [("barlow_twins", 0.11), ("simsiam", 0.05)])
+def test_barlow_twins_and_simsiam_declare_their_validated_learning_rates(method, learning_rate):
+    """What `amcl train --method <method>` trains with when the config leaves train.learning_rate open."""
+    assert registry.method(method).learning_rate == learning_rate
+
+
+def test_pair_statistics_of_barlow_twins_are_channels_and_simsiam_has_no_negatives():
+    """(tests/test_monitoring.py checks the default method's pairs against NumPy.)"""
+    view1, view2 = views()
+    # Barlow Twins: pairs of channels; the positives are the cross-correlation diagonal
+    barlow = build("barlow_twins", True)
+    stats = barlow.pair_statistics(view1, view2)
+    z = np.asarray(barlow.projector(barlow.encoder(np.concatenate([view1, view2]), training=False), training=False))
+    for head in range(2):
+        a, c = z[:8, head].astype(np.float64), z[8:, head].astype(np.float64)
+        standard = lambda x: (x - x.mean(0)) / (x.std(0, ddof=1) + 1e-9)  # noqa: E731
+        correlation = standard(a).T @ standard(c) / 8
+        np.testing.assert_allclose(stats["sim_pos"][head], np.diag(correlation), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(stats["sim_neg"][head], correlation[~np.eye(8, dtype=bool)], rtol=1e-4, atol=1e-5)
+    assert stats["tau_neg"].shape == (2, 56)
+    simsiam = build("simsiam", True).pair_statistics(view1, view2)
+    assert set(simsiam) == {"sim_pos", "sim_neg", "tau_pos"}  # no negatives in SimSiam's loss
+
+
+# --- Barlow Twins' and SimSiam's settings in the config -----------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.projector_output_bn=true"], "model.projector_output_bn is a setting of barlow_twins and simsiam"),
+        (["model.method=simsiam", "model.projector_output_bn=1"], "model.projector_output_bn must be true or false"),
+        (["model.method=barlow_twins", "model.lambda_=-1.0"], "model.lambda_=-1.0 is out of range"),
+        (["model.method=simsiam", "model.predictor_hidden_dim=0"], "model.predictor_hidden_dim=0 is out of range"),
+    ],
+)
+def test_bad_barlow_twins_and_simsiam_settings_name_the_key_and_what_is_allowed(overrides, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.load(None, overrides)

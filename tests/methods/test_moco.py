@@ -4,8 +4,10 @@ import pytest
 import tensorflow as tf
 
 import amcl_keras as amcl
+from amcl_keras import config as config_lib, registry
+from amcl_keras.runs import RunBackup
 from tests import reference
-from tests.methods.helpers import GLOBAL_BATCH, SMALL_MODEL, build, one_step, tiny_encoder, views
+from tests.methods.helpers import DEFAULT_METHOD, GLOBAL_BATCH, SMALL_MODEL, build, one_step, tiny_encoder, views
 
 FORMS = ["asymmetric", "symmetric"]
 
@@ -214,3 +216,81 @@ def test_two_replicas_equal_one_device_queue_included(moco_form, encoder_forward
         "moco", {"moco_form": moco_form, "encoder_forward": encoder_forward}, True, two_replicas)
     assert int(single.queue.pointer.numpy()) == int(mirrored.queue.pointer.numpy()) == keys
     np.testing.assert_allclose(mirrored.queue.keys.numpy(), single.queue.keys.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_moco_declares_its_validated_learning_rate():
+    """What `amcl train --method moco` trains with when the config leaves train.learning_rate open."""
+    assert registry.method("moco").learning_rate == 0.08
+
+
+# --- MoCo's settings in the config and the CLI -------------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.method=moco", "model.queue_size=100"], r"MoCo \(asymmetric\) enqueues 256 keys per step"),
+        (["model.method=moco", "model.moco_form=symmetric", "model.queue_size=300"],
+         r"model.queue_size=300 .*MoCo \(symmetric\) enqueues 512 keys per step \(batch 256 × 2 views\)"),
+        (["model.method=moco", "model.moco_form=both"], r"model.moco_form='both' .*'asymmetric', 'symmetric'"),
+        (["model.moco_form=symmetric"], rf"model.moco_form is a setting of moco, and model.method is {DEFAULT_METHOD!r}"),
+        (["model.method=moco", "model.projector_output_bn=true"], "model.method is 'moco'"),
+        (["model.method=moco", "model.momentum=1.0"], "model.momentum=1.0 is out of range"),
+    ],
+)
+def test_bad_moco_settings_name_the_key_and_what_is_allowed(overrides, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.load(None, overrides)
+
+
+def test_moco_queue_needs_one_batch_asymmetric_and_two_symmetric():
+    config_lib.load(None, ["model.method=moco", "model.queue_size=256"])
+    config_lib.load(None, ["model.method=moco", "model.moco_form=symmetric", "model.queue_size=512"])
+    with pytest.raises(config_lib.ConfigError, match="enqueues 512"):
+        config_lib.load(None, ["model.method=moco", "model.moco_form=symmetric", "model.queue_size=256"])
+
+
+def test_cli_refuses_a_queue_smaller_than_the_keys_of_one_step(tmp_path, capsys, monkeypatch):
+    """The `amcl train` catalogue of bad inputs (tests/test_bad_inputs.py), MoCo's case."""
+    from tests.test_bad_inputs import check_bad_training_input
+
+    check_bad_training_input(["--method", "moco", "--set", "model.queue_size=16"], "use at least that",
+                             tmp_path, capsys, monkeypatch)
+
+
+# --- the queue and the key encoder across a resume and a skipped step ---------------------------------------
+def test_backup_restores_weights_optimizer_state_and_moco_queue(tmp_path):
+    view1, view2 = views()
+    model = build("moco", True, lr=0.1)
+    data = tf.data.Dataset.from_tensors((view1, view2)).repeat(3)
+    backup = RunBackup(tmp_path / "backup", every_steps=2)
+    model.fit(data, epochs=1, verbose=0, callbacks=[backup])
+    assert RunBackup.read_state(tmp_path / "backup") == {"epoch": 1, "step": 0, "weights": "backup-e1-s0.weights.h5"}
+    # the previous backup is kept as a fallback, older ones are removed
+    assert sorted(p.name for p in (tmp_path / "backup").glob("*.h5")) == ["backup-e0-s2.weights.h5",
+                                                                         "backup-e1-s0.weights.h5"]
+    assert RunBackup.backups(tmp_path / "backup")[1] == {"epoch": 0, "step": 2, "weights": "backup-e0-s2.weights.h5"}
+
+    fresh = build("moco", True, lr=0.1)
+    assert RunBackup.restore(fresh, tmp_path / "backup")["epoch"] == 1
+    assert int(fresh.optimizer.iterations) == 3
+    for name in ("keys", "pointer"):
+        np.testing.assert_array_equal(getattr(fresh.queue, name).numpy(), getattr(model.queue, name).numpy())
+    for a, b in zip(model.weights, fresh.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    for a, b in zip(model.optimizer.variables, fresh.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    # the two continue identically: one more step each on the same batch
+    after = [one_step(m, view1, view2)["loss"][0] for m in (model, fresh)]
+    np.testing.assert_allclose(after[0], after[1], rtol=1e-6)
+
+
+def test_a_skipped_step_copies_only_what_a_forward_pass_can_change():
+    """MoCo's queue and momentum-updated key weights change only after an applied step: the guard's snapshot
+    leaves them out (the bit-identical tests of tests/methods/test_nonfinite_step.py show the step still leaves
+    them alone)."""
+    model = build("moco", True)
+    snapshot = {id(v) for v in model.forward_state()}
+    assert not {id(v) for v in model.queue.weights} & snapshot
+    key_kernels = [v for v in model.key_encoder.weights if "kernel" in v.path]
+    assert key_kernels and not {id(v) for v in key_kernels} & snapshot
+    key_statistics = [v for v in model.key_encoder.weights if "moving" in v.path]
+    assert key_statistics and {id(v) for v in key_statistics} <= snapshot  # its forward pass updates these

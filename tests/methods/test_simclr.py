@@ -9,6 +9,7 @@ import amcl_keras as amcl
 from amcl_keras.callbacks import NonFiniteLossError, NonFiniteLossGuard
 from tests import reference
 from tests.methods import helpers
+from tests.methods.test_encoder_forward import embed
 
 GLOBAL_BATCH = helpers.GLOBAL_BATCH
 _views = helpers.views
@@ -104,3 +105,16 @@ def test_registry_lists_known_methods():
     assert amcl.methods.get("simclr") is amcl.SimCLR
     with pytest.raises(ValueError, match="simclr"):
         amcl.methods.get("byol")
+
+
+@pytest.mark.parametrize("encoder_forward", ["per_view", "concatenated"])
+def test_simclr_step_loss_follows_encoder_forward(encoder_forward):
+    view1, view2 = _views(8)
+    model = helpers.build("simclr", True, clipnorm=None, encoder_forward=encoder_forward)
+    weights = model.contrastive_loss.temperature.get_weights()
+    expected = {form: reference.amcl_ntxent(*embed(model, view1, view2, form == "per_view"), weights, 0.01, "topk", 5, t_min=helpers.SMALL_MODEL["temperature_min"])
+                for form in ("per_view", "concatenated")}
+    loss = _one_step(model, view1, view2)["loss"][0]
+    np.testing.assert_allclose(loss, expected[encoder_forward], rtol=1e-5, atol=1e-6)
+    other = expected["concatenated" if encoder_forward == "per_view" else "per_view"]
+    assert abs(loss - other) > 1e-3 * abs(other), (loss, other)

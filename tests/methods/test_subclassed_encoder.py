@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import amcl_keras as amcl
+from amcl_keras import registry
 from tests.methods import helpers
 
 
@@ -35,25 +35,19 @@ def functional_twin(width=4):
 
 
 def _model(method, encoder):
-    common = dict(num_heads=2, projection_dim=8, hidden_dim=16)
-    if method == "simclr":
-        model = amcl.SimCLR(encoder, loss=amcl.losses.AMCLNTXentLoss(8, beta=0.01, top_k=5, temperature_hidden_dim=8),
-                            **common)
-    else:
-        model = amcl.MoCo(encoder, queue_size=32, momentum=0.9,
-                          loss=amcl.losses.AMCLInfoNCELoss(8, beta=0.01, top_k=5, temperature_hidden_dim=8), **common)
-    model.compile(optimizer=keras.optimizers.SGD(0.5, global_clipnorm=1.0))
-    return model
+    """A small `method` model (tests/methods/helpers.py), compiled with SGD(0.5, global_clipnorm=1.0), on `encoder`."""
+    return helpers.build(method, True, encoder=lambda: encoder)
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco"])
+@pytest.mark.parametrize("method", helpers.METHODS)
 def test_subclassed_encoder_trains_as_its_functional_twin(method):
     view1, view2 = helpers.views()
     subclassed = _model(method, SubclassedConvNet())
     subclassed.build((None, 8, 8, 1))  # creates every variable now (MoCo: key encoder, queue)
     twin = _model(method, functional_twin())
     twin.set_weights(subclassed.get_weights())  # same layers in the same order
-    if method == "moco":
+    queued = "queue_size" in registry.method(method).setting_names()  # a method with a momentum encoder and a queue
+    if queued:
         assert subclassed.queue.keys.shape == (2, 32, 8) and int(subclassed.queue.pointer.numpy()) == 0
         for key, query in zip(subclassed.key_encoder.get_weights(), subclassed.encoder.get_weights()):
             np.testing.assert_array_equal(key, query)
@@ -63,20 +57,20 @@ def test_subclassed_encoder_trains_as_its_functional_twin(method):
     np.testing.assert_allclose(logs["loss"][0], expected["loss"][0], rtol=1e-5)
     for a, b in zip(subclassed.get_weights(), twin.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-    if method == "moco":
+    if queued:
         assert int(subclassed.queue.pointer.numpy()) == helpers.GLOBAL_BATCH
 
 
 def test_subclassed_encoder_builds_on_the_first_batch_without_an_explicit_build():
-    model = _model("simclr", SubclassedConvNet())
+    model = _model(helpers.DEFAULT_METHOD, SubclassedConvNet())
     assert not model.projector.built
     logs = helpers.one_step(model, *helpers.views())
     assert np.isfinite(logs["loss"][0]) and model.projector.built
 
 
 def test_encoder_with_a_feature_map_output_is_refused_clearly():
-    model = _model("simclr", SubclassedConvNet(pool=False))
+    model = _model(helpers.DEFAULT_METHOD, SubclassedConvNet(pool=False))
     with pytest.raises(ValueError, match=r"must output \[batch, features\], got output shape \(2, 8, 8, 4\)"):
         model.build((None, 8, 8, 1))
     with pytest.raises(ValueError, match=r"must output \[batch, features\]"):
-        amcl.SimCLR(keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3)]), projection_dim=8)
+        _model(helpers.DEFAULT_METHOD, keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3)]))

@@ -28,8 +28,8 @@ def _clip(gradients, norm):
 
 
 def _model(method, clipping, strategy=None):
-    model = build(method, True, strategy=strategy, clipnorm=CLIPNORM, lr=LEARNING_RATE)
-    model.temperature_clipping = clipping  # read when the train step is traced
+    model = build(method, True, strategy=strategy, clipnorm=CLIPNORM, lr=LEARNING_RATE, temperature_clipping=clipping)
+    assert model.temperature_clipping == clipping
     return model
 
 
