@@ -74,7 +74,19 @@ def test_augmentation_inside_the_step_under_two_replicas(two_replicas):
     assert [layer.name for layer in clone.augmenter.layers] == ["a_random_resized_crop", "e_flip"]
 
 
-@pytest.mark.parametrize("method", ["simclr", "barlow_twins"])
+def _one_with_and_one_without_negatives():
+    """The first registered method whose AMCL loss has negatives (SimCLR's kind) and the first whose has none
+    (Barlow Twins' kind): the two shapes of loss the clipping path sees."""
+    from amcl_keras import registry
+    from amcl_keras.losses.adaptive import AMCLContrastiveLoss
+
+    kinds = {}
+    for name in METHODS:
+        kinds.setdefault(issubclass(registry.method(name).model.amcl_loss, AMCLContrastiveLoss), name)
+    return sorted(kinds.values())
+
+
+@pytest.mark.parametrize("method", _one_with_and_one_without_negatives())
 def test_clipping_under_loss_scaling_on_two_replicas_equals_one_device(method, two_replicas):
     """With a LossScaleOptimizer the gradients are scaled: the global gradient is unscaled, clipped
     and scaled again, so 2 replicas take the same clipped step as one device (float32 compute, so
