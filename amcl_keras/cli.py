@@ -331,11 +331,23 @@ def _is_environment_error(error):
     return type(error).__module__ == "builtins" and isinstance(error, OSError) and bool(error.strerror)
 
 
+def _parse(argv):
+    """The arguments; image files may also follow options (`amcl embed RUN --out e.npy a.png b.png`: argparse
+    alone stops collecting IMAGES at the first option)."""
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "images", None), list) and not any(e.startswith("-") for e in extra):
+        args.images = args.images + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv=None):
     """Run one command; the exit code says how it ended (module docstring). Expected failures (an
     `AMCLError`, or an OS error such as a full disk) print one line; anything else is a bug in the
     library: its traceback is printed with a line asking for a report, exit code 1."""
-    args = _parser().parse_args(argv)
+    args = _parse(argv)
     if args.command == "configs":  # listing the shipped configs needs no TensorFlow
         return _configs(args)
     amcl_keras.load()

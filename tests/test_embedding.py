@@ -105,6 +105,10 @@ def test_amcl_embed_writes_embeddings_and_an_index_of_a_folder(run_dir, image_fo
     assert sorted(order) == list(range(20))
     assert [row["label"] for row in rows] == ["low" if labels[i] < 5 else "high" for i in order]
     np.testing.assert_allclose(vectors, _keras_reference(run_dir, images[order]), atol=1e-5)
+    # the options may also come before the images: the same embeddings
+    again = tmp_path / "again.npy"
+    assert cli.main(["embed", str(run_dir), "--out", str(again), "--batch-size", "7", str(root)]) == 0
+    np.testing.assert_array_equal(np.load(again), vectors)
 
 
 def pathlib_name(source):
