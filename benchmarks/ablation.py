@@ -154,24 +154,36 @@ def test_arms(method, choice):
 
 
 AMCL_ONLY = ("objective", "temperature_center", "temperature_stop_gradient", "beta", "temperature_hidden_dim",
-             "temperature_min", "temperature_max", "negatives", "top_k")
+             "temperature_min", "temperature_max", "negatives", "top_k", "temperature_clipping")
+# Settings added after runs were recorded, with the value every earlier run had: a run whose config lacks one of
+# these was trained with that value (not with today's default, which may differ per method).
+ADDED_SINCE = {("model", "temperature_clipping"): "joint"}
 
 
-def _same_settings(written, config):
-    """Whether the finished run whose config is at `written` was trained with `config`: every setting it wrote down
-    equals `config`'s (a setting added since, absent from it, had the value it now has by default), ignoring the
-    AMCL-only settings of a plain run (a default that changed there does not change a plain run)."""
-    import yaml
-
-    stored = yaml.safe_load(written.read_text(encoding="utf-8"))
-    intended = json.loads(json.dumps(config.to_dict()))  # tuples as the lists the YAML holds
+def _equivalent(stored, config):
+    """Whether a run recorded with the config dict `stored` was trained with `config`: every setting it holds equals
+    `config`'s (a setting added since, absent from it, had its `ADDED_SINCE` value, else the value it now has by
+    default), ignoring the AMCL-only settings of a plain run (a default that changed there does not change it)."""
+    intended = json.loads(json.dumps(config.to_dict()))  # tuples as the lists a YAML or JSON holds
+    plain = not intended["model"]["amcl"]
     for section, values in stored.items():
         for key, value in (values or {}).items():
-            if section == "model" and key in AMCL_ONLY and not intended["model"]["amcl"]:
+            if section == "model" and key in AMCL_ONLY and plain:
                 continue
             if intended.get(section, {}).get(key, value) != value:
                 return False
+    for (section, key), earlier in ADDED_SINCE.items():
+        skip = section == "model" and key in AMCL_ONLY and plain
+        if not skip and key not in (stored.get(section) or {}) and intended[section][key] != earlier:
+            return False
     return True
+
+
+def _same_settings(written, config):
+    """Whether the finished run whose config is at `written` (its config.yaml) was trained with `config`."""
+    import yaml
+
+    return _equivalent(yaml.safe_load(written.read_text(encoding="utf-8")), config)
 
 
 def _recorded(previous, method, name, seed, arm, config):
@@ -181,12 +193,12 @@ def _recorded(previous, method, name, seed, arm, config):
     for record in previous:
         if (record["method"], record["arm"], record["seed"]) != (method, name, seed) or record["settings"] != arm:
             continue
-        if "config" not in record or record["config"] == json.loads(json.dumps(config.to_dict())):
+        if "config" not in record or _equivalent(record["config"], config):
             return record
     return None
 
 
-def run_one(args, dataset, split, method, name, arm, seed, directory, previous=()):
+def run_one(args, dataset, split, method, name, arm, seed, directory, previous=(), read_only=False):
     """Train (or read back) one run; returns its record."""
     from amcl_keras import config as config_lib, train
 
@@ -202,7 +214,7 @@ def run_one(args, dataset, split, method, name, arm, seed, directory, previous=(
         return recorded
     if same:
         results = json.loads(results_path.read_text())
-    elif args.only_finished:
+    elif args.only_finished or read_only:
         return None
     else:
         results = train.run(config, run_dir, overwrite=True, verbose=0)
@@ -340,6 +352,9 @@ def main():
     parser.add_argument("--no-extras", action="store_true",
                         help="test phase: only the grid's own arms (baseline, multihead, adaptive, amcl), not every "
                              "other AMCL knob setting")
+    parser.add_argument("--only-arms", nargs="+", metavar="ARM",
+                        help="test phase: train only these arms (e.g. amcl, amcl-weighted-sg-clip); the others are "
+                             "read back where they exist")
     parser.add_argument("--only-finished", action="store_true",
                         help="train nothing: summarise the runs that have finished (e.g. while others still run)")
     args = parser.parse_args()
@@ -397,9 +412,13 @@ def main():
             essential = [item for item in plan if not item[1].startswith("amcl-")]
             extras = [item for item in plan if item[1].startswith("amcl-")]
             plan = essential + ([] if args.no_extras else extras)  # every seed's essential arms first
+            if args.only_arms:  # the others only read back (their records are kept in the tables)
+                plan = [item for item in plan if item[1] in args.only_arms] + \
+                       [item for item in essential + extras if item[1] not in args.only_arms]
             for method, arm_name, arm, seed in plan:
+                reading = args.only_finished or bool(args.only_arms and arm_name not in args.only_arms)
                 test += finished([run_one(args, dataset, split, method, arm_name, arm, seed, directory / "test",
-                                          previous)])
+                                          previous, read_only=reading)])
                 entry["test"] = test
                 results_path.write_text(json.dumps(summary, indent=2))
             entry["test_summary"] = summary_rows(test)
