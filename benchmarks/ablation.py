@@ -106,6 +106,9 @@ def arm_overrides(method, arm):
 
 def config_overrides(args, dataset, split, method, arm, seed):
     amcl, heads, extra = arm_overrides(method, arm)
+    if not any(item.startswith("model.temperature_clipping=") for item in extra):
+        # the arms defined before this setting existed trained with "joint": pinned, whatever a method's default is now
+        extra.append("model.temperature_clipping=joint")
     return [
         f"data.dataset={dataset}", f"data.eval_test_split={split}", "data.augmentation=abcde",
         f"data.batch_size={args.batch}", f"model.method={method}", f"model.amcl={str(amcl).lower()}",

@@ -47,16 +47,17 @@ def knn_pair(method, seed, tmp_path):
 
 
 def documented_defaults():
-    """display name → (baseline τ or None, objective, φ stop-gradient yes/no, caveat yes/no) from docs/METHOD.md
-    §10's table (the objective cell: "weighted" or "weighted, φ stop-gradient")."""
+    """display name → (baseline τ or None, objective, φ stop-gradient yes/no, caveat yes/no, temperature clipping)
+    from docs/METHOD.md §10's table (the objective cell: e.g. "weighted" or "weighted, φ stop-gradient, φ clipped
+    separately")."""
     section = METHOD_MD.read_text(encoding="utf-8").split("## 10.")[1]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         objective = cells[2].split(",")[0] if len(cells) == 5 else None
-        if objective in ("normalized", "rectified", "authors", "weighted"):
+        if objective in ("normalized", "rectified", "authors", "weighted", "head_weighted"):
             rows[cells[0]] = (None if cells[1] == "–" else float(cells[1]), objective, "stop-gradient" in cells[2],
-                              cells[4] == "yes")
+                              cells[4] == "yes", "separate" if "clipped separately" in cells[2] else "joint")
     return rows
 
 
@@ -66,10 +67,11 @@ def test_documented_defaults_are_the_settings_defaults(method):
     spec = registry.METHODS[method]
     rows = documented_defaults()
     assert spec.display_name in rows, f"docs/METHOD.md §10 has no row for {spec.display_name}"
-    tau, objective, stop_gradient, caveat = rows[spec.display_name]
+    tau, objective, stop_gradient, caveat, clipping = rows[spec.display_name]
     settings = spec.settings()
     assert settings.objective == objective
     assert settings.temperature_stop_gradient == stop_gradient
+    assert settings.temperature_clipping == clipping
     assert getattr(settings, "temperature", None) == tau
     assert bool(spec.settings.amcl_caveat) == caveat
 

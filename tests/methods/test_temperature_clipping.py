@@ -78,3 +78,18 @@ def test_the_config_setting_reaches_the_model_and_round_trips():
     assert type(model).from_config(model.get_config()).temperature_clipping == "separate"
     with pytest.raises(ValueError, match="`temperature_clipping` must be one of"):
         type(model).from_config({**model.get_config(), "temperature_clipping": "both"})
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_python_constructor_defaults_to_the_methods_validated_setting(method):
+    """`BarlowTwins(encoder, ...)` built from Python clips as `amcl train` does: the constructor's default is the
+    settings dataclass's value (Barlow Twins: "separate", docs/METHOD.md §10; the others: "joint")."""
+    import inspect
+
+    from amcl_keras import registry
+    from amcl_keras.methods.base import ContrastiveTrainer
+
+    spec = registry.method(method)
+    own = inspect.signature(spec.model.__init__).parameters.get("temperature_clipping")
+    default = (own or inspect.signature(ContrastiveTrainer.__init__).parameters["temperature_clipping"]).default
+    assert default == spec.settings.temperature_clipping == config_lib.load(None, [f"model.method={method}"]).model.temperature_clipping
