@@ -90,3 +90,14 @@ def build(method, amcl_on, strategy=None, clipnorm=1.0, lr=0.5, encoder=None, **
 def one_step(model, view1, view2):
     history = model.fit(tf.data.Dataset.from_tensors((view1, view2)), epochs=1, verbose=0, shuffle=False)
     return history.history
+
+
+def one_with_and_one_without_negatives():
+    """The first registered method whose AMCL loss has negatives (SimCLR's kind) and the first whose has none
+    (Barlow Twins' kind): the two shapes of loss a code path can see, for tests too slow to run for every method."""
+    from amcl_keras.losses.adaptive import AMCLContrastiveLoss
+
+    kinds = {}
+    for name in METHODS:
+        kinds.setdefault(issubclass(registry.method(name).model.amcl_loss, AMCLContrastiveLoss), name)
+    return sorted(kinds.values())
