@@ -11,11 +11,12 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+
+from benchmarks import harness
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -40,11 +41,9 @@ def main():
     parser.add_argument("--steps", type=int, default=19, help="steps per epoch (the demo has 19)")
     parser.add_argument("--out", help="write the JSON here too")
     args = parser.parse_args()
-    rates = {False: [], True: []}
     with tempfile.TemporaryDirectory() as out:
-        for repeat in range(args.repeats):
-            for deterministic in ((False, True) if repeat % 2 == 0 else (True, False)):
-                rates[deterministic].append(one_run(deterministic, args.epochs, args.steps, out))
+        rates = harness.interleaved(lambda deterministic: [one_run(deterministic, args.epochs, args.steps, out)],
+                                    (False, True), args.repeats, alternate=True, warmup_rounds=0)
     default, deterministic = statistics.median(rates[False]), statistics.median(rates[True])
     result = {
         "benchmark": "determinism_cost", "config": "demo (configs/demo.yaml)", "epochs_timed": args.epochs - 1,
@@ -52,14 +51,13 @@ def main():
         "steps_per_s": {"default": [round(r, 3) for r in rates[False]], "deterministic": [round(r, 3) for r in rates[True]]},
         "median_steps_per_s": {"default": round(default, 3), "deterministic": round(deterministic, 3)},
         "deterministic_over_default": round(deterministic / default, 3),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default")},
+        "machine": harness.machine(),
     }
     print(json.dumps(result))
     print(f"\n{'setting':<15} {'steps/s (median)':>17}\n{'default':<15} {default:17.3f}\n"
           f"{'deterministic':<15} {deterministic:17.3f}\nratio deterministic/default: {deterministic / default:.3f}")
     if args.out:
-        pathlib.Path(args.out).write_text(json.dumps(result, indent=2))
+        harness.write_json(result, args.out)
 
 
 if __name__ == "__main__":

@@ -12,22 +12,18 @@ round. Prints JSON (with each artefact's size and measured difference to Keras) 
 """
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import tempfile
-import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import amcl_keras as amcl  # noqa: E402
-from amcl_keras import export  # noqa: E402
-from amcl_keras.data import to_float_images  # noqa: E402
+import amcl_keras as amcl
+from amcl_keras import export
+from amcl_keras.data import to_float_images
+from benchmarks import harness
 
 
 def main():
@@ -38,7 +34,7 @@ def main():
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per path and batch")
-    parser.add_argument("--json", help="also write the JSON here")
+    harness.add_json_option(parser)
     args = parser.parse_args()
 
     if args.run_dir:
@@ -59,7 +55,7 @@ def main():
         "benchmark": "export_latency",
         "encoder": encoder.name,
         "input": [int(height), int(height), int(channels)],
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": harness.machine(),
         "versions": metadata["versions"],
         "artefacts": {
             name: {"file": info["path"], "size_bytes": info["size_bytes"], "weights": info["weights"],
@@ -71,16 +67,9 @@ def main():
     }
     for batch in args.batches:
         images = _images(batch, height, channels)
-        for run in paths.values():  # warm-up (tracing, first-call allocations)
-            run(images)
-            run(images)
-        times = {name: [] for name in paths}
-        for _ in range(args.repeats):
-            for name, run in paths.items():
-                start = time.perf_counter()
-                run(images)
-                times[name].append(time.perf_counter() - start)
-        for name, values in times.items():
+        call = lambda name: harness.timings(lambda: paths[name](images), repeats=1, warmup=0)  # noqa: E731
+        # two warm-up rounds (tracing, first-call allocations), then one timed call per path and round
+        for name, values in harness.interleaved(call, paths, args.repeats, warmup_rounds=2).items():
             median = statistics.median(values)
             result["paths"].setdefault(name, {})[f"batch_{batch}"] = {
                 "median_ms": round(1000 * median, 3),
@@ -92,23 +81,15 @@ def main():
             name: round(result["paths"][name][key]["median_ms"] / result["paths"]["keras"][key]["median_ms"], 3)
             for name in paths if name != "keras"
         }
-    print(json.dumps(result, indent=2))
-    print()
-    header = " | ".join(f"batch {b}: ms (img/s)" for b in args.batches)
-    print(f"| path | {header} | size on disk | max rel. error vs Keras |")
-    print("|---|" + "---|" * (len(args.batches) + 2))
+    rows = []
     for name in paths:
-        cells = " | ".join(
-            f"{result['paths'][name][f'batch_{b}']['median_ms']:.2f} ({result['paths'][name][f'batch_{b}']['images_per_s']:.0f})"
-            for b in args.batches
-        )
-        artefact = result["artefacts"].get(name)
-        size = f"{artefact['size_bytes'] / 1e6:.3f} MB" if artefact else "-"
-        error = f"{artefact['relative_error']:.1e}" if artefact else "-"
-        print(f"| {name} | {cells} | {size} | {error} |")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+        timing, artefact = result["paths"][name], result["artefacts"].get(name)
+        rows.append([name, *(f"{timing[f'batch_{b}']['median_ms']:.2f} ({timing[f'batch_{b}']['images_per_s']:.0f})"
+                             for b in args.batches),
+                     f"{artefact['size_bytes'] / 1e6:.3f} MB" if artefact else "-",
+                     f"{artefact['relative_error']:.1e}" if artefact else "-"])
+    harness.report(result, None, ["path", *(f"batch {b}: ms (img/s)" for b in args.batches), "size on disk",
+                                  "max rel. error vs Keras"], rows, args.json)
 
 
 def _images(batch, size, channels):

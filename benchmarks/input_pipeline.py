@@ -13,30 +13,15 @@ Goal: the pipeline delivers at least 3× what the step consumes. Prints JSON and
 """
 
 import argparse
-import json
 import os
-import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import amcl_keras as amcl  # noqa: E402
-from amcl_keras import augment, data  # noqa: E402
-
-
-def _median_seconds(fn, repeats=10):
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from amcl_keras import augment, data
+from benchmarks import harness
 
 
 def _in_tf_data(layer, batch):
@@ -61,9 +46,9 @@ def family_comparison(batch):
     }
     rows = {}
     for letter in "abcde":
-        row = {"keras_core_ms": round(1000 * _median_seconds(_in_tf_data(core[letter], batch)), 2)}
+        row = {"keras_core_ms": round(1000 * harness.median_seconds(_in_tf_data(core[letter], batch)), 2)}
         try:
-            row["keras_cv_ms"] = round(1000 * _median_seconds(_in_tf_data(kcv[letter], batch)), 2)
+            row["keras_cv_ms"] = round(1000 * harness.median_seconds(_in_tf_data(kcv[letter], batch)), 2)
         except Exception as error:  # keras-cv 0.9 layers fail in some graph contexts
             row["keras_cv_ms"] = None
             row["keras_cv_error"] = f"{type(error).__name__}: {str(error)[:120]}"
@@ -71,8 +56,9 @@ def family_comparison(batch):
     return rows
 
 
-def pipeline_rate(images, preset, batch_size, steps=20):
-    augmenter = augment.view_augmenter(images.shape[1], images.shape[-1], preset, (0.2, 1.0))
+def pipeline_rate(images, batch_size, steps=20):
+    """Pairs/s the tf.data pipeline delivers with the library's default augmentation preset."""
+    augmenter = augment.view_augmenter(images.shape[1], images.shape[-1], crop_scale=(0.2, 1.0))
     source = tf.data.Dataset.from_tensor_slices((images, np.zeros(len(images), np.int64)))
     views = data.pretraining_views(source, batch_size, augmenter, shuffle_buffer=len(images)).repeat()
     iterator = iter(views)
@@ -87,17 +73,14 @@ def pipeline_rate(images, preset, batch_size, steps=20):
 def in_step_cost(augmenter, images, batch_size):
     batch = data.to_float_images(images[:batch_size])
     fn = tf.function(lambda x: (augmenter(x, training=True), augmenter(x, training=True)))
-    return _median_seconds(lambda: fn(batch))
+    return harness.median_seconds(lambda: fn(batch))
 
 
 def step_rate(encoder_name, shape, batch_size, steps=3):
+    """Pairs/s the library's default method (AMCL, 3 heads) trains at on `encoder_name`, XLA on."""
     keras.utils.set_random_seed(0)
-    encoder = amcl.encoders.get(encoder_name, shape)
-    model = amcl.SimCLR(encoder, num_heads=3, projection_dim=128, hidden_dim=512)
-    model.compile(optimizer=keras.optimizers.SGD(0.06, momentum=0.9, global_clipnorm=1.0), jit_compile=True)
-    rng = np.random.default_rng(0)
-    pair = tuple(rng.uniform(size=(batch_size,) + tuple(shape)).astype("float32") for _ in range(2))
-    dataset = tf.data.Dataset.from_tensors(pair).repeat()
+    model = harness.build_model(harness.DEFAULT_METHOD, True, batch_size, encoder_name, shape, jit=True)[0]
+    dataset = harness.synthetic_views(batch_size, shape)
     model.fit(dataset, epochs=1, steps_per_epoch=2, verbose=0)
     start = time.perf_counter()
     model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
@@ -108,20 +91,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--resnet18", action="store_true", help="also time the ResNet-18 step (~1 min on 2 cores)")
-    parser.add_argument("--json", help="also write the JSON here")
+    harness.add_json_option(parser)
     args = parser.parse_args()
 
     photos = data.load_rgb_samples()
     rgb = np.resize(tf.image.resize(photos, (32, 32)).numpy().round().astype(np.uint8), (5000, 32, 32, 3))
     gray = data.load_shipped("train")[0]
-    result = {"benchmark": "input_pipeline", "batch": args.batch, "cpus": os.cpu_count()}
+    result = {"benchmark": "input_pipeline", "batch": args.batch, "cpus": os.cpu_count(),
+              "machine": harness.machine(), "versions": harness.versions()}
     result["families_32x32x3_ms_per_batch"] = family_comparison(data.to_float_images(rgb[: args.batch]))
     settings = {"demo (28x28x1, small_convnet)": (gray, "small_convnet", (28, 28, 1))}
     if args.resnet18:
         settings["cifar-like (32x32x3, resnet18_cifar)"] = (rgb, "resnet18_cifar", (32, 32, 3))
     result["settings"] = {}
     for name, (images, encoder, shape) in settings.items():
-        delivered, augmenter = pipeline_rate(images, "simclr", args.batch)
+        delivered, augmenter = pipeline_rate(images, args.batch)
         consumed = step_rate(encoder, shape, args.batch)
         in_step = in_step_cost(augmenter, images, args.batch)
         result["settings"][name] = {
@@ -131,17 +115,14 @@ def main():
             "in_step_augmentation_ms_per_batch": round(1000 * in_step, 1),
             "in_step_share_of_step": round(in_step / (args.batch / consumed), 3),
         }
-    print(json.dumps(result, indent=2))
-    print("\n| family | Keras core (ms/batch) | keras-cv 0.9 (ms/batch) |\n|---|---|---|")
-    for letter, row in result["families_32x32x3_ms_per_batch"].items():
-        print(f"| {letter} | {row['keras_core_ms']} | {row['keras_cv_ms'] if row['keras_cv_ms'] is not None else 'fails'} |")
-    print("\n| setting | tf.data images/s | step consumes images/s | headroom | in-step aug ms/batch |\n|---|---|---|---|---|")
-    for name, row in result["settings"].items():
-        print(f"| {name} | {row['tf_data_images_per_s']} | {row['step_consumes_images_per_s']} | {row['headroom']} "
-              f"| {row['in_step_augmentation_ms_per_batch']} |")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
+    harness.report(result, None, ["family", "Keras core (ms/batch)", "keras-cv 0.9 (ms/batch)"],
+                   [[letter, row["keras_core_ms"], row["keras_cv_ms"] if row["keras_cv_ms"] is not None else "fails"]
+                    for letter, row in result["families_32x32x3_ms_per_batch"].items()], args.json)
+    print()
+    print(harness.markdown_table(
+        ["setting", "tf.data images/s", "step consumes images/s", "headroom", "in-step aug ms/batch"],
+        [[name, row["tf_data_images_per_s"], row["step_consumes_images_per_s"], row["headroom"],
+          row["in_step_augmentation_ms_per_batch"]] for name, row in result["settings"].items()]))
 
 
 if __name__ == "__main__":

@@ -50,8 +50,14 @@ import sys
 import tempfile
 import time
 
+from amcl_keras import registry
+from benchmarks import harness
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-METHODS = ("simclr", "moco", "barlow_twins", "simsiam")
+# Issue 16's targets name two methods: SimCLR, the method benchmarks/pytorch_reference.py ports (its keys
+# simclr_baseline, simclr_amcl, ... compare with the PyTorch runs), and Barlow Twins, whose AMCL loss has a time target.
+REFERENCE_METHOD = "simclr"
+LOSS_TARGET_METHOD = "barlow_twins"
 CONTROLLED = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
               "OPENBLAS_CORETYPE")
 ISAS = {
@@ -69,7 +75,7 @@ TF_PROBE = """
 import json, os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf
-from benchmarks.train_step import openblas_core
+from benchmarks.harness import openblas_core
 x = tf.random.normal([2, 8, 8, 16]); k = tf.random.normal([3, 3, 16, 16])
 with tf.GradientTape() as tape:
     tape.watch(k)
@@ -111,9 +117,7 @@ def setting(name):
 
 
 def cpu_info():
-    text = pathlib.Path("/proc/cpuinfo").read_text() if pathlib.Path("/proc/cpuinfo").exists() else ""
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), None)
+    model, flags = harness.cpu_model_and_flags()
     return {"model": model, "machine": platform.machine(), "cores": os.cpu_count(),
             "flags": {flag: flag in flags for flag in CPU_FLAGS}}
 
@@ -157,14 +161,12 @@ def run(command, env, label):
     """Run a command; its JSON (last stdout line) plus wall seconds, or {"error": ...} (the run goes on)."""
     started = time.perf_counter()
     try:
-        completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=3600)
-        seconds = time.perf_counter() - started
-        if completed.returncode:
-            result = {"error": completed.stderr[-3000:] or completed.stdout[-3000:]}
-        else:
-            result = json.loads(completed.stdout.strip().splitlines()[-1])
+        result = harness.run_json(command, env=env, timeout=3600, cwd=ROOT)
+    except RuntimeError as error:
+        result = {"error": str(error)[-3000:]}
     except (subprocess.TimeoutExpired, ValueError, IndexError) as error:
-        seconds, result = time.perf_counter() - started, {"error": repr(error)[-3000:]}
+        result = {"error": repr(error)[-3000:]}
+    seconds = time.perf_counter() - started
     result["wall_s"] = round(seconds, 1)
     status = "FAILED" if "error" in result else "ok"
     print(f"  {label}: {seconds:.0f} s {status}", file=sys.stderr, flush=True)
@@ -183,13 +185,14 @@ def plan(args):
         resnet = ["--encoder", "resnet18_cifar", "--batch", "256", *steps]
         torch_size = ["--batch", "256", *steps]
         peak, losses = ["--peak"], ["--repeats", "10" if args.quick else "20"]
+    reference = ["train_step", "--method", REFERENCE_METHOD]
     items = [("peak", "matmul peak", "tf", ["train_step", *peak]),
-             ("simclr_baseline", "SimCLR baseline, 1 head", "tf", ["train_step", "--method", "simclr", "--no-amcl", *resnet]),
-             ("simclr_amcl", "AMCL-SimCLR, 3 heads", "tf", ["train_step", "--method", "simclr", *resnet]),
-             ("simclr_amcl_xla", "AMCL-SimCLR, 3 heads, XLA", "tf", ["train_step", "--method", "simclr", "--jit", *resnet]),
+             ("simclr_baseline", "SimCLR baseline, 1 head", "tf", [*reference, "--no-amcl", *resnet]),
+             ("simclr_amcl", "AMCL-SimCLR, 3 heads", "tf", [*reference, *resnet]),
+             ("simclr_amcl_xla", "AMCL-SimCLR, 3 heads, XLA", "tf", [*reference, "--jit", *resnet]),
              ("simclr_amcl_authors_objective", "AMCL-SimCLR, 3 heads, objective=authors (the PyTorch mode's loss)", "tf",
-              ["train_step", "--method", "simclr", "--objective", "authors", *resnet])]
-    for method in METHODS[1:]:
+              [*reference, "--objective", "authors", *resnet])]
+    for method in (name for name in registry.names() if name != REFERENCE_METHOD):
         items += [(f"{method}_baseline", f"{method} baseline, 1 head", "tf",
                    ["train_step", "--method", method, "--no-amcl", *resnet]),
                   (f"{method}_amcl", f"AMCL-{method}, 3 heads", "tf", ["train_step", "--method", method, *resnet])]
@@ -207,6 +210,7 @@ def plan(args):
 def collect(args, out):
     results = {"benchmark": "isa_compare", "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
                "command": "python -m benchmarks.isa_compare " + " ".join(sys.argv[1:]), "cpu": cpu_info(),
+               "machine": harness.machine(),
                "isas": {name: setting(name) for name in args.isas},
                "inherited_env": {key: os.environ[key] for key in (*CONTROLLED, "XLA_FLAGS", "OPENBLAS_L2_SIZE",
                                                                    "TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")
@@ -269,16 +273,16 @@ def targets(results, isas):
             mfu = flops / peak
             put("mfu", isa, round(mfu, 3), mfu >= TARGETS["mfu"], f"{flops:.1f} / {peak:.1f} GFLOP/s = {100 * mfu:.0f}%")
         ratios = {}
-        for method in METHODS:
+        for method in registry.names():
             base, amcl = (_get(results, f"{method}_{variant}", isa, "median_step_s") for variant in ("baseline", "amcl"))
             if base and amcl:
                 ratios[method] = round(amcl / base, 3)
         if ratios:
             worst = max(ratios.values())
-            put("overhead", isa, ratios, len(ratios) == len(METHODS) and worst <= TARGETS["overhead"],
+            put("overhead", isa, ratios, len(ratios) == len(registry.names()) and worst <= TARGETS["overhead"],
                 ", ".join(f"{method} {ratio:.2f}" for method, ratio in ratios.items())
-                + ("" if len(ratios) == len(METHODS) else " (some methods missing)"))
-        loss = _get(results, "loss_time", isa, "losses", "barlow_twins", "amcl_3_heads")
+                + ("" if len(ratios) == len(registry.names()) else " (some methods missing)"))
+        loss = _get(results, "loss_time", isa, "losses", LOSS_TARGET_METHOD, "amcl_3_heads")
         if loss is not None:
             met = loss <= TARGETS["barlow_loss_ms"] if isa == "avx2" else None  # the target is stated for AVX2
             put("barlow_loss_ms", isa, loss, met, f"{loss:.1f} ms" + ("" if isa == "avx2" else " (target is for AVX2)"))
@@ -355,7 +359,7 @@ def markdown(results, isas):
     if "loss_time" in measured:
         lines += ["", "**The losses alone** (forward + backward, ms; baseline 1 head / AMCL 1 head / AMCL 3 heads):", "",
                   "| loss | " + " | ".join(isas) + " |", rule]
-        for method in METHODS:
+        for method in registry.names():
             cells = []
             for isa in isas:
                 row = _get(results, "loss_time", isa, "losses", method)

@@ -12,16 +12,13 @@ Prints JSON and a Markdown table; the README's quantization table comes from her
 
 import argparse
 import json
-import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from amcl_keras import cli, evaluation, export  # noqa: E402
+from amcl_keras import cli, evaluation, export
+from benchmarks import harness
 
 
 def _cli(*arguments):
@@ -36,7 +33,7 @@ def main():
     where.add_argument("--run-dir", help="an existing run directory (written by amcl train)")
     where.add_argument("--train", metavar="RUN_DIR", help="train the demo into RUN_DIR first")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per path and batch")
-    parser.add_argument("--json", help="also write the JSON here")
+    harness.add_json_option(parser)
     args = parser.parse_args()
     started = time.perf_counter()
     run_dir = pathlib.Path(args.run_dir or args.train)
@@ -53,9 +50,8 @@ def main():
 
     with tempfile.TemporaryDirectory() as scratch:
         latency_json = pathlib.Path(scratch) / "latency.json"
-        subprocess.run([sys.executable, "-m", "benchmarks.export_latency", "--run-dir", str(run_dir), "--repeats",
-                        str(args.repeats), "--json", str(latency_json)], check=True, stdout=subprocess.DEVNULL)
-        latency = json.loads(latency_json.read_text())
+        latency = harness.run_json([sys.executable, "-m", "benchmarks.export_latency", "--run-dir", run_dir, "--repeats",
+                                    args.repeats, "--json", latency_json], json_path=latency_json)
 
     rows = {}
     for name in ["keras", *formats]:
@@ -78,16 +74,12 @@ def main():
         "versions": latency.get("versions"),
         "seconds": round(time.perf_counter() - started),
     }
-    text = json.dumps(result, indent=2)
-    if args.json:
-        pathlib.Path(args.json).write_text(text)
-    print(text)
-    print("\n| format | linear probe | kNN | size (MB) | rel. error vs Keras | batch 1 (ms) | batch 64 (ms) |")
-    print("|---|---|---|---|---|---|---|")
     fmt = lambda value, spec: "–" if value is None else format(value, spec)  # noqa: E731
-    for name, row in rows.items():
-        print(f"| {name} | {row['linear_probe'] * 100:.1f}% | {row['knn'] * 100:.1f}% | {fmt(row['size_mb'], '.2f')} | "
-              f"{fmt(row['relative_error'], '.1e')} | {fmt(row['batch_1_ms'], '.2f')} | {fmt(row['batch_64_ms'], '.2f')} |")
+    harness.report(result, None, ["format", "linear probe", "kNN", "size (MB)", "rel. error vs Keras", "batch 1 (ms)",
+                                  "batch 64 (ms)"],
+                   [[name, f"{row['linear_probe'] * 100:.1f}%", f"{row['knn'] * 100:.1f}%", fmt(row["size_mb"], ".2f"),
+                     fmt(row["relative_error"], ".1e"), fmt(row["batch_1_ms"], ".2f"), fmt(row["batch_64_ms"], ".2f")]
+                    for name, row in rows.items()], args.json)
 
 
 if __name__ == "__main__":

@@ -23,44 +23,22 @@ growing more than 5% between step 100 and the last step, or more than one trace 
 
 import argparse
 import gc
-import json
 import os
 import pathlib
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+
+import amcl_keras as amcl
+from amcl_keras import runs, train
+from benchmarks import harness
 
 GROWTH_LIMIT_PERCENT = 5.0
 MIB = 1024 * 1024
-
-
-def cpu_info():
-    """The CPU's model name and whether it has AVX-512 (from /proc/cpuinfo, else lscpu)."""
-    name, flags = None, ""
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip()
-            if key == "model name" and name is None:
-                name = value.strip()
-            elif key == "flags" and not flags:
-                flags = value
-    except OSError:
-        pass
-    if name is None:
-        try:
-            text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-            name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Model name")),
-                        None)
-        except OSError:
-            pass
-    return {"model_name": name or platform.processor(), "avx512f": "avx512f" in flags.split(), "cpus": os.cpu_count()}
 
 
 def rss_mib():
@@ -83,19 +61,16 @@ def tracing_counts(function):
     return counts
 
 
-def make_recorder(keras, total_steps, record_every, state):
+def make_recorder(total_steps, record_every, state):
     """A callback recording RSS (MiB) by global step and at each epoch end, and step times."""
 
-    class Recorder(keras.callbacks.Callback):
+    class Recorder(harness.StepTimer):
         def __init__(self):
             super().__init__()
-            self.step, self.rss, self.epoch_rss, self.step_times, self.objects = 0, {}, [], [], {}
-
-        def on_train_batch_begin(self, batch, logs=None):
-            self._start = time.perf_counter()
+            self.step, self.rss, self.epoch_rss, self.objects = 0, {}, [], {}
 
         def on_train_batch_end(self, batch, logs=None):
-            self.step_times.append(time.perf_counter() - self._start)
+            super().on_train_batch_end(batch, logs)
             self.step += 1
             step = self.step
             if step == 1 or step % record_every == 0 or step == total_steps:
@@ -112,12 +87,6 @@ def make_recorder(keras, total_steps, record_every, state):
 
 
 def soak(args):
-    import keras
-    import tensorflow as tf
-
-    import amcl_keras as amcl
-    from amcl_keras import runs, train
-
     if args.steps % args.steps_per_epoch:
         raise SystemExit(f"--steps ({args.steps}) must be a multiple of --steps-per-epoch ({args.steps_per_epoch}).")
     epochs = args.steps // args.steps_per_epoch
@@ -147,7 +116,7 @@ def soak(args):
             monitoring = train.monitoring_callbacks(config, run_dir, model, training_data.views, training_data.train_split,
                                                     training_data.test_split, training_data.image_size)
             monitoring.append(runs.RunBackup(run_dir / runs.BACKUP, config.train.backup_every_steps))
-        recorder = make_recorder(keras, args.steps, args.record_every, state)
+        recorder = make_recorder(args.steps, args.record_every, state)
         started = time.perf_counter()
         model.fit(training_data.views, epochs=epochs, steps_per_epoch=args.steps_per_epoch,
                   callbacks=[*monitoring, recorder], verbose=0, shuffle=False)
@@ -158,7 +127,7 @@ def soak(args):
         probe_traces_first = probe._probe_step.experimental_get_tracing_count() if probe else None
         rss_after_first = rss_mib()
 
-        second = make_recorder(keras, args.second_fit_steps, args.second_fit_steps, state)
+        second = make_recorder(args.second_fit_steps, args.second_fit_steps, state)
         started_second = time.perf_counter()
         model.fit(training_data.views, epochs=1, steps_per_epoch=args.second_fit_steps,
                   callbacks=[*monitoring, second], verbose=0, shuffle=False)
@@ -212,31 +181,30 @@ def soak(args):
         },
         "seconds": round(seconds, 1),
         "steps_per_s": round(args.steps / seconds, 3),
-        "median_step_s": round(statistics.median(recorder.step_times), 4),
+        "median_step_s": round(statistics.median(recorder.times), 4),
         "second_fit": {"steps": args.second_fit_steps, "seconds": round(seconds_second, 1),
                        "rss_mb_end": second.rss.get(args.second_fit_steps)},
         "history_records": history_lines,
         "defects": defects,
         "passed": not defects,
-        "cpu": cpu_info(),
-        "machine": {"platform": platform.platform(), "gpus": len(tf.config.list_physical_devices("GPU")),
-                    "threads": os.environ.get("TF_NUM_INTRAOP_THREADS")},
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "python": platform.python_version()},
+        "cpu": harness.cpu_info(),
+        "machine": {**harness.machine(), "threads": os.environ.get("TF_NUM_INTRAOP_THREADS")},
+        "versions": harness.versions(),
         "command": "python -m benchmarks.soak " + " ".join(sys.argv[1:]),
     }
     return result
 
 
-def table(results):
-    lines = ["| variant | RSS step 100 (MiB) | RSS last step (MiB) | growth | traces per fit (1st, 2nd) | steps/s | "
-             "median step (s) | seconds |", "|---|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        rss = r["rss_mb"]
-        lines.append(
-            f"| {name} | {rss['step_100']:.0f} | {rss['step_' + str(r['steps'])]:.0f} "
-            f"| {r['rss_growth_percent_100_to_end']:+.1f}% | {r['traces']['per_fit_call'][0]:g}, "
-            f"{r['traces']['per_fit_call'][1]:g} | {r['steps_per_s']:.2f} | {r['median_step_s']:.3f} | {r['seconds']:.0f} |")
-    return "\n".join(lines)
+def table_parts(results):
+    """The headers and rows of the table of {variant: result}."""
+    return (
+        ["variant", "RSS step 100 (MiB)", "RSS last step (MiB)", "growth", "traces per fit (1st, 2nd)", "steps/s",
+         "median step (s)", "seconds"],
+        [[name, f"{r['rss_mb']['step_100']:.0f}", f"{r['rss_mb']['step_' + str(r['steps'])]:.0f}",
+          f"{r['rss_growth_percent_100_to_end']:+.1f}%",
+          f"{r['traces']['per_fit_call'][0]:g}, {r['traces']['per_fit_call'][1]:g}", f"{r['steps_per_s']:.2f}",
+          f"{r['median_step_s']:.3f}", f"{r['seconds']:.0f}"] for name, r in results.items()],
+    )
 
 
 def compare(args):
@@ -249,11 +217,8 @@ def compare(args):
                        str(args.steps_per_epoch), "--record-every", str(args.record_every), "--second-fit-steps",
                        str(args.second_fit_steps), *(f"--override={o}" for o in args.override), flag, "--json", str(part)]
             started = time.perf_counter()
-            completed = subprocess.run(command, capture_output=True, text=True)
-            if completed.returncode:
-                raise RuntimeError(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
+            results[name] = harness.run_json(command, json_path=part)
             print(f"  soak {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            results[name] = json.loads(part.read_text())
     first = next(iter(results.values()))
     return {"benchmark": "soak", "command": "python -m benchmarks.soak " + " ".join(sys.argv[1:]),
             "cpu": first["cpu"], "versions": first["versions"],
@@ -276,7 +241,7 @@ def main():
                         help="run both variants (with and without monitoring), each in its own process")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override on top of the demo's defaults (repeatable)")
-    parser.add_argument("--json", help="also write the JSON here")
+    harness.add_json_option(parser)
     args = parser.parse_args()
     if args.compare:
         result = compare(args)
@@ -284,21 +249,15 @@ def main():
     else:
         result = soak(args)
         variants = {"with monitoring" if args.with_monitoring else "bare fit": result}
-    print(json.dumps(result, indent=2))
-    print()
     first = next(iter(variants.values()))
-    print(f"Soak: {first['model']}; {first['steps']} steps in one fit call ({first['epochs']} epochs of "
-          f"{first['steps_per_epoch']}), then a second fit of {first['second_fit']['steps']}; "
-          f"{first['cpu']['model_name']} (avx512f: {first['cpu']['avx512f']}), TF {first['versions']['tensorflow']}, "
-          f"Keras {first['versions']['keras']}")
-    print(table(variants))
+    title = (f"Soak: {first['model']}; {first['steps']} steps in one fit call ({first['epochs']} epochs of "
+             f"{first['steps_per_epoch']}), then a second fit of {first['second_fit']['steps']}; "
+             f"{first['cpu']['model_name']} (avx512f: {first['cpu']['avx512f']}), TF {first['versions']['tensorflow']}, "
+             f"Keras {first['versions']['keras']}")
+    harness.report(result, title, *table_parts(variants), args.json)
     for name, r in variants.items():
         for defect in r["defects"]:
             print(f"DEFECT ({name}): {defect}")
-    if args.json:
-        pathlib.Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=2)
 
 
 if __name__ == "__main__":

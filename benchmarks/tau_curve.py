@@ -21,12 +21,11 @@ for the first ~50 steps and reaches τ_min at steps 60–70; 40 steps would not 
 import argparse
 import inspect
 import json
-import os
 import pathlib
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from benchmarks import harness
 
 FLOOR_TOLERANCES = (0.01, 0.1)  # "at the floor": τ ≤ τ_min · (1 + tolerance)
 
@@ -51,12 +50,11 @@ def _percentiles(values):
 def record(args):
     import keras
     import numpy as np
-    import tensorflow as tf
 
     import amcl_keras as amcl
 
     keras.utils.set_random_seed(args.seed)
-    augmenter = amcl.augment.view_augmenter(28, 1, "simclr")
+    augmenter = amcl.augment.view_augmenter(28, 1)  # the default preset: SimCLR's five families
     views = amcl.data.pretraining_views(amcl.data.load("fashion_mnist_subset"), 256, augmenter, seed=args.seed)
     view1, view2 = next(iter(views))  # the fixed batch every measurement uses
     model = amcl.SimCLR(amcl.encoders.small_convnet((28, 28, 1), width=32), loss=_loss(args.objective))
@@ -92,7 +90,8 @@ def record(args):
         "temperature_max": temperature.temperature_max,
         "seed": args.seed,
         "seconds": round(time.perf_counter() - started, 1),
-        "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+        "machine": harness.machine(),
+        "versions": harness.versions(),
         "steps": steps,
     }
 
