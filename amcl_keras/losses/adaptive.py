@@ -152,25 +152,10 @@ class AMCLContrastiveLoss(AdaptiveTemperatureLoss):
 
     objectives = CONTRASTIVE_OBJECTIVES
 
-    def __init__(
-        self,
-        projection_dim,
-        beta=1e-4,
-        negatives="topk",
-        top_k=TOP_K,
-        temperature_hidden_dim=TEMPERATURE_HIDDEN_DIM,
-        temperature_min=TEMPERATURE_MIN,
-        temperature_max=TEMPERATURE_MAX,
-        objective=None,
-        temperature_center=None,
-        temperature_stop_gradient=None,
-        **kwargs,
-    ):
-        super().__init__(
-            projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
-            objective=objective, temperature_center=temperature_center,
-            temperature_stop_gradient=temperature_stop_gradient, **kwargs,
-        )
+    def __init__(self, projection_dim, beta=1e-4, negatives="topk", top_k=TOP_K, **kwargs):
+        """`**kwargs`: `AdaptiveTemperatureLoss`'s (temperature_hidden_dim, temperature_min, temperature_max,
+        objective, temperature_center, temperature_stop_gradient) and a Keras loss's."""
+        super().__init__(projection_dim, beta, **kwargs)
         check_negatives(negatives)
         check_positive_int("top_k", top_k)
         self.negatives = negatives

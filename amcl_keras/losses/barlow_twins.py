@@ -9,7 +9,6 @@ and sum over heads. C is the d×d cross-correlation of the batch-standardised em
 import keras
 import tensorflow as tf
 
-from amcl_keras.constants import TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN
 from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
 from amcl_keras.losses.common import EmbeddingLoss, as_heads
 from amcl_keras.losses.distributed import gather_global_batch
@@ -221,28 +220,13 @@ class AMCLBarlowTwinsLoss(AdaptiveTemperatureLoss):
     default_objective = "weighted"
     default_temperature_stop_gradient = True
 
-    def __init__(
-        self,
-        projection_dim,
-        batch_size,
-        lambda_=5e-3,
-        beta=1e-6,
-        temperature_hidden_dim=TEMPERATURE_HIDDEN_DIM,
-        temperature_min=TEMPERATURE_MIN,
-        temperature_max=TEMPERATURE_MAX,
-        objective=None,
-        temperature_center=None,
-        temperature_stop_gradient=None,
-        **kwargs,
-    ):
+    def __init__(self, projection_dim, batch_size, lambda_=5e-3, beta=1e-6, **kwargs):
+        """`**kwargs`: `AdaptiveTemperatureLoss`'s (temperature_hidden_dim, temperature_min, temperature_max,
+        objective, temperature_center, temperature_stop_gradient) and a Keras loss's."""
         check_positive_int("batch_size", batch_size)
         if batch_size < 2:
             raise InvalidInputError(f"`batch_size` must be at least 2 (batch statistics), got {batch_size}.")
-        super().__init__(
-            projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
-            temperature_input_dim=batch_size, objective=objective, temperature_center=temperature_center,
-            temperature_stop_gradient=temperature_stop_gradient, **kwargs,
-        )
+        super().__init__(projection_dim, beta, temperature_input_dim=batch_size, **kwargs)
         self.batch_size = batch_size
         self.lambda_ = _check_lambda(lambda_)
 

@@ -7,7 +7,7 @@
 import keras
 import tensorflow as tf
 
-from amcl_keras.constants import NON_CONTRASTIVE_OBJECTIVES, TEMPERATURE_HIDDEN_DIM, TEMPERATURE_MAX, TEMPERATURE_MIN
+from amcl_keras.constants import NON_CONTRASTIVE_OBJECTIVES
 from amcl_keras.losses.adaptive import AdaptiveTemperatureLoss
 from amcl_keras.losses.common import EmbeddingLoss, as_heads, sum_over_heads
 from amcl_keras.losses.distributed import gather_global_batch
@@ -98,12 +98,8 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
     objectives = NON_CONTRASTIVE_OBJECTIVES  # not "head_weighted" (Barlow Twins only)
     default_objective = "authors"  # validated for SimSiam (docs/METHOD.md §10); τ runs to its floor
 
-    def __init__(self, projection_dim, beta=1e-4, temperature_hidden_dim=TEMPERATURE_HIDDEN_DIM, temperature_min=TEMPERATURE_MIN,
-                 temperature_max=TEMPERATURE_MAX, objective=None, temperature_center=None,
-                 temperature_stop_gradient=None, **kwargs):
-        super().__init__(projection_dim, beta, temperature_hidden_dim, temperature_min, temperature_max,
-                         objective=objective, temperature_center=temperature_center,
-                         temperature_stop_gradient=temperature_stop_gradient, **kwargs)
+    def __init__(self, projection_dim, beta=1e-4, **kwargs):  # **kwargs: AdaptiveTemperatureLoss's and a Keras loss's
+        super().__init__(projection_dim, beta, **kwargs)
 
     def loss_and_stats(self, p1, p2, z1, z2):
         a, b, c, d = _pairs(p1, p2, z1, z2, self.compute_dtype)
