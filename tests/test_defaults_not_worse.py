@@ -30,7 +30,8 @@ TINY = ["data.dataset=fashion_mnist_subset", "data.batch_size=128", "train.epoch
         "eval.online_probe_every=0", "eval.telemetry_every=0", "eval.tensorboard=false", "export.formats=[]",
         "model.encoder_width=16"]
 # kNN points, AMCL default − baseline, seeds 0, 1, 2 of this exact pair of runs (2026-12-04, 2-core
-# AVX-512 EPYC): Barlow Twins −9.7, −8.9, −7.9 (its caveat is printed instead); MoCo −1.9, +3.7, +4.6;
+# AVX-512 EPYC): Barlow Twins −9.7, −8.9, −7.9 (before φ got its own clipping norm; its caveat is printed
+# instead of the comparison); MoCo −1.9, +3.7, +4.6;
 # SimCLR 0.0, +1.4, +0.4. The margin is MoCo's worst seed plus its seed spread (3.5), rounded up: it
 # catches a collapse of Barlow Twins' size while passing the noise of CPU kernels on other machines.
 CALIBRATION = {"barlow_twins": [-9.7, -8.9, -7.9], "moco": [-1.9, 3.7, 4.6], "simclr": [0.0, 1.4, 0.4]}
