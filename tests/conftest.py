@@ -3,10 +3,15 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# train.jit_compile "auto" caches its measurements: keep the tests' out of the user's ~/.cache
+# train.jit_compile "auto" caches its measurements: keep the tests' out of the user's ~/.cache, in one folder that
+# the pytest process which made it removes at exit (xdist workers and the CLI's subprocesses inherit it)
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
-os.environ.setdefault("AMCL_CACHE_DIR", tempfile.mkdtemp(prefix="amcl-test-cache-"))
+if "AMCL_CACHE_DIR" not in os.environ:
+    os.environ["AMCL_CACHE_DIR"] = tempfile.mkdtemp(prefix="amcl-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["AMCL_CACHE_DIR"], ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
