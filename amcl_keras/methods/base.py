@@ -376,7 +376,7 @@ class ContrastiveTrainer(keras.Model):
         the optimizer's own sum then gives the clipped global gradient, and its own clipping,
         on a vector R times smaller, is a no-op. Costs one extra all-reduce, only when clipping.
         With `temperature_clipping="separate"` (also on one replica) φ's gradient and the rest are clipped by two
-        global norms here, and the optimizer's own clipping is switched off for the step (`_own_clipping`).
+        global norms here, and the optimizer's own clipping is switched off for the step (`_optimizer_clipping_off`).
         """
         optimizer, scale = self.optimizer, None
         if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
@@ -393,10 +393,13 @@ class ContrastiveTrainer(keras.Model):
             summed = [g / tf.cast(scale, g.dtype) for g in summed]
         if separate is not None:  # two global norms: φ's, and everything else's (the optimizer's own clip is off)
             in_phi = [id(self.trainable_variables[index]) in separate for index in present]
-            groups = [[g for g, phi in zip(summed, in_phi) if phi is flag] for flag in (True, False)]
-            clipped = [iter(tf.clip_by_global_norm(group, optimizer.global_clipnorm)[0]) if group else iter(())
-                       for group in groups]
-            summed = [next(clipped[0] if phi else clipped[1]) for phi in in_phi]
+            clipped = {}
+            for group in (True, False):
+                members = [position for position, phi in enumerate(in_phi) if phi is group]
+                if members:
+                    values, _ = tf.clip_by_global_norm([summed[p] for p in members], optimizer.global_clipnorm)
+                    clipped.update(zip(members, values))
+            summed = [clipped[position] for position in range(len(summed))]
         elif optimizer.global_clipnorm:
             summed, _ = tf.clip_by_global_norm(summed, optimizer.global_clipnorm)
         elif optimizer.clipnorm:
