@@ -1,9 +1,9 @@
-"""Training callbacks: the per-epoch JSON-lines history, the non-finite-loss guard and the
+"""Training callbacks: the per-epoch JSON-lines history and the
 monitors (online linear probe, kNN, per-head temperature/similarity telemetry, the warning when
-AMCL's temperatures collapse to their floor). The run's backups are `amcl_keras.runs.RunBackup`."""
+AMCL's temperatures collapse to their floor). The run's backups are `amcl_keras.runs.RunBackup`;
+the non-finite-loss guard, re-exported here, lives with the rest of that policy in `amcl_keras.nonfinite`."""
 
 import json
-import math
 import sys
 import time
 import warnings
@@ -15,68 +15,9 @@ import tensorflow as tf
 from amcl_keras import evaluation, registry
 from amcl_keras.constants import KNN_K, KNN_TEMPERATURE, OBJECTIVES, PROBE_BATCH_SIZE, PROBE_LEARNING_RATE
 from amcl_keras.data import to_float_images
-from amcl_keras.runs import RunBackup, append_text
-from amcl_keras.errors import AMCLError, InvalidInputError
-
-
-class NonFiniteLossError(AMCLError, FloatingPointError):
-    """Raised when the training loss stops being finite."""
-
-
-class NonFiniteLossGuard(keras.callbacks.Callback):
-    """Stop training with a clear error at the first step whose loss or gradient is not finite.
-
-    The message names the epoch and step, the parts whose outputs and those whose gradients went
-    non-finite (the encoder, head c, "other": temperature network, predictor; upstream first), the last finite per-head temperatures, and
-    where the last good backup is (`backup_dir`). It runs before any backup callback, so the
-    bad step is never saved.
-    """
-
-    def __init__(self, backup_dir=None):
-        super().__init__()
-        self.backup_dir = backup_dir
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch, self._skipped = epoch, 0.0  # the model's `skipped` count restarts every epoch
-
-    def on_train_begin(self, logs=None):
-        self._last_temperatures, self._last_step = None, None
-
-    def on_train_batch_end(self, batch, logs=None):
-        logs = logs or {}
-        loss, skipped = logs.get("loss"), logs.get("skipped")
-        if loss is None:
-            return
-        # a trainer of this package counts skipped steps (its loss is the mean of the others); any other model's
-        # non-finite step shows in its loss
-        newly_skipped = skipped is not None and float(skipped) > self._skipped
-        if not newly_skipped and math.isfinite(float(loss)):
-            self._last_temperatures = {k: round(float(v), 6) for k, v in logs.items() if k.startswith("tau_")}
-            self._last_step = (self._epoch + 1, batch + 1)
-            return
-        counters = getattr(self.model, "nonfinite_steps", {})
-        found = {kind: [part for (k, part), counter in counters.items() if k == kind and float(counter.result()) > 0]
-                 for kind in ("outputs", "gradients")}
-        origin = [part for part in found["outputs"] if part not in ("state", "loss")]
-        if origin:  # batch-norm state and the loss are downstream of a network's outputs: name the origin
-            found["outputs"] = origin
-        where = "; ".join(f"non-finite {kind} in {', '.join(parts)}" for kind, parts in found.items() if parts)
-        where = where or "the loss itself (every output and gradient was finite)"
-        where = where.replace("outputs in loss", "outputs in the loss itself")
-        last = f" (after epoch {self._last_step[0]}, step {self._last_step[1]})" if self._last_step else ""
-        backup = ""
-        if self.backup_dir is not None:
-            state = RunBackup.read_state(self.backup_dir)
-            backup = (f" The last good backup (epoch {state['epoch']}, step {state['step']}) is kept in "
-                      f"{str(self.backup_dir)!r}: re-run the same command to resume from it, or pass --overwrite "
-                      "with a changed config to start over." if state else " No backup had been written yet.")
-        raise NonFiniteLossError(
-            f"The training loss or gradient stopped being finite at epoch {self._epoch + 1}, step {batch + 1} "
-            f"({'the step was skipped: no variable changed' if newly_skipped else f'loss {float(loss)}'}): {where}. "
-            "Last finite mean temperatures per "
-            f"head{last}: {self._last_temperatures or 'n/a'}. Lower the learning rate, keep gradient clipping "
-            "on (train.clipnorm), raise model.temperature_min, or check the input data for NaNs." + backup
-        )
+from amcl_keras.runs import append_text
+from amcl_keras.errors import InvalidInputError
+from amcl_keras.nonfinite import NonFiniteLossError, NonFiniteLossGuard  # noqa: F401 (their home: nonfinite.py)
 
 
 class JSONLinesHistory(keras.callbacks.Callback):

@@ -18,6 +18,8 @@ from amcl_keras.config import require
 from amcl_keras.constants import DEFAULT_OBJECTIVE, ENCODER_FORWARDS, TEMPERATURE_CLIPPINGS
 from amcl_keras.heads import check_feature_shape
 from amcl_keras.errors import InvalidInputError, WrongTypeError
+from amcl_keras import nonfinite
+from amcl_keras.nonfinite import MIN_LOSS_SCALE, switch_per_replica  # noqa: F401 (kept importable from here)
 
 
 class StepLoss(typing.NamedTuple):
@@ -28,36 +30,6 @@ class StepLoss(typing.NamedTuple):
     loss: typing.Any
     stats: dict
     carry: typing.Any = None
-
-
-def switch_per_replica(index, branches, args=()):
-    """`branches[index](*args)`, where the branches may update variables through `merge_call` (an optimizer
-    step, MoCo's momentum update). Under a strategy the choice is made once in the cross-replica context and
-    the branch runs on every replica (TF does not allow a `cond` around `merge_call` inside a replica), as
-    Keras's `LossScaleOptimizer` does; `index` must be the same on every replica."""
-    def choose(index, functions):
-        # nested conds, not tf.switch_case: XLA compiled the demo's step in 245 s with a switch_case of two
-        # branches, 6 s with a cond (2 CPU cores)
-        if len(functions) == 1:
-            return functions[0]()
-        return tf.cond(tf.equal(index, 0), functions[0], lambda: choose(index - 1, functions[1:]))
-
-    if not tf.distribute.has_strategy():
-        return choose(index, [lambda branch=branch: branch(*args) or tf.constant(0) for branch in branches])
-
-    def decide(strategy, index, *args):
-        index = strategy.experimental_local_results(index)[0]
-        run = strategy.extended.call_for_each_replica
-        choose(index, [lambda branch=branch: run(branch, args=args) or tf.constant(0) for branch in branches])
-
-    return tf.distribute.get_replica_context().merge_call(decide, args=(index, *args))
-
-
-# Under mixed_float16, non-finite gradients are the loss-scale optimizer's signal to halve its scale and skip the
-# update. Below this scale no float16 overflow explains them (a gradient would have to exceed 65504 · 2^64 ≈ 1e24;
-# AMCL-Barlow Twins with every τ at 1e-5, loss ~4e10, needs a scale near 2^-15): the non-finite guard counts them
-# as non-finite gradients, about 80 halvings after the first (the optimizer would otherwise halve the scale forever).
-MIN_LOSS_SCALE = 2.0**-64
 
 
 def built_output_shape(layer, input_shape):
@@ -209,16 +181,8 @@ class ContrastiveTrainer(keras.Model):
             for stat in self.stat_names()
             for head in range(projector.num_heads)
         }
-        # steps with non-finite outputs or gradients, per part: read by NonFiniteLossGuard
-        heads = [f"head {head}" for head in range(projector.num_heads)]
-        # "state": the non-trainable variables the forward pass updates (batch-norm statistics: a NaN that a ReLU
-        # squashes to 0 in the outputs still lands in them)
-        parts = {"outputs": ["encoder", *heads, *self.extra_output_parts, "state", "loss"],  # upstream first
-                 "gradients": ["encoder", *heads, "other"]}
-        self.nonfinite_steps = {
-            (kind, part): keras.metrics.Sum(name=f"nonfinite_{kind}_{part.replace(' ', '')}")
-            for kind, names in parts.items() for part in names
-        }
+        # steps with non-finite outputs or gradients, per part: read by NonFiniteLossGuard (amcl_keras.nonfinite)
+        self.nonfinite_steps = nonfinite.part_counters(projector.num_heads, self.extra_output_parts)
         self.create_method_state()
         self._build_from_encoder()
 
@@ -430,38 +394,13 @@ class ContrastiveTrainer(keras.Model):
         after_only = {id(v) for v in self.after_step_only_variables()}
         return [v for v in self.non_trainable_variables if id(v) not in after_only]
 
-    def _nonfinite_parts(self, features, z, gradients, loss, carry, state):
-        """{(kind, part): scalar bool}: True where that part's "outputs" or "gradients" are not all
-        finite (parts: the encoder, head c, "other" = temperature network, predictor).
-
-        Under a LossScaleOptimizer (mixed_float16), non-finite scaled gradients are its signal to skip
-        the update and lower the scale: they count here only below `MIN_LOSS_SCALE`, where no float16
-        overflow explains them (the optimizer would otherwise halve the scale forever: training silently stops)."""
-        gradient_check = tf.constant(True)
-        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
-            if not self.optimizer.built:  # as its `apply` would, a little earlier: its scale is read here
-                self.optimizer.build(self.trainable_variables)
-            gradient_check = self.optimizer.dynamic_scale < MIN_LOSS_SCALE
+    def _variable_parts(self):
+        """{id(trainable variable): "encoder" or "head c"} (the rest counts as "other")."""
         owner = {}
         for head, layer in enumerate(self.projector.heads):
             owner.update({id(v): f"head {head}" for v in layer.trainable_variables})
         owner.update({id(v): "encoder" for v in self.encoder.trainable_variables})
-        bad = {key: [] for key in self.nonfinite_steps}
-        bad["outputs", "encoder"].append(~tf.reduce_all(tf.math.is_finite(features)))
-        z_finite = tf.reduce_all(tf.math.is_finite(z), axis=[0, 2])  # [C]
-        for head in range(len(self.projector.heads)):
-            bad["outputs", f"head {head}"].append(~z_finite[head])
-        for part, flag in self.carry_health(carry).items():
-            bad["outputs", part].append(flag)
-        for variable in state:
-            if "float" in str(variable.dtype):
-                bad["outputs", "state"].append(~tf.reduce_all(tf.math.is_finite(variable)))
-        bad["outputs", "loss"].append(~tf.math.is_finite(loss))
-        for variable, gradient in zip(self.trainable_variables, gradients):
-            if gradient is not None:
-                finite = tf.reduce_all(tf.math.is_finite(gradient))
-                bad["gradients", owner.get(id(variable), "other")].append(gradient_check & ~finite)
-        return {key: tf.reduce_any(tf.stack(flags)) if flags else tf.constant(False) for key, flags in bad.items()}
+        return owner
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras 3.15 builds from the first batch by strategy.reduce("MEAN", batch), which raises
@@ -535,12 +474,13 @@ class ContrastiveTrainer(keras.Model):
         bad, overflow = tf.constant(False), tf.constant(False)
         scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         if scaling:  # the loss-scale optimizer will skip its update: the rest of the step is skipped with it
-            overflow = ~tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None])
+            overflow = nonfinite.loss_scale_overflow(gradients)
         if guarded:
-            health = self._nonfinite_parts(features, z, gradients, loss, carry, state)
-            for part, flag in health.items():
-                self.nonfinite_steps[part].update_state(tf.cast(flag, tf.float32))
-            bad = tf.reduce_any(tf.stack(list(health.values())))
+            health = nonfinite.find_nonfinite_parts(
+                self.nonfinite_steps, features=features, z=z, carry_flags=self.carry_health(carry), state=state,
+                loss=loss, variables=self.trainable_variables, gradients=gradients, owner=self._variable_parts(),
+                check_gradients=nonfinite.gradient_check(self.optimizer, self.trainable_variables))
+            bad = nonfinite.count_parts(self.nonfinite_steps, health)
         if replicas > 1:  # every replica takes the same branch below
             flags = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.stack([bad, overflow]), tf.int32))
             bad, overflow = flags[0] > 0, flags[1] > 0
@@ -548,28 +488,17 @@ class ContrastiveTrainer(keras.Model):
         if replicas > 1 or own_clipping:
             gradients = self._clip_global_gradients(gradients, replicas)
 
-        def optimizer_apply(gradients):
+        def optimizer_apply(gradients, carry):
             with _optimizer_clipping_off(self.optimizer) if own_clipping else contextlib.nullcontext():
                 self.optimizer.apply(gradients, self.trainable_variables)
 
         def apply(gradients, carry):
-            optimizer_apply(gradients)
+            optimizer_apply(gradients, carry)
             self.after_optimizer_step(carry)
 
-        def skip(gradients, carry):
-            for variable, value in zip(state, snapshot):
-                variable.assign(value)
-
-        def scale_down(gradients, carry):  # the loss-scale optimizer halves its scale and updates nothing
-            optimizer_apply(gradients)
-            skip(gradients, carry)
-
-        if scaling:
-            # 0: skipped whole; 1: the loss-scale optimizer's own skip (no after-step update either); 2: applied
-            branch = tf.where(bad, 0, tf.where(overflow, 1, 2))
-            switch_per_replica(branch, [skip, scale_down, apply], args=(gradients, carry))
-        elif guarded:  # two branches: the optimizer step is traced (and XLA-compiled) once
-            switch_per_replica(tf.where(bad, 0, 1), [skip, apply], args=(gradients, carry))
+        if guarded or scaling:
+            nonfinite.apply_or_skip(bad, apply, state, snapshot, args=(gradients, carry),
+                                    overflow=overflow if scaling else None, optimizer_only=optimizer_apply)
         else:
             apply(gradients, carry)
         # a skipped step is counted, and its loss and statistics stay out of the epoch's means
