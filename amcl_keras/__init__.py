@@ -40,8 +40,8 @@ __version__ = "0.2.0"  # the one place the version is written (pyproject reads i
 # answers without TensorFlow; the command then calls `load()` before it does any work.
 DEFER_ENVIRONMENT_VARIABLE = "AMCL_KERAS_DEFER_TENSORFLOW"
 
-_PUBLIC_MODULES = ("augment", "autotune", "callbacks", "config", "constants", "data", "embedding", "encoders", "errors",
-                   "evaluation", "export", "losses", "methods", "optimizers", "registry", "runs")
+_PUBLIC_MODULES = ("augment", "autotune", "backups", "callbacks", "config", "constants", "data", "embedding", "encoders", "errors",
+                   "evaluation", "export", "losses", "methods", "nonfinite", "optimizers", "registry", "runs")
 _loaded = False
 
 
@@ -93,6 +93,7 @@ __all__ = [
     "SimCLR",
     "augment",
     "autotune",
+    "backups",
     "callbacks",
     "config",
     "constants",
@@ -105,6 +106,7 @@ __all__ = [
     "export",
     "losses",
     "methods",
+    "nonfinite",
     "omega",
     "optimizers",
     "registry",

@@ -1,6 +1,6 @@
 """Training callbacks: the per-epoch JSON-lines history and the
 monitors (online linear probe, kNN, per-head temperature/similarity telemetry, the warning when
-AMCL's temperatures collapse to their floor). The run's backups are `amcl_keras.runs.RunBackup`;
+AMCL's temperatures collapse to their floor). The run's backups are `amcl_keras.backups.RunBackup`;
 the non-finite-loss guard, re-exported here, lives with the rest of that policy in `amcl_keras.nonfinite`."""
 
 import json

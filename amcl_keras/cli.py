@@ -351,14 +351,14 @@ def main(argv=None):
     if args.command == "configs":  # listing the shipped configs needs no TensorFlow
         return _configs(args)
     amcl_keras.load()
-    from amcl_keras import runs
+    from amcl_keras import backups, runs
     from amcl_keras.callbacks import NonFiniteLossError
 
     try:
         return COMMANDS[args.command](args)
-    except runs.RunPreempted as error:
+    except backups.RunPreempted as error:
         print(f"amcl: pre-empted: {error}", file=sys.stderr)
-        return runs.PREEMPTED_EXIT_CODE
+        return backups.PREEMPTED_EXIT_CODE
     except NonFiniteLossError as error:
         print(f"amcl: training stopped: {error}", file=sys.stderr)
         return 3

@@ -11,7 +11,7 @@ report, exit code 1.
 Each type also derives from the built-in error a Python caller would expect (`ValueError` for a
 bad value, `OSError` for a file that cannot be written, ...), so `except ValueError` still works.
 The more specific types live with their subject: `config.ConfigError`, `runs.RunDirectoryError`,
-`runs.RunReadError`, `runs.RunWriteError`, `runs.RunPreempted`, `export.ExportError` and its
+`runs.RunReadError`, `runs.RunWriteError`, `backups.RunPreempted`, `export.ExportError` and its
 subclasses, `callbacks.NonFiniteLossError`.
 
 Nothing here imports anything: this module sits at the bottom of the import graph.

@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from amcl_keras.errors import AMCLError
-from amcl_keras.runs import RunBackup
+from amcl_keras.backups import RunBackup
 
 
 def switch_per_replica(index, branches, args=()):

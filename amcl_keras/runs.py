@@ -1,10 +1,11 @@
-"""The run directory, in one place: what it holds, its lifecycle, backups, and reading a finished run.
+"""The run directory, in one place: what it holds, its lifecycle, crash-safe writes, and reading a finished run
+(its backups, pre-emption and resume: `amcl_keras.backups`).
 
 A run directory written by `amcl train` holds:
 
     config.yaml        the resolved config (written first; a run with a different config is refused)
     history.jsonl      one JSON line per epoch
-    backup/            resume state while the run is unfinished (`RunBackup`), removed at the end
+    backup/            resume state while the run is unfinished (`backups.RunBackup`), removed at the end
     tensorboard/       TensorBoard scalars and histograms
     final.weights.h5   the whole model (weights and optimizer state)
     encoder.keras      the backbone alone
@@ -24,14 +25,12 @@ import logging
 import os
 import pathlib
 import shutil
-import signal
 import tempfile
-import threading
 
 import keras
 
 from amcl_keras import config as config_lib
-from amcl_keras.errors import AMCLError, InvalidInputError
+from amcl_keras.errors import AMCLError
 
 CONFIG, HISTORY, RESULTS, EVAL = "config.yaml", "history.jsonl", "results.json", "eval.json"
 FINAL_WEIGHTS, ENCODER = "final.weights.h5", "encoder.keras"
@@ -48,15 +47,6 @@ class RunDirectoryError(AMCLError, FileExistsError):
 
 class RunReadError(AMCLError, RuntimeError):
     """A run directory cannot be read: missing, unfinished, or holding a corrupt file."""
-
-
-# `amcl train` exits with this code after a SIGTERM (pre-emption): a backup was written, re-run to resume.
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: a temporary failure, the command can be retried
-
-
-class RunPreempted(AMCLError, RuntimeError):
-    """Training received SIGTERM; a backup was written at the next step boundary. Re-run the same
-    command to resume from it."""
 
 
 class RunWriteError(AMCLError, OSError):
@@ -241,188 +231,6 @@ def scratch_directory():
     return pathlib.Path(tempfile.mkdtemp(prefix="amcl-worker-"))
 
 
-def trim_history(run_dir, completed_epochs):
-    """Keep the history records of the epochs a backup covers: a resumed run writes each epoch once."""
-    path = pathlib.Path(run_dir) / HISTORY
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if (epoch := _epoch_of(line)) is not None and epoch <= completed_epochs]  # a line cut short goes
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def _epoch_of(line):
-    """The epoch of one history line, or None for a blank line or one cut short by a crash."""
-    try:
-        return json.loads(line)["epoch"]
-    except (ValueError, TypeError, KeyError):
-        return None
-
-
-# --- backups ------------------------------------------------------------------------------------------
-class RunBackup(keras.callbacks.Callback):
-    """Back up what a resumed run needs, every `every_steps` steps and at every epoch end.
-
-    One backup is the model's weights WITH the optimizer state (`save_weights` includes it:
-    the step count that drives the learning-rate schedule, momenta) and every non-trainable
-    variable (MoCo's key encoder, queues and pointer; batch-norm statistics), plus
-    `state.json` = {epoch (completed), step (within the next epoch), weights file, previous}.
-    The weights are written under a new name first (atomically) and `state.json` is replaced
-    atomically after them, so a kill at any moment leaves the previous complete backup; a failed
-    write (disk full) raises `RunWriteError` and leaves it too. The backup before the latest is
-    kept as `previous` (at most two weights files): `RunBackup.restore` loads the latest one,
-    or the previous one when the latest file is truncated or corrupt.
-
-    With `preemptible=True` (what `amcl train` uses), SIGTERM during `fit` is caught: at the next
-    step boundary a backup is written and `RunPreempted` is raised (the CLI then exits with
-    `PREEMPTED_EXIT_CODE`); the previous SIGTERM handler is put back when training ends.
-    """
-
-    STATE = "state.json"
-
-    def __init__(self, directory, every_steps=None, initial_epoch=0, initial_step=0, preemptible=False):
-        super().__init__()
-        if every_steps is not None and every_steps < 1:
-            raise InvalidInputError(f"`every_steps` must be None (epochs only) or >= 1, got {every_steps}.")
-        self.directory = pathlib.Path(directory)
-        self.every_steps = every_steps
-        self._epoch, self._step = initial_epoch, initial_step
-        self.preemptible, self.preempted, self._previous_handler = preemptible, False, None
-
-    def on_train_begin(self, logs=None):
-        if self.preemptible and threading.current_thread() is threading.main_thread() and self._previous_handler is None:
-            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
-
-    def _on_sigterm(self, signum, frame):
-        self.preempted = True  # acted on at the next step boundary
-
-    def restore_signal_handler(self):
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGTERM, self._previous_handler)
-            self._previous_handler = None
-
-    def on_train_end(self, logs=None):
-        self.restore_signal_handler()
-
-    def _stop_if_preempted(self):
-        if self.preempted:
-            self.restore_signal_handler()
-            raise RunPreempted(
-                f"Stopped by SIGTERM after epoch {self._epoch} + {self._step} step(s); the backup in "
-                f"{str(self.directory)!r} holds that point. Re-run the same command to resume."
-            )
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch != self._epoch:  # a new epoch (not the resumed remainder of one)
-            self._epoch, self._step = epoch, 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        last_of_epoch = batch + 1 == (self.params or {}).get("steps")  # the epoch-end backup follows at once
-        if last_of_epoch:
-            return  # on_epoch_end backs up (and acts on a pending SIGTERM) once the epoch's records exist
-        if (self.every_steps and self._step % self.every_steps == 0) or self.preempted:
-            self.save(self._epoch, self._step)
-        self._stop_if_preempted()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._epoch, self._step = epoch + 1, 0
-        self.save(epoch + 1, 0)
-        self._stop_if_preempted()
-
-    def save(self, epoch, step):
-        """Write one backup (under several workers every worker saves; non-chiefs into a scratch folder).
-
-        The latest backup so far becomes `previous`; older weights files are removed after the commit."""
-        make_directory(self.directory, "The backup folder", "Free some space or fix the permissions, then re-run "
-                       "the same command to resume")
-        entries = self.backups(self.directory, strict=False)
-        name = f"backup-e{epoch}-s{step}.weights.h5"
-        atomic_write(self.directory / name, lambda path: self.model.save_weights(path, overwrite=True))
-        previous = next((entry for entry in entries if entry["weights"] != name), None)
-        try:
-            write_json(self.directory / self.STATE, {"epoch": epoch, "step": step, "weights": name,
-                                                     "previous": previous})  # the commit point
-        except RunWriteError:
-            if name not in [entry["weights"] for entry in entries]:
-                (self.directory / name).unlink(missing_ok=True)  # not committed: the previous state stays whole
-            raise
-        kept = {name, previous and previous["weights"]}
-        for path in self.directory.glob("backup-*.weights.h5"):
-            if path.name not in kept:
-                path.unlink(missing_ok=True)
-
-    @classmethod
-    def backups(cls, directory, strict=True):
-        """The backups `state.json` lists, latest first: `[{epoch, step, weights}, ...]` (the
-        latest and the previous one); [] without a `state.json`. An unreadable `state.json` is a
-        `RunDirectoryError` (with `strict=False`: [])."""
-        directory = pathlib.Path(directory)
-        path = directory / cls.STATE
-        if not path.is_file():
-            return []
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-            entries = [state] + ([state["previous"]] if state.get("previous") else [])
-            entries = [{"epoch": int(e["epoch"]), "step": int(e["step"]), "weights": str(e["weights"])} for e in entries]
-            if any(pathlib.Path(e["weights"]).name != e["weights"] for e in entries):
-                raise InvalidInputError("a weights name is not a file name in the backup folder")
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:  # truncated, edited, foreign
-            if not strict:
-                return []
-            raise RunDirectoryError(
-                f"The backup state {str(path)!r} cannot be read ({type(error).__name__}: {error}), so the run cannot "
-                f"be resumed. Pass --overwrite to start the run over, or delete the folder {str(directory)!r} to "
-                "train it again from the first epoch."
-            ) from None
-        return entries
-
-    @classmethod
-    def read_state(cls, directory):
-        """The latest backup whose weights file exists, `{epoch, step, weights}`, or None."""
-        entries = cls.backups(directory, strict=False)
-        return next((entry for entry in entries if (pathlib.Path(directory) / entry["weights"]).is_file()), None)
-
-    @classmethod
-    def restore(cls, model, directory):
-        """Load the latest backup into `model` (compiled, built); returns its state or None (no backup).
-
-        When the latest weights file cannot be loaded (truncated, corrupt, missing) the previous
-        backup is loaded instead, with a warning, and `state.json` is pointed at it. When none
-        can be, or `state.json` is unreadable: `RunDirectoryError`, naming the files and how to
-        start over.
-        """
-        directory = pathlib.Path(directory)
-        entries = cls.backups(directory)
-        if not entries:
-            return None
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        failures = []
-        for entry in entries:
-            path = directory / entry["weights"]
-            try:
-                if not path.is_file():
-                    raise FileNotFoundError("the file is missing")
-                model.load_weights(str(path))
-            except Exception as error:  # h5py and Keras raise many types for a truncated or foreign file
-                failures.append(f"{str(path)!r}: {type(error).__name__}: {error}")
-                continue
-            if failures:
-                log.warning("The latest backup cannot be loaded (%s); resuming from the previous one instead "
-                            "(epoch %d, step %d).", failures[0], entry["epoch"], entry["step"])
-                try:  # the unreadable one is not offered as a fallback again (and goes at the next save)
-                    write_json(directory / cls.STATE, {**entry, "previous": None})
-                except RunWriteError as error:
-                    log.warning("%s", error)
-            return entry
-        raise RunDirectoryError(
-            f"The backup in {str(directory)!r} cannot be loaded ({'; '.join(failures)}), so the run cannot be "
-            f"resumed. Pass --overwrite to start the run over, or delete the folder {str(directory)!r} to train "
-            "it again from the first epoch."
-        )
-
-
 # --- reading a finished run ---------------------------------------------------------------------------
 def load_run(run_dir):
     """The trained encoder and the config text of a run directory written by `amcl train`."""
@@ -467,9 +275,17 @@ def read_results(run_dir):
     return json.loads(path.read_text())
 
 
+def history_epoch(line):
+    """The epoch of one history line, or None for a blank line or one cut short by a crash."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
 def read_history(run_dir):
     """The per-epoch records of `history.jsonl`."""
     path = _existing_run_directory(run_dir) / HISTORY
     if not path.is_file():
         raise RunReadError(f"{str(path)!r} is missing: {str(run_dir)!r} is not a run directory written by `amcl train`.")
-    return [json.loads(line) for line in path.read_text().splitlines() if _epoch_of(line) is not None]
+    return [json.loads(line) for line in path.read_text().splitlines() if history_epoch(line) is not None]

@@ -16,13 +16,13 @@ import typing
 import keras
 import tensorflow as tf
 
-from amcl_keras import augment, autotune, data, encoders, evaluation, export, registry, runs
+from amcl_keras import augment, autotune, backups, data, encoders, evaluation, export, registry, runs
 from amcl_keras.callbacks import (
     JSONLinesHistory, KNNMonitor, NonFiniteLossGuard, OnlineLinearProbe, PairTelemetry, TemperatureSaturationWarning,
 )
 from amcl_keras.distribute import check_precision, enable_determinism, is_chief, make_strategy, one_op_at_a_time
 from amcl_keras.optimizers import CoupledWeightDecaySGD
-from amcl_keras.runs import RunBackup, RunDirectoryError  # noqa: F401 (RunDirectoryError: part of this API)
+from amcl_keras.runs import RunDirectoryError  # noqa: F401 (part of this API)
 from amcl_keras.errors import InvalidInputError
 
 
@@ -168,44 +168,18 @@ def evaluate(config, training_data, encoder):
 def fit(job, training_data, model, resume=False, verbose="auto"):
     """Stage 3: train, from the run directory's backup with `resume`; returns the backup state it
     resumed from (None for a fresh start)."""
-    config, write_dir, resume_from = job.config, job.write_dir, job.run_dir if resume else None
-    multi_worker = isinstance(job.strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    config, write_dir = job.config, job.write_dir
     with job.strategy.scope():  # the optimizer's variables are created under the strategy
-        if model.optimizer is not None and not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-        # Under several workers TF's PreemptionCheckpointHandler handles SIGTERM (it restores its own
-        # checkpoint, if any, on creation); a later file backup wins over it.
-        preemption = PreemptionCheckpoint(job, model) if multi_worker else None
-        backed_up = RunBackup.read_state(job.run_dir / runs.BACKUP) if resume_from else None
-        if preemption is not None and preemption.restored and (
-                backed_up is None or preemption.position > (backed_up["epoch"], backed_up["step"])):
-            state = {"epoch": preemption.position[0], "step": preemption.position[1]}
-        else:
-            state = RunBackup.restore(model, pathlib.Path(resume_from) / runs.BACKUP) if resume_from else None
-    initial_epoch, initial_step = (state["epoch"], state["step"]) if state else (0, 0)
-    if training_data.steps_per_epoch and initial_step >= training_data.steps_per_epoch:  # a backup at an epoch's last step
-        initial_epoch, initial_step = initial_epoch + 1, 0
-    if preemption is not None:  # count on from where training resumes
-        preemption.epoch.assign(initial_epoch)
-        preemption.step.assign(initial_step)
-    if resume_from is not None and job.chief:
-        runs.trim_history(resume_from, initial_epoch)
-    if state:
-        print(f"Resuming {resume_from} from its backup: {initial_epoch} epoch(s) done"
-              + (f", then {initial_step} step(s) of epoch {initial_epoch + 1}." if initial_step else "."),
-              file=sys.stderr)
+        start = backups.resume(model, job.strategy, job.run_dir, write_dir, resume, config.train.backup_every_steps,
+                               training_data.steps_per_epoch, job.chief)
+    state, initial_epoch, initial_step = start.state, start.epoch, start.step
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     steps = training_data.steps_per_epoch
-    backup = RunBackup(write_dir / runs.BACKUP, config.train.backup_every_steps if steps else None, initial_epoch,
-                       initial_step, preemptible=not isinstance(job.strategy, tf.distribute.MultiWorkerMirroredStrategy))
-    # SIGTERM: a backup at the next step, then RunPreempted (not across workers: each would stop at its own step)
     callbacks = monitoring_callbacks(config, write_dir, model, training_data.views, training_data.train_split,
                                      training_data.test_split, training_data.image_size,
                                      resumed=(initial_epoch, initial_step) if initial_step else None)
-    callbacks.append(backup)  # after the history: a backup never claims an epoch the history lacks
-    if preemption is not None:
-        callbacks.append(preemption)
+    callbacks += start.callbacks  # after the history: a backup never claims an epoch the history lacks
     remaining = steps * (config.train.epochs - initial_epoch) - initial_step if steps else None
     chooser = _resolve_jit_compile(job, training_data, model, remaining)
     if chooser is not None:
@@ -213,7 +187,7 @@ def fit(job, training_data, model, resume=False, verbose="auto"):
     try:
         _fit_epochs(model, training_data, config, callbacks, initial_epoch, initial_step, verbose)
     finally:
-        backup.restore_signal_handler()
+        start.backup.restore_signal_handler()
         if chooser is not None:
             job.jit_compile = {"setting": "auto", **(chooser.record or {"chosen": bool(model.jit_compile),
                                                                        "source": "the run ended before the measurement"})}
@@ -249,50 +223,6 @@ def _resolve_jit_compile(job, training_data, model, remaining_steps):
               file=sys.stderr)
         return None
     return autotune.JitCompileChooser(key)
-
-
-class PreemptionCheckpoint(keras.callbacks.Callback):
-    """SIGTERM under MultiWorkerMirroredStrategy, with TF's own machinery: a
-    `tf.distribute.experimental.PreemptionCheckpointHandler` watches for the signal on every worker;
-    after each step this callback records the position (completed epochs, steps into the next) and
-    asks the handler, which, once any worker has been signalled, makes every worker save a
-    checkpoint of the model, the optimizer and the position at the same step, then raises
-    `runs.RunPreempted` (the CLI exits with `runs.PREEMPTED_EXIT_CODE`). Re-running the same
-    command on every worker resumes from it. The checkpoint lives in `RUN_DIR/backup/preemption`
-    (each non-chief worker writes its own copy next to it, as TF requires)."""
-
-    def __init__(self, job, model):
-        super().__init__()
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="preemption_epoch")
-        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="preemption_step")
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, epoch=self.epoch, step=self.step)
-
-        def stop():
-            raise runs.RunPreempted(
-                f"A worker was sent SIGTERM; every worker saved a checkpoint after epoch {int(self.epoch.numpy())} + "
-                f"{int(self.step.numpy())} step(s) in {str(job.run_dir / runs.BACKUP / 'preemption')!r}. Re-run the same "
-                "command on every worker to resume."
-            )
-
-        self.handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-            job.strategy.cluster_resolver, checkpoint, str(job.run_dir / runs.BACKUP / "preemption"),
-            tf.distribute.experimental.TerminationConfig(exit_fn=stop),
-        )
-        self.position = (int(self.epoch.numpy()), int(self.step.numpy()))
-        self.restored = self.position != (0, 0)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch != int(self.epoch.numpy()):
-            self.epoch.assign(epoch)
-            self.step.assign(0)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.step.assign_add(1)
-        self.handler.save_checkpoint_if_preempted()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epoch.assign(epoch + 1)
-        self.step.assign(0)
 
 
 def _fit_epochs(model, training_data, config, callbacks, initial_epoch, initial_step, verbose):

@@ -34,7 +34,7 @@ import time
 import keras
 
 import amcl_keras as amcl
-from amcl_keras import runs, train
+from amcl_keras import backups, runs, train
 from benchmarks import harness
 
 GROWTH_LIMIT_PERCENT = 5.0
@@ -115,7 +115,7 @@ def soak(args):
         if args.with_monitoring:
             monitoring = train.monitoring_callbacks(config, run_dir, model, training_data.views, training_data.train_split,
                                                     training_data.test_split, training_data.image_size)
-            monitoring.append(runs.RunBackup(run_dir / runs.BACKUP, config.train.backup_every_steps))
+            monitoring.append(backups.RunBackup(run_dir / runs.BACKUP, config.train.backup_every_steps))
         recorder = make_recorder(args.steps, args.record_every, state)
         started = time.perf_counter()
         model.fit(training_data.views, epochs=epochs, steps_per_epoch=args.steps_per_epoch,

@@ -22,10 +22,10 @@ import pytest
 import tensorflow as tf
 
 import amcl_keras as amcl
-from amcl_keras import cli, registry, runs, train
+from amcl_keras import backups, cli, registry, runs, train
 from amcl_keras.config import ConfigError
 from amcl_keras.constants import AUGMENTATION_PRESETS
-from amcl_keras.runs import RunBackup
+from amcl_keras.backups import RunBackup
 from tests.methods import helpers
 
 TINY = ["--epochs", "1", "--steps-per-epoch", "1", "--set", "data.batch_size=32", "--set", "model.encoder_width=4",
@@ -591,7 +591,7 @@ def test_unreadable_backup_stops_with_a_clear_message(damage, unfinished_run, tm
 
 def test_a_history_line_cut_short_is_dropped_on_resume(tmp_path):
     (tmp_path / runs.HISTORY).write_text('{"epoch": 1, "loss": 1.0}\n{"epoch": 2, "lo')
-    runs.trim_history(tmp_path, 2)
+    backups.trim_history(tmp_path, 2)
     assert runs.read_history(tmp_path) == [{"epoch": 1, "loss": 1.0}]
 
 
@@ -713,7 +713,7 @@ def test_a_second_sigterm_while_the_first_backup_is_written(tmp_path):
     model.save_weights = save_weights
     previous = signal.getsignal(signal.SIGTERM)
     view1, view2 = helpers.views()
-    with pytest.raises(runs.RunPreempted, match="Stopped by SIGTERM after epoch 0 \\+ 1 step"):
+    with pytest.raises(backups.RunPreempted, match="Stopped by SIGTERM after epoch 0 \\+ 1 step"):
         model.fit(tf.data.Dataset.from_tensors((view1, view2)).repeat(4), epochs=1, verbose=0,
                   callbacks=[SendSIGTERM(), backup])
     assert len(writes) == 1  # one backup, not one per signal

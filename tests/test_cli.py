@@ -178,7 +178,7 @@ def test_every_error_the_library_raises_on_purpose_is_an_amcl_error():
             if re.search(r"raise (ValueError|RuntimeError)\(", line)]
     assert bare == []
     for error in (amcl_keras.config.ConfigError, amcl_keras.runs.RunReadError, amcl_keras.runs.RunWriteError,
-                  amcl_keras.runs.RunDirectoryError, amcl_keras.runs.RunPreempted, amcl_keras.export.ExportError,
+                  amcl_keras.runs.RunDirectoryError, amcl_keras.backups.RunPreempted, amcl_keras.export.ExportError,
                   amcl_keras.callbacks.NonFiniteLossError):
         assert issubclass(error, amcl_errors.AMCLError), error
 

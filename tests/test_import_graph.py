@@ -86,6 +86,8 @@ def test_the_command_line_imports_nothing_heavy_at_module_level():
     ("amcl_keras.registry", {"amcl_keras.errors"}),
     ("amcl_keras.config", {"amcl_keras.constants", "amcl_keras.registry", "amcl_keras.errors"}),
     ("amcl_keras.runs", {"amcl_keras.config", "amcl_keras.constants", "amcl_keras.registry", "amcl_keras.errors"}),
+    ("amcl_keras.backups", {"amcl_keras.runs", "amcl_keras.config", "amcl_keras.constants", "amcl_keras.registry",
+                            "amcl_keras.errors"}),
 ])
 def test_config_and_the_run_room_sit_at_the_bottom(bottom, allowed):
     assert _reachable(bottom) <= allowed

@@ -12,7 +12,7 @@ import h5py
 import pytest
 
 from amcl_keras import cli
-from amcl_keras.runs import RunBackup
+from amcl_keras.backups import RunBackup
 from tests.methods import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

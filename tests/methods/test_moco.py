@@ -5,7 +5,7 @@ import tensorflow as tf
 
 import amcl_keras as amcl
 from amcl_keras import config as config_lib, registry
-from amcl_keras.runs import RunBackup
+from amcl_keras.backups import RunBackup
 from tests import reference
 from tests.methods.helpers import DEFAULT_METHOD, GLOBAL_BATCH, SMALL_MODEL, build, one_step, tiny_encoder, views
 
