@@ -37,10 +37,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from amcl_keras import data  # noqa: E402
+from amcl_keras import data, registry  # noqa: E402
 
 DEBIAN_FASHION_MNIST = pathlib.Path("/usr/share/datasets/fashion-mnist")
-DISPLAY = {"simclr": "SimCLR", "moco": "MoCo", "barlow_twins": "Barlow Twins", "simsiam": "SimSiam"}
+DISPLAY = {name: registry.method(name).display_name for name in registry.names()}  # "barlow_twins" → "Barlow Twins"
 VALIDATION_SIZE = 10_000
 
 # The bounded objective chosen on the validation split (see README "Reproduction" and docs/METHOD.md).
