@@ -54,7 +54,7 @@ WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 SGD_MOMENTUM = 0.9
 WEIGHT_DECAY = 5e-4
 CLIPNORM = 1.0  # global gradient-norm clipping  # PyTorch's SGD (the authors') / Keras's SGD(weight_decay=)
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 JIT_COMPILE_SETTINGS = (True, False, "auto")  # train.jit_compile; "auto": amcl_keras/autotune.py
 

@@ -83,33 +83,44 @@ def enable_determinism(seed=0):
 _ISAS_WITHOUT_BFLOAT16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
-def check_precision(policy, cpu_flags=None, environ=None):
-    """Refuse `mixed_bfloat16` where TensorFlow's CPU kernels cannot run it: no GPU, oneDNN on, and a CPU without
-    native bfloat16 (`avx512_bf16` / AMX), or oneDNN capped below it (`ONEDNN_MAX_CPU_ISA=AVX2`). There oneDNN
-    fails inside the first convolution with "could not create a primitive descriptor"."""
+def cpu_bfloat16(cpu_flags=None, environ=None):
+    """(True, why) where TensorFlow's CPU kernels compute bfloat16 natively: oneDNN on and a CPU with `avx512_bf16` /
+    AMX that oneDNN is not capped below (`ONEDNN_MAX_CPU_ISA=AVX2`); else (False, why). Unknown CPUs (no
+    /proc/cpuinfo) and oneDNN switched off (Eigen's slow bfloat16 kernels) count as (None, why): nothing known."""
     environ = os.environ if environ is None else environ
-    if policy != "mixed_bfloat16" or tf.config.list_logical_devices("GPU"):
-        return
     if environ.get("TF_ENABLE_ONEDNN_OPTS", "1") == "0":
-        return  # Eigen's (slow) bfloat16 kernels
+        return None, "oneDNN is off (TF_ENABLE_ONEDNN_OPTS=0): Eigen's bfloat16 kernels, not native"
     if cpu_flags is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
                 cpu_flags = next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), None)
         except OSError:
-            return  # not Linux / x86: nothing known
+            cpu_flags = None
         if cpu_flags is None:
-            return
+            return None, "the CPU's flags are unknown (no /proc/cpuinfo)"
     cap = environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
     native = "avx512_bf16" in cpu_flags or "amx_bf16" in cpu_flags
     if native and cap not in _ISAS_WITHOUT_BFLOAT16:
+        return True, "the CPU computes bfloat16 natively (" + ("amx_bf16" if "amx_bf16" in cpu_flags else "avx512_bf16") + ")"
+    return False, (f"oneDNN is capped to ONEDNN_MAX_CPU_ISA={cap}, below bfloat16 instructions" if native
+                   else "this CPU has no native bfloat16 instructions (avx512_bf16 or AMX)")
+
+
+def check_precision(policy, cpu_flags=None, environ=None):
+    """Refuse `mixed_bfloat16` where TensorFlow's CPU kernels cannot run it: no GPU, oneDNN on, and a CPU without
+    native bfloat16 (`avx512_bf16` / AMX), or oneDNN capped below it (`ONEDNN_MAX_CPU_ISA=AVX2`). There oneDNN
+    fails inside the first convolution with "could not create a primitive descriptor"."""
+    if policy != "mixed_bfloat16" or tf.config.list_logical_devices("GPU"):
         return
-    why = (f"oneDNN is capped to ONEDNN_MAX_CPU_ISA={cap}, below bfloat16 instructions" if native
-           else "this CPU has no native bfloat16 instructions (avx512_bf16 or AMX)")
+    native, why = cpu_bfloat16(cpu_flags, environ)
+    if native is not False:
+        return
+    capped = "capped" in why
     raise EnvironmentProblemError(
         f"train.mixed_precision=mixed_bfloat16 cannot run on this machine: there is no GPU and {why}, so TensorFlow's "
-        "oneDNN kernels cannot compute in bfloat16. Use train.mixed_precision=float32 (the default), train on a GPU or "
-        "a CPU with avx512_bf16/AMX" + (", or unset ONEDNN_MAX_CPU_ISA" if native else "")
+        "oneDNN kernels cannot compute in bfloat16. Use train.mixed_precision=auto (the default: it picks what this "
+        "machine runs well) or float32, train on a GPU or a CPU with avx512_bf16/AMX"
+        + (", or unset ONEDNN_MAX_CPU_ISA" if capped else "")
         + " (TF_ENABLE_ONEDNN_OPTS=0 runs it on slow Eigen kernels).")
 
 

@@ -59,6 +59,7 @@ class Job:
     strategy: tf.distribute.Strategy
     started: float  # time.perf_counter() at the start
     jit_compile: typing.Optional[dict] = None  # how train.jit_compile was resolved (fit fills it in)
+    precision: typing.Optional[dict] = None  # how train.mixed_precision was resolved (`choose_precision`)
     stage_seconds: dict = dataclasses.field(default_factory=dict)  # wall time of each stage, for results.json
 
     @contextlib.contextmanager
@@ -137,11 +138,13 @@ def load_data(config):
                         stream=config.train.deterministic)
 
 
-def build(config, training_data, strategy):
-    """Stage 2: the model (in the config's precision) and its optimizer, under `strategy`."""
-    check_precision(config.train.mixed_precision)
+def build(config, training_data, strategy, policy=None):
+    """Stage 2: the model (in `policy`, by default the config's precision, `auto` resolved by `choose_precision`)
+    and its optimizer, under `strategy`."""
+    policy = policy or choose_precision(config, training_data, strategy)["policy"]
+    check_precision(policy)
     previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(config.train.mixed_precision)  # the model only: augmenters, probes stay float32
+    keras.config.set_dtype_policy(policy)  # the model only: augmenters, probes stay float32
     try:
         with strategy.scope():
             model = build_model(config, training_data.input_shape,
@@ -153,6 +156,30 @@ def build(config, training_data, strategy):
         model.compile(optimizer=build_optimizer(config, steps * config.train.epochs if steps else None),
                       jit_compile=config.train.jit_compile is True)  # "auto": decided in `fit`
     return model
+
+
+def choose_precision(config, training_data, strategy, log=True):
+    """`train.mixed_precision` resolved: a record `{"setting", "policy", "source", ...}` (`autotune.choose_precision`).
+    `auto` measures only where the choice is safe and pays back: one device, not deterministic (a choice made from
+    timings could differ between machines), at least `autotune.AUTO_MIN_STEPS` steps; the measurement trains two
+    throwaway models on the run's first batch."""
+    setting, steps = config.train.mixed_precision, training_data.steps_per_epoch
+    remaining = steps * config.train.epochs if steps else None
+    reason = None
+    if strategy.num_replicas_in_sync > 1 or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        reason = "several replicas or workers: not measured (the choice must be the same on every worker)"
+    elif config.train.deterministic:
+        reason = "deterministic mode: a choice made from timings could differ between machines"
+    elif remaining is None or remaining < autotune.AUTO_MIN_STEPS:
+        reason = f"fewer than {autotune.AUTO_MIN_STEPS} steps to train (or an unknown number): not worth measuring"
+    key = autotune.choice_key(config.to_dict()["model"], config.data.batch_size, training_data.input_shape,
+                              config.data.augment_on, "auto", strategy.num_replicas_in_sync)
+
+    def make_model(policy):
+        return build(config, training_data, strategy, policy)
+
+    batch = next(iter(training_data.views.take(1))) if setting == "auto" and not reason else None
+    return autotune.choose_precision(setting, key, make_model, batch, reason, log=log)
 
 
 def evaluate(config, training_data, encoder):
@@ -212,7 +239,7 @@ def _resolve_jit_compile(job, training_data, model, remaining_steps):
         job.jit_compile.update(chosen=False, source=reason)
         return None
     key = autotune.choice_key(config.to_dict()["model"], config.data.batch_size, training_data.input_shape,
-                              config.data.augment_on, config.train.mixed_precision)
+                              config.data.augment_on, (job.precision or {}).get("policy", config.train.mixed_precision))
     cached = autotune.read_choice(key)
     if cached is not None:
         model.jit_compile = cached["chosen"]
@@ -258,7 +285,8 @@ def finish(job, training_data, model, random_init, resumed_from):
         "epochs": config.train.epochs,
         "replicas": strategy.num_replicas_in_sync,
         "strategy": type(strategy).__name__,
-        "mixed_precision": config.train.mixed_precision,
+        "mixed_precision": job.precision["policy"],
+        "mixed_precision_choice": job.precision,
         "jit_compile": job.jit_compile,
         "seconds": None,
         "resumed_from": resumed_from and {"epoch": resumed_from["epoch"], "step": resumed_from["step"]},
@@ -314,7 +342,8 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
         with job.timed("data"):
             training_data = load_data(config)
         with job.timed("build"):
-            model = build(config, training_data, strategy)
+            job.precision = choose_precision(config, training_data, strategy, log=chief)
+            model = build(config, training_data, strategy, job.precision["policy"])
         with job.timed("evaluate_random_init"):
             random_init = evaluate(config, training_data, model.encoder) if config.eval.random_init else None
         # Everything above only reads. From here on the run directory is written.

@@ -70,7 +70,7 @@ AMCL_KNOBS = {
         "weighted-sg": ["model.objective=weighted", "model.temperature_stop_gradient=true"],
     },
 }
-AMCL_KNOBS["moco"] = AMCL_KNOBS["simclr"]
+AMCL_KNOBS["moco"] = dict(AMCL_KNOBS["simclr"])
 AMCL_KNOBS["simsiam"] = dict(AMCL_KNOBS["barlow_twins"])
 # Barlow Twins only (third round): one weight per head from its geometric-mean τ, each head's terms Barlow Twins' own
 AMCL_KNOBS["barlow_twins"]["head-weighted-sg"] = ["model.objective=head_weighted", "model.temperature_stop_gradient=true"]
@@ -78,6 +78,11 @@ AMCL_KNOBS["barlow_twins"]["head-weighted-sg"] = ["model.objective=head_weighted
 # d² channel pairs, ~100x the encoder's norm at the start) shrank the encoder's step ~100x against plain Barlow Twins
 for _knob in ("weighted-sg", "head-weighted-sg"):
     AMCL_KNOBS["barlow_twins"][_knob + "-clip"] = AMCL_KNOBS["barlow_twins"][_knob] + ["model.temperature_clipping=separate"]
+# Fifth round (issue 22): φ clipped on its own for MoCo's validated objective (φ's gradient made the joint clip
+# factor 1.17x smaller at the start, benchmarks/gradient_norms.py), and SimSiam's validated objective with φ on
+# stopped-gradient inputs (what turned Barlow Twins' `weighted` from -9.8 to -6.5 points on validation)
+AMCL_KNOBS["moco"]["authors-clip"] = AMCL_KNOBS["moco"]["authors"] + ["model.temperature_clipping=separate"]
+AMCL_KNOBS["simsiam"]["authors-sg"] = ["model.objective=authors", "model.temperature_stop_gradient=true"]
 DATASETS = ("fashion_mnist", "tuxpaint_stamps")
 DATASET_NAMES = {"fashion_mnist": "Fashion-MNIST (full, grayscale)", "tuxpaint_stamps": "Tux Paint stamps (colour)"}
 
@@ -113,7 +118,8 @@ def config_overrides(args, dataset, split, method, arm, seed):
         f"data.dataset={dataset}", f"data.eval_test_split={split}", "data.augmentation=abcde",
         f"data.batch_size={args.batch}", f"model.method={method}", f"model.amcl={str(amcl).lower()}",
         f"model.num_heads={heads}", f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}",
-        f"train.seed={seed}", "train.strategy=default", f"eval.probe_epochs={args.probe_epochs}",
+        f"train.seed={seed}", "train.strategy=default", f"train.mixed_precision={args.precision}",
+        f"eval.probe_epochs={args.probe_epochs}",
         f"eval.max_examples={args.eval_examples}", "eval.random_init=false", "export.formats=[]",
         "eval.online_probe_every=0", "eval.tensorboard=false", *extra,
     ]
@@ -351,6 +357,9 @@ def main():
     parser.add_argument("--probe-epochs", type=int, default=20)
     parser.add_argument("--eval-examples", type=int, default=10000)
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("benchmarks/results/ablation"))
+    parser.add_argument("--precision", default="float32",
+                        help="train.mixed_precision of every run (the study: float32; e.g. mixed_bfloat16 with another "
+                             "--out to compare precisions on the same arms and seeds)")
     parser.add_argument("--quick", action="store_true", help="one seed, 1 epoch of 3 steps, short probe")
     parser.add_argument("--no-extras", action="store_true",
                         help="test phase: only the grid's own arms (baseline, multihead, adaptive, amcl), not every "

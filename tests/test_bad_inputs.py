@@ -51,7 +51,7 @@ TRAIN_CASES = [
     ("unknown-encoder", ["--set", "model.encoder=vit"], "one of ['resnet18_cifar', 'resnet50_cifar', 'small_convnet']"),
     ("bad-preset", ["--set", "data.augmentation=xyz"], f"Use {', '.join(map(repr, AUGMENTATION_PRESETS))} or letters"),
     ("bad-strategy", ["--set", "train.strategy=tpu"], "one of ('auto', 'default', 'mirrored', 'multi_worker')"),
-    ("bad-precision", ["--set", "train.mixed_precision=float16"], "one of ('float32', 'mixed_float16', 'mixed_bfloat16')"),
+    ("bad-precision", ["--set", "train.mixed_precision=float16"], "one of ('auto', 'float32', 'mixed_float16', 'mixed_bfloat16')"),
     ("crop-scale-reversed", ["--set", "data.crop_scale=[0.9, 0.1]"], "0 < low <= high <= 1"),
     ("bad-export-format", ["--set", "export.formats=[tflite]"],
      "a list drawn from ['saved_model', 'onnx', 'onnx_int8', 'litert', 'litert_int8']"),
@@ -665,7 +665,7 @@ def test_mixed_bfloat16_without_native_kernels_is_refused_up_front(flags, enviro
         return
     with pytest.raises(amcl.errors.EnvironmentProblemError, match=refused) as error:
         check_precision("mixed_bfloat16", flags, environ)
-    assert "Use train.mixed_precision=float32" in str(error.value)
+    assert "Use train.mixed_precision=auto (the default" in str(error.value) and "or float32" in str(error.value)
 
 
 def test_cli_mixed_bfloat16_under_an_avx2_cap_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):

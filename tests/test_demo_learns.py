@@ -1,28 +1,67 @@
-"""Training helps: a short run of the demo configuration (`configs/demo.yaml`, the AMCL variant
-chosen on validation) beats the same architecture with its random initial weights on kNN.
+"""Training helps, and AMCL does not cost the demo what it promises: a short run of the demo
+configuration (`configs/demo.yaml`, the AMCL variant chosen on validation)
 
-Measured over 5 seeds (train.seed 0–4) of exactly this test's run (8 epochs of the demo, 2026-11-29):
+1. beats the same architecture with its random initial weights on kNN, and
+2. is not below plain SimCLR at the validated temperature (1 head, τ 0.1: `amcl train --no-amcl` on the
+   same config, same seed, same budget) by more than the spread measured over seeds.
+
+Measured over 5 seeds (train.seed 0–4) of exactly this test's AMCL run (8 epochs of the demo, 2026-11-29):
 kNN gains over the random encoder of +6.5, +5.5, +4.5, +2.2 and +5.8 points; 4 epochs were not
 enough (+2.6 and −0.4 on seeds 0 and 1). `MARGIN` is the smallest of the five, halved and rounded
 down, so the test checks a real effect without being flaky.
+
+The pair (AMCL − plain SimCLR, kNN points) is calibrated by `python -m tests.test_demo_learns 0 1 2`
+(`CALIBRATION`); `BASELINE_MARGIN` is the worst seed's deficit plus the seeds' spread, rounded up. The
+ablation (README "Reproduction") is where AMCL's gain is measured; this test only guards that the
+demo's default does not fall behind the plain method it replaces.
 """
 
 import pathlib
+import statistics
+import sys
 
 import pytest
 
 from amcl_keras import config as config_lib, train
 
 DEMO = pathlib.Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-SHORT = ["train.epochs=8", "eval.probe_epochs=5", "eval.online_probe_every=0", "eval.telemetry_every=0",
+SHORT = ["train.epochs=8", "train.mixed_precision=float32", "eval.probe_epochs=5", "eval.online_probe_every=0", "eval.telemetry_every=0",
          "eval.tensorboard=false", "export.formats=[]"]
-MARGIN = 0.01  # kNN accuracy (fraction): 1 point
+BASELINE = ["model.amcl=false", "model.num_heads=1", "eval.random_init=false"]  # what `--no-amcl` sets
+MARGIN = 0.01  # kNN accuracy (fraction) over the random encoder: 1 point
+# kNN points, demo (AMCL) − plain SimCLR τ 0.1, seeds 0, 1, 2 of exactly these runs (2026-12-05, 2-core
+# AVX-512 EPYC, `python -m tests.test_demo_learns 0 1 2`)
+CALIBRATION = {}
+BASELINE_MARGIN = None  # kNN accuracy (fraction); set from CALIBRATION
+
+
+def run(extra, seed, folder):
+    config = config_lib.load(DEMO, [*SHORT, f"train.seed={seed}", *extra])
+    return train.run(config, folder, verbose=0)
 
 
 @pytest.mark.slow
-def test_short_demo_run_beats_the_random_encoder_on_knn(tmp_path):
-    config = config_lib.load(DEMO, SHORT)
-    assert config.model.amcl and config.model.objective != "authors"
-    results = train.run(config, tmp_path / "demo", verbose=0)
-    gain = results["trained"]["knn"] - results["random_init"]["knn"]
-    assert gain >= MARGIN, f"kNN {results['trained']['knn']:.3f} vs random {results['random_init']['knn']:.3f}"
+def test_short_demo_run_beats_the_random_encoder_and_plain_simclr(tmp_path):
+    demo = run([], 0, tmp_path / "demo")
+    assert config_lib.load(DEMO, SHORT).model.amcl
+    gain = demo["trained"]["knn"] - demo["random_init"]["knn"]
+    assert gain >= MARGIN, f"kNN {demo['trained']['knn']:.3f} vs random {demo['random_init']['knn']:.3f}"
+    assert config_lib.load(DEMO, BASELINE).model.settings.temperature == 0.1, "the baseline: SimCLR at the validated τ"
+    plain = run(BASELINE, 0, tmp_path / "plain")
+    assert demo["trained"]["knn"] >= plain["trained"]["knn"] - BASELINE_MARGIN, (
+        f"demo kNN {demo['trained']['knn']:.3f} < plain SimCLR {plain['trained']['knn']:.3f} - {BASELINE_MARGIN}")
+
+
+if __name__ == "__main__":  # calibration: python -m tests.test_demo_learns [SEEDS]
+    import tempfile
+
+    deltas = []
+    with tempfile.TemporaryDirectory() as folder:
+        for seed in [int(s) for s in sys.argv[1:]] or [0, 1, 2]:
+            demo = run(["eval.random_init=false"], seed, pathlib.Path(folder) / f"demo{seed}")["trained"]
+            plain = run(BASELINE, seed, pathlib.Path(folder) / f"plain{seed}")["trained"]
+            deltas.append(round(100 * (demo["knn"] - plain["knn"]), 2))
+            print(seed, f"demo kNN {100 * demo['knn']:.1f} probe {100 * demo['linear_probe']:.1f}; plain SimCLR kNN "
+                  f"{100 * plain['knn']:.1f} probe {100 * plain['linear_probe']:.1f}", flush=True)
+    print("deltas (kNN points):", deltas, "mean", round(statistics.mean(deltas), 2),
+          "std", round(statistics.stdev(deltas), 2) if len(deltas) > 1 else 0, flush=True)
