@@ -10,8 +10,8 @@ kNN gains over the random encoder of +6.5, +5.5, +4.5, +2.2 and +5.8 points; 4 e
 enough (+2.6 and −0.4 on seeds 0 and 1). `MARGIN` is the smallest of the five, halved and rounded
 down, so the test checks a real effect without being flaky.
 
-The pair (AMCL − plain SimCLR, kNN points) is calibrated by `python -m tests.test_demo_learns 0 1 2`
-(`CALIBRATION`); `BASELINE_MARGIN` is the worst seed's deficit plus the seeds' spread, rounded up. The
+The pair (AMCL − plain SimCLR, kNN and linear-probe points) is calibrated by `python -m tests.test_demo_learns 0 1 2`
+(`CALIBRATION`); `BASELINE_MARGIN` is, per measure, the worst seed's deficit plus the seeds' spread, rounded up. The
 ablation (README "Reproduction") is where AMCL's gain is measured; this test only guards that the
 demo's default does not fall behind the plain method it replaces.
 """
@@ -29,10 +29,12 @@ SHORT = ["train.epochs=8", "train.mixed_precision=float32", "eval.probe_epochs=5
          "eval.tensorboard=false", "export.formats=[]"]
 BASELINE = ["model.amcl=false", "model.num_heads=1", "eval.random_init=false"]  # what `--no-amcl` sets
 MARGIN = 0.01  # kNN accuracy (fraction) over the random encoder: 1 point
-# kNN points, demo (AMCL) − plain SimCLR τ 0.1, seeds 0, 1, 2 of exactly these runs (2026-12-05, 2-core
-# AVX-512 EPYC, `python -m tests.test_demo_learns 0 1 2`)
-CALIBRATION = {}
-BASELINE_MARGIN = None  # kNN accuracy (fraction); set from CALIBRATION
+# Points, demo (AMCL) − plain SimCLR τ 0.1, seeds 0, 1, 2 of exactly these runs (2026-12-05, 2-core AVX-512
+# EPYC, float32, `python -m tests.test_demo_learns 0 1 2`; demo kNN 67.5 / 66.3 / 65.8, probe 75.4 / 76.2 / 76.4;
+# plain kNN 66.1 / 65.7 / 67.8, probe 78.4 / 76.4 / 78.2). At this budget AMCL is level on kNN (mean 0.0 ± 1.8)
+# and behind on the probe (−1.7 ± 1.4): the margins are each measure's worst seed plus its spread, rounded up.
+CALIBRATION = {"knn": [1.4, 0.6, -2.0], "linear_probe": [-3.0, -0.2, -1.8]}
+BASELINE_MARGIN = {"knn": 0.04, "linear_probe": 0.045}  # accuracy (fraction)
 
 
 def run(extra, seed, folder):
@@ -48,8 +50,9 @@ def test_short_demo_run_beats_the_random_encoder_and_plain_simclr(tmp_path):
     assert gain >= MARGIN, f"kNN {demo['trained']['knn']:.3f} vs random {demo['random_init']['knn']:.3f}"
     assert config_lib.load(DEMO, BASELINE).model.settings.temperature == 0.1, "the baseline: SimCLR at the validated τ"
     plain = run(BASELINE, 0, tmp_path / "plain")
-    assert demo["trained"]["knn"] >= plain["trained"]["knn"] - BASELINE_MARGIN, (
-        f"demo kNN {demo['trained']['knn']:.3f} < plain SimCLR {plain['trained']['knn']:.3f} - {BASELINE_MARGIN}")
+    for measure, margin in BASELINE_MARGIN.items():
+        assert demo["trained"][measure] >= plain["trained"][measure] - margin, (
+            f"demo {measure} {demo['trained'][measure]:.3f} < plain SimCLR {plain['trained'][measure]:.3f} - {margin}")
 
 
 if __name__ == "__main__":  # calibration: python -m tests.test_demo_learns [SEEDS]
