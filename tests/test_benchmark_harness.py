@@ -153,3 +153,10 @@ def test_selected_methods_and_model_config_follow_the_registry():
         assert adaptive.projection_dim == spec.settings.projection_dim
         if "queue_size" in spec.setting_names():  # at least 2 × batch keys
             assert adaptive.queue_size == max(spec.settings.queue_size, 2 * 4096)
+
+
+def test_the_loss_scaling_exponent_is_the_log_log_slope():
+    from benchmarks import loss_scaling
+
+    assert loss_scaling.exponent([(256, 3.0), (1024, 48.0), (4096, 768.0)]) == 2.0  # 3·(B/256)²
+    assert loss_scaling.exponent([(256, 5.0), (4096, 80.0)]) == 1.0

@@ -1,0 +1,99 @@
+"""AMCL's cost as the global batch grows: the loss alone (forward + backward), time and peak memory, per case and batch.
+
+Cases (each method's defaults from its settings dataclass, 3 heads with AMCL, 1 without):
+SimCLR ± AMCL (2B × 2B similarities per head, top-k negatives), MoCo ± AMCL with a key queue of 4,096 and of 65,536
+(B × queue per head), Barlow Twins ± AMCL at d' = 2,048 (d' × d' channel pairs per head). Each (case, batch) runs in
+its own process: its time is the median of `--repeats` compiled calls on random embeddings, its memory the growth
+of the process's peak resident set over the calls (what the loss itself allocates, CPU). The growth exponent is
+the slope of log(time) against log(batch) over the batches measured.
+
+    python -m benchmarks.loss_scaling                          # batches 256 1024 4096, every case
+    python -m benchmarks.loss_scaling --batches 64 128 --cases simclr --repeats 2   # quick
+"""
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+
+from benchmarks import harness
+
+CASES = {  # name → (method, AMCL, extra model overrides)
+    "simclr": ("simclr", False, {}),
+    "amcl_simclr": ("simclr", True, {}),
+    "moco_q4096": ("moco", False, {"queue_size": 4096}),
+    "amcl_moco_q4096": ("moco", True, {"queue_size": 4096}),
+    "moco_q65536": ("moco", False, {"queue_size": 65536}),
+    "amcl_moco_q65536": ("moco", True, {"queue_size": 65536}),
+    "barlow_twins_d2048": ("barlow_twins", False, {"projection_dim": 2048}),
+    "amcl_barlow_twins_d2048": ("barlow_twins", True, {"projection_dim": 2048}),
+}
+
+
+def peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_one(case, batch, repeats):
+    """{median_ms, loss_peak_mib} of one case at one batch, in this process."""
+    import amcl_keras as amcl  # noqa: PLC0415
+    from amcl_keras import registry  # noqa: PLC0415
+    from benchmarks import loss_time  # noqa: PLC0415
+
+    method, amcl_on, extra = CASES[case]
+    overrides = [f"model.method={method}", f"model.amcl={str(amcl_on).lower()}",
+                 f"model.num_heads={3 if amcl_on else 1}", f"data.batch_size={batch}"]
+    overrides += [f"model.{key}={value}" for key, value in extra.items()]
+    config = amcl.config.load(None, overrides).model
+    encoder = amcl.encoders.get("small_convnet", (28, 28, 1), width=4)  # only the model's loss is used
+    loss = registry.method(method).model.from_model_config(encoder, config, batch).contrastive_loss
+    call = loss_time.loss_step(loss, batch, config.num_heads, config.settings)
+    before = peak_rss_mib()
+    seconds = harness.timings(call, repeats, warmup=1)
+    return {"median_ms": round(1000 * sorted(seconds)[len(seconds) // 2], 2),
+            "loss_peak_mib": round(peak_rss_mib() - before, 1)}
+
+
+def exponent(points):
+    """Least-squares slope of log(y) on log(x)."""
+    xs, ys = [math.log(x) for x, _ in points], [math.log(y) for _, y in points]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs), 2)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", nargs="+", type=int, default=[256, 1024, 4096], help="global batches (pairs)")
+    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per (case, batch) process")
+    parser.add_argument("--one", nargs=2, metavar=("CASE", "BATCH"), help=argparse.SUPPRESS)
+    harness.add_json_option(parser)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure_one(args.one[0], int(args.one[1]), args.repeats)))
+        return
+    result = {"benchmark": "loss_scaling", "command": "python -m benchmarks.loss_scaling " + " ".join(sys.argv[1:]),
+              "machine": harness.machine(), "versions": harness.versions(), "repeats": args.repeats, "cases": {}}
+    rows = []
+    for case in args.cases:
+        entries = {}
+        for batch in args.batches:
+            try:
+                entries[batch] = harness.run_json([sys.executable, "-m", "benchmarks.loss_scaling", "--one", case,
+                                                   batch, "--repeats", args.repeats], timeout=args.timeout)
+            except (RuntimeError, subprocess.TimeoutExpired) as error:
+                entries[batch] = {"error": str(error).strip().splitlines()[-1][:300]}
+        timed = [(batch, entry["median_ms"]) for batch, entry in entries.items() if "median_ms" in entry]
+        result["cases"][case] = {"by_batch": entries, "time_exponent": exponent(timed) if len(timed) > 1 else None}
+        rows.append([case, *(entries[b].get("median_ms", "error") for b in args.batches),
+                     *(entries[b].get("loss_peak_mib", "error") for b in args.batches),
+                     result["cases"][case]["time_exponent"]])
+    headers = ["case", *(f"ms @ {b}" for b in args.batches), *(f"MiB @ {b}" for b in args.batches), "time ∝ B^k"]
+    harness.report(result, "Loss alone (forward + backward), median ms and peak memory growth", headers, rows, args.json)
+
+
+if __name__ == "__main__":
+    main()
