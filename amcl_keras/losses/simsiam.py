@@ -97,6 +97,7 @@ class AMCLSimSiamLoss(AdaptiveTemperatureLoss):
 
     objectives = NON_CONTRASTIVE_OBJECTIVES  # not "head_weighted" (Barlow Twins only)
     default_objective = "authors"  # validated for SimSiam (docs/METHOD.md §10); τ runs to its floor
+    default_temperature_stop_gradient = True  # φ on stopped-gradient inputs: validated (docs/METHOD.md §10, fifth round)
 
     def __init__(self, projection_dim, beta=1e-4, **kwargs):  # **kwargs: AdaptiveTemperatureLoss's and a Keras loss's
         super().__init__(projection_dim, beta, **kwargs)
