@@ -156,3 +156,26 @@ def test_under_mixed_float16_the_loss_scale_skip_is_the_steps_and_a_nan_gradient
     finally:
         _NAN_GRADIENT.assign(False)
         keras.config.set_dtype_policy(previous)
+
+
+def _native_bfloat16():
+    from amcl_keras.distribute import check_precision
+    from amcl_keras.errors import EnvironmentProblemError
+
+    try:
+        check_precision("mixed_bfloat16")
+    except EnvironmentProblemError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _native_bfloat16(), reason="no native bfloat16 kernels on this machine")
+@pytest.mark.parametrize("policy", ["mixed_bfloat16"], indirect=True)
+@pytest.mark.parametrize("amcl_on", [True, False], ids=["amcl", "plain"])
+@pytest.mark.parametrize("poisoned_view", [1, 2])
+def test_under_mixed_bfloat16_a_nan_batch_changes_no_variable_either(amcl_on, policy, poisoned_view):
+    """What `train.mixed_precision: auto` may choose on a CPU with native bfloat16: the same guarantee (no loss
+    scaling there: the guard's own skip), for the default method."""
+    from tests.methods.helpers import DEFAULT_METHOD
+
+    test_a_nan_batch_changes_no_variable(DEFAULT_METHOD, amcl_on, policy, 1, poisoned_view, None)
