@@ -72,13 +72,22 @@ def test_larger_images_are_resized_inside_the_model(run_dir, tmp_path):
     )
 
 
-def test_mixed_precision_encoder_exports_as_float32(tmp_path):
-    keras.mixed_precision.set_global_policy("mixed_float16")
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_encoder_exports_as_float32(policy, tmp_path):
+    """Both 16-bit policies (mixed_bfloat16: what `train.mixed_precision: auto` may choose) export float32."""
+    from amcl_keras.distribute import check_precision
+    from amcl_keras.errors import EnvironmentProblemError
+
+    try:
+        check_precision(policy)
+    except EnvironmentProblemError:
+        pytest.skip("no native bfloat16 kernels on this machine")
+    keras.mixed_precision.set_global_policy(policy)
     try:
         encoder = amcl.encoders.small_convnet((28, 28, 1), width=4)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    assert encoder.layers[1].compute_dtype == "float16"
+    assert encoder.layers[1].compute_dtype == policy.replace("mixed_", "")
     metadata = export.export_encoder(encoder, tmp_path / "mp")
     session = onnxruntime.InferenceSession(str(tmp_path / "mp" / "encoder.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_outputs()[0].type == "tensor(float)"
