@@ -141,7 +141,7 @@ def load_data(config):
 def build(config, training_data, strategy, policy=None):
     """Stage 2: the model (in `policy`, by default the config's precision, `auto` resolved by `choose_precision`)
     and its optimizer, under `strategy`."""
-    policy = policy or choose_precision(config, training_data, strategy)["policy"]
+    policy = policy or choose_precision(config)["policy"]
     check_precision(policy)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)  # the model only: augmenters, probes stay float32
@@ -158,28 +158,10 @@ def build(config, training_data, strategy, policy=None):
     return model
 
 
-def choose_precision(config, training_data, strategy, log=True):
-    """`train.mixed_precision` resolved: a record `{"setting", "policy", "source", ...}` (`autotune.choose_precision`).
-    `auto` measures only where the choice is safe and pays back: one device, not deterministic (a choice made from
-    timings could differ between machines), at least `autotune.AUTO_MIN_STEPS` steps; the measurement trains two
-    throwaway models on the run's first batch."""
-    setting, steps = config.train.mixed_precision, training_data.steps_per_epoch
-    remaining = steps * config.train.epochs if steps else None
-    reason = None
-    if strategy.num_replicas_in_sync > 1 or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        reason = "several replicas or workers: not measured (the choice must be the same on every worker)"
-    elif config.train.deterministic:
-        reason = "deterministic mode: a choice made from timings could differ between machines"
-    elif remaining is None or remaining < autotune.AUTO_MIN_STEPS:
-        reason = f"fewer than {autotune.AUTO_MIN_STEPS} steps to train (or an unknown number): not worth measuring"
-    key = autotune.choice_key(config.to_dict()["model"], config.data.batch_size, training_data.input_shape,
-                              config.data.augment_on, "auto", strategy.num_replicas_in_sync)
-
-    def make_model(policy):
-        return build(config, training_data, strategy, policy)
-
-    batch = next(iter(training_data.views.take(1))) if setting == "auto" and not reason else None
-    return autotune.choose_precision(setting, key, make_model, batch, reason, log=log)
+def choose_precision(config):
+    """`train.mixed_precision` resolved: a record `{"setting", "policy", "source", ...}` (`autotune.choose_precision`:
+    `auto` is float32 on CPU, mixed_float16 on GPUs with tensor cores; bfloat16 only when asked for)."""
+    return autotune.choose_precision(config.train.mixed_precision)
 
 
 def evaluate(config, training_data, encoder):
@@ -342,7 +324,7 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
         with job.timed("data"):
             training_data = load_data(config)
         with job.timed("build"):
-            job.precision = choose_precision(config, training_data, strategy, log=chief)
+            job.precision = choose_precision(config)
             model = build(config, training_data, strategy, job.precision["policy"])
         with job.timed("evaluate_random_init"):
             random_init = evaluate(config, training_data, model.encoder) if config.eval.random_init else None
