@@ -59,7 +59,7 @@ class Job:
     strategy: tf.distribute.Strategy
     started: float  # time.perf_counter() at the start
     jit_compile: typing.Optional[dict] = None  # how train.jit_compile was resolved (fit fills it in)
-    precision: typing.Optional[dict] = None  # how train.mixed_precision was resolved (`choose_precision`)
+    precision: typing.Optional[dict] = None  # how train.mixed_precision was resolved (`autotune.choose_precision`)
     stage_seconds: dict = dataclasses.field(default_factory=dict)  # wall time of each stage, for results.json
 
     @contextlib.contextmanager
@@ -139,9 +139,9 @@ def load_data(config):
 
 
 def build(config, training_data, strategy, policy=None):
-    """Stage 2: the model (in `policy`, by default the config's precision, `auto` resolved by `choose_precision`)
-    and its optimizer, under `strategy`."""
-    policy = policy or choose_precision(config)["policy"]
+    """Stage 2: the model (in `policy`, by default the config's precision, `auto` resolved by
+    `autotune.choose_precision`) and its optimizer, under `strategy`."""
+    policy = policy or autotune.choose_precision(config.train.mixed_precision)["policy"]
     check_precision(policy)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)  # the model only: augmenters, probes stay float32
@@ -156,12 +156,6 @@ def build(config, training_data, strategy, policy=None):
         model.compile(optimizer=build_optimizer(config, steps * config.train.epochs if steps else None),
                       jit_compile=config.train.jit_compile is True)  # "auto": decided in `fit`
     return model
-
-
-def choose_precision(config):
-    """`train.mixed_precision` resolved: a record `{"setting", "policy", "source", ...}` (`autotune.choose_precision`:
-    `auto` is float32 on CPU, mixed_float16 on GPUs with tensor cores; bfloat16 only when asked for)."""
-    return autotune.choose_precision(config.train.mixed_precision)
 
 
 def evaluate(config, training_data, encoder):
@@ -324,7 +318,7 @@ def run(config, run_dir, overwrite=False, verbose="auto"):
         with job.timed("data"):
             training_data = load_data(config)
         with job.timed("build"):
-            job.precision = choose_precision(config)
+            job.precision = autotune.choose_precision(config.train.mixed_precision)
             model = build(config, training_data, strategy, job.precision["policy"])
         with job.timed("evaluate_random_init"):
             random_init = evaluate(config, training_data, model.encoder) if config.eval.random_init else None

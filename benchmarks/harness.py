@@ -171,9 +171,10 @@ def selected_methods(values):
     return tuple(registry.method(name).name for name in values)
 
 
-def model_config(method, amcl_on, batch, projection_dim=None, hidden_dim=None, objective=None):
+def model_config(method, amcl_on, batch, projection_dim=None, hidden_dim=None, objective=None, extra=()):
     """The `model:` config the step benchmarks train: AMCL with 3 heads or the baseline with 1, the method's own
-    defaults otherwise, a key queue (where the method has one) of at least 2 × `batch` keys."""
+    defaults otherwise, a key queue (where the method has one) of at least 2 × `batch` keys; `extra`: more
+    `model.KEY=VALUE` overrides, applied last."""
     spec = registry.method(method)
     overrides = [f"model.method={method}", f"model.amcl={str(amcl_on).lower()}", f"model.num_heads={3 if amcl_on else 1}",
                  f"data.batch_size={batch}"]
@@ -182,7 +183,7 @@ def model_config(method, amcl_on, batch, projection_dim=None, hidden_dim=None, o
     for key, value in (("projection_dim", projection_dim), ("hidden_dim", hidden_dim), ("objective", objective)):
         if value:
             overrides.append(f"model.{key}={value}")
-    return amcl.config.load(None, overrides).model
+    return amcl.config.load(None, [*overrides, *extra]).model
 
 
 def build_model(method, amcl_on, batch, encoder, image_shape, width=None, encoder_options=None, projection_dim=None,

@@ -38,17 +38,10 @@ def peak_rss_mib():
 
 def measure_one(case, batch, repeats):
     """{median_ms, loss_peak_mib} of one case at one batch, in this process."""
-    import amcl_keras as amcl  # noqa: PLC0415
-    from amcl_keras import registry  # noqa: PLC0415
     from benchmarks import loss_time  # noqa: PLC0415
 
     method, amcl_on, extra = CASES[case]
-    overrides = [f"model.method={method}", f"model.amcl={str(amcl_on).lower()}",
-                 f"model.num_heads={3 if amcl_on else 1}", f"data.batch_size={batch}"]
-    overrides += [f"model.{key}={value}" for key, value in extra.items()]
-    config = amcl.config.load(None, overrides).model
-    encoder = amcl.encoders.get("small_convnet", (28, 28, 1), width=4)  # only the model's loss is used
-    loss = registry.method(method).model.from_model_config(encoder, config, batch).contrastive_loss
+    loss, config = loss_time.method_loss(method, amcl_on, batch, [f"model.{key}={value}" for key, value in extra.items()])
     call = loss_time.loss_step(loss, batch, config.num_heads, config.settings)
     before = peak_rss_mib()
     seconds = harness.timings(call, repeats, warmup=1)

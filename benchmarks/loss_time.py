@@ -22,11 +22,12 @@ from benchmarks import harness
 VARIANTS = (("baseline_1_head", False, 1), ("amcl_1_head", True, 1), ("amcl_3_heads", True, 3))
 
 
-def method_loss(method, amcl_on, batch):
-    """The loss `method`'s model trains with by default (AMCL or baseline) for a global batch of `batch` pairs."""
-    config = harness.model_config(method, amcl_on, batch)
+def method_loss(method, amcl_on, batch, extra=()):
+    """(loss, model config): the loss `method`'s model trains with by default (AMCL or baseline) for a global batch
+    of `batch` pairs (`extra`: more `model.KEY=VALUE` overrides)."""
+    config = harness.model_config(method, amcl_on, batch, extra=extra)
     encoder = amcl.encoders.get("small_convnet", (28, 28, 1), width=4)  # only the model's loss is used
-    return registry.method(method).model.from_model_config(encoder, config, batch).contrastive_loss
+    return registry.method(method).model.from_model_config(encoder, config, batch).contrastive_loss, config
 
 
 def loss_step(loss, batch, heads, settings):
@@ -60,7 +61,7 @@ def main():
     for method in registry.names():
         settings = registry.method(method).settings
         result["losses"][method] = {
-            name: round(1000 * harness.median_seconds(loss_step(method_loss(method, amcl_on, b), b, heads, settings),
+            name: round(1000 * harness.median_seconds(loss_step(method_loss(method, amcl_on, b)[0], b, heads, settings),
                                                       args.repeats), 2)
             for name, amcl_on, heads in VARIANTS
         }

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from amcl_keras import autotune
 from tests.methods.helpers import METHODS, build, one_step, tiny_encoder, views
 
 
@@ -158,18 +159,7 @@ def test_under_mixed_float16_the_loss_scale_skip_is_the_steps_and_a_nan_gradient
         keras.config.set_dtype_policy(previous)
 
 
-def _native_bfloat16():
-    from amcl_keras.distribute import check_precision
-    from amcl_keras.errors import EnvironmentProblemError
-
-    try:
-        check_precision("mixed_bfloat16")
-    except EnvironmentProblemError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _native_bfloat16(), reason="no native bfloat16 kernels on this machine")
+@pytest.mark.skipif(not autotune.native_bfloat16()[0], reason="no native bfloat16 kernels on this machine")
 @pytest.mark.parametrize("policy", ["mixed_bfloat16"], indirect=True)
 @pytest.mark.parametrize("amcl_on", [True, False], ids=["amcl", "plain"])
 @pytest.mark.parametrize("poisoned_view", [1, 2])
