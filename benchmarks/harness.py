@@ -187,11 +187,11 @@ def model_config(method, amcl_on, batch, projection_dim=None, hidden_dim=None, o
 
 
 def build_model(method, amcl_on, batch, encoder, image_shape, width=None, encoder_options=None, projection_dim=None,
-                hidden_dim=None, objective=None, jit=False, steps_per_execution=1):
+                hidden_dim=None, objective=None, jit=False, steps_per_execution=1, extra=()):
     """A compiled model (SGD 0.06, momentum 0.9, weight decay 5e-4, global clipnorm 1.0) of `model_config`'s
     settings on encoder `encoder`; returns (model, encoder, model config)."""
     backbone = amcl.encoders.get(encoder, tuple(image_shape), width=width, options=encoder_options)
-    config = model_config(method, amcl_on, batch, projection_dim, hidden_dim, objective)
+    config = model_config(method, amcl_on, batch, projection_dim, hidden_dim, objective, extra)
     model = registry.method(method).model.from_model_config(backbone, config, batch)
     model.compile(optimizer=keras.optimizers.SGD(0.06, momentum=0.9, weight_decay=5e-4, global_clipnorm=1.0),
                   jit_compile=jit, steps_per_execution=steps_per_execution)

@@ -30,12 +30,20 @@ def check_negatives(negatives):
         )
 
 
-def select_negatives(similarity, temperature, negatives, top_k, num_negatives, negative_mask=None):
-    """The negatives each anchor uses: the k most similar by COSINE (not by sim/τ).
+def select_negatives(similarity, anchors, candidates, temperature, negatives, top_k, num_negatives,
+                     negative_mask=None, phi_anchors=None):
+    """The negatives each anchor uses — the k most similar by COSINE (not by sim/τ) — with their sim and τ.
 
-    similarity, temperature: `[..., n]` for every candidate; `negative_mask` (broadcastable,
-    True = a negative) excludes the others. k = 1 for "hardest", else min(top_k, num_negatives)
-    (a Python int when shapes are static, as XLA needs). Returns `(sim [..., k], τ [..., k])`.
+    similarity `[C, n, m]`: cosine of every anchor with every candidate, used only to RANK (no gradient
+    flows through it); anchors `[C, n, d]`, candidates `[C, m, d]` (L2-normalised); `temperature`: the
+    shared `AdaptiveTemperature`; `negative_mask` (broadcastable, True = a negative) excludes the others.
+    k = 1 for "hardest", else min(top_k, num_negatives) (a Python int when shapes are static, as XLA needs).
+
+    Only the k chosen candidates are gathered, and their similarity and φ-score are recomputed from
+    them: values and gradients equal those read off full `[C, n, m]` similarity and τ matrices, but τ is
+    never computed for the m − k negatives the objective does not use (with a 65,536-key MoCo queue and
+    k = 100 that was most of the loss's time and memory; `benchmarks/loss_scaling.py`).
+    Returns `(sim [C, n, k], τ [C, n, k])`.
     """
     if negatives == "hardest":
         k = 1
@@ -43,10 +51,19 @@ def select_negatives(similarity, temperature, negatives, top_k, num_negatives, n
         k = min(top_k, num_negatives)
     else:
         k = tf.minimum(top_k, num_negatives)
-    ranked = similarity if negative_mask is None else tf.where(negative_mask, similarity, -3.0)  # cosine ≥ −1
-    chosen_similarity, index = tf.math.top_k(ranked, k=k)
-    batch_dims = len(similarity.shape) - 1
-    return chosen_similarity, tf.gather(temperature, index, batch_dims=batch_dims)
+    ranked = tf.stop_gradient(similarity)
+    if negative_mask is not None:
+        ranked = tf.where(negative_mask, ranked, -3.0)  # cosine ≥ −1
+    _, index = tf.math.top_k(ranked, k=k)  # [C, n, k]
+    chosen = tf.gather(candidates, index, batch_dims=1)  # [C, n, k, d]
+    chosen_similarity = tf.einsum("cnd,cnkd->cnk", anchors, chosen)
+    phi_anchors = temperature.embed(anchors) if phi_anchors is None else phi_anchors
+    chosen_rows, candidate_rows = anchors.shape[1], candidates.shape[1]
+    if isinstance(k, int) and chosen_rows is not None and candidate_rows is not None and chosen_rows * k < candidate_rows:
+        phi_chosen = temperature.embed(chosen)  # fewer rows through φ than the candidates (a long MoCo queue)
+    else:
+        phi_chosen = tf.gather(temperature.embed(candidates), index, batch_dims=1)
+    return chosen_similarity, temperature.from_scores(tf.einsum("cnd,cnkd->cnk", phi_anchors, phi_chosen))
 
 
 def anchor_objective(sim_positive, tau_positive, sim_negative, tau_negative, beta, dim, negatives):

@@ -97,10 +97,10 @@ class AMCLInfoNCELoss(AMCLContrastiveLoss):
         self.temperature.check_input_dim(q)
         phi_query = self.temperature.embed(q)
         tau_positive = self.temperature.from_scores(tf.reduce_sum(phi_query * self.temperature.embed(k), -1))
-        tau = self.temperature.from_scores(tf.matmul(phi_query, self.temperature.embed(queue), transpose_b=True))
         similarity = tf.matmul(q, queue, transpose_b=True)  # [C, b, M]
         sim_positive = tf.reduce_sum(q * k, axis=-1)
         if self.objective == "normalized":
+            tau = self.temperature.from_scores(tf.matmul(phi_query, self.temperature.embed(queue), transpose_b=True))
             positive_logit = sim_positive / tau_positive
             logits = tf.concat([positive_logit[..., None], similarity / tau], axis=-1)
             per_anchor = (
@@ -110,7 +110,9 @@ class AMCLInfoNCELoss(AMCLContrastiveLoss):
             tau_negative = tau
         else:
             queue_size = queue.shape[1] if queue.shape[1] is not None else tf.shape(queue)[1]
-            sim_negative, tau_negative = select_negatives(similarity, tau, self.negatives, self.top_k, queue_size)
+            sim_negative, tau_negative = select_negatives(
+                similarity, q, queue, self.temperature, self.negatives, self.top_k, queue_size, phi_anchors=phi_query
+            )
             if self.objective == "authors":
                 per_anchor = anchor_objective(
                     sim_positive, tau_positive, sim_negative, tau_negative,

@@ -129,15 +129,16 @@ class AMCLNTXentLoss(AMCLContrastiveLoss):
         self.temperature.check_input_dim(pairs.anchors)
         embed = self.temperature.embed
         phi_anchors = embed(pairs.anchors)  # φ once per sample ...
-        tau = self.temperature.from_scores(tf.matmul(phi_anchors, embed(pairs.candidates), transpose_b=True))
         tau_positive = self.temperature.from_scores(tf.reduce_sum(phi_anchors * embed(pairs.partners), -1))
         sim_positive = tf.reduce_sum(pairs.anchors * pairs.partners, axis=-1)  # [C, 2b]
 
         if self.objective == "normalized":
+            tau = self.temperature.from_scores(tf.matmul(phi_anchors, embed(pairs.candidates), transpose_b=True))
             per_anchor, tau_negative = self._normalized(pairs, tau, sim_positive, tau_positive)
         else:
             sim_negative, tau_negative = select_negatives(
-                pairs.similarity, tau, self.negatives, self.top_k, pairs.num_negatives, pairs.negative_mask
+                pairs.similarity, pairs.anchors, pairs.candidates, self.temperature, self.negatives, self.top_k,
+                pairs.num_negatives, pairs.negative_mask, phi_anchors=phi_anchors,
             )
             if self.objective == "authors":
                 per_anchor = anchor_objective(

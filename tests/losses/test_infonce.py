@@ -25,7 +25,10 @@ def test_infonce_queue_of_identical_keys_is_analytic(rng):
 
 
 @pytest.mark.parametrize("negatives", ["topk", "hardest"])
-@pytest.mark.parametrize("batch,heads,dim,queue,top_k", [(3, 1, 4, 5, 100), (6, 2, 8, 20, 4), (5, 3, 16, 32, 10)])
+# the last case has batch·k < queue: φ runs on the chosen keys, not on the whole queue (both paths covered)
+@pytest.mark.parametrize(
+    "batch,heads,dim,queue,top_k", [(3, 1, 4, 5, 100), (6, 2, 8, 20, 4), (5, 3, 16, 32, 10), (2, 2, 8, 64, 5)]
+)
 def test_amcl_infonce_matches_numpy(rng, negatives, batch, heads, dim, queue, top_k):
     q, k = (rng.normal(size=(batch, heads, dim)).astype("float32") for _ in range(2))
     bank = rng.normal(size=(heads, queue, dim)).astype("float32")
