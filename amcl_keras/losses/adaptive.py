@@ -34,16 +34,18 @@ def select_negatives(similarity, anchors, candidates, temperature, negatives, to
                      negative_mask=None, phi_anchors=None):
     """The negatives each anchor uses — the k most similar by COSINE (not by sim/τ) — with their sim and τ.
 
-    similarity `[C, n, m]`: cosine of every anchor with every candidate, used only to RANK (no gradient
-    flows through it); anchors `[C, n, d]`, candidates `[C, m, d]` (L2-normalised); `temperature`: the
-    shared `AdaptiveTemperature`; `negative_mask` (broadcastable, True = a negative) excludes the others.
-    k = 1 for "hardest", else min(top_k, num_negatives) (a Python int when shapes are static, as XLA needs).
+    similarity `[C, n, m]`: cosine of every anchor with every candidate (ranked without its gradient);
+    anchors `[C, n, d]`, candidates `[C, m, d]` (L2-normalised); `temperature`: the shared
+    `AdaptiveTemperature` (`phi_anchors`: φ(anchors) when already computed); `negative_mask`
+    (broadcastable, True = a negative) excludes the others. k = 1 for "hardest", else
+    min(top_k, num_negatives) (a Python int when shapes are static, as XLA needs).
 
-    Only the k chosen candidates are gathered, and their similarity and φ-score are recomputed from
-    them: values and gradients equal those read off full `[C, n, m]` similarity and τ matrices, but τ is
-    never computed for the m − k negatives the objective does not use (with a 65,536-key MoCo queue and
-    k = 100 that was most of the loss's time and memory; `benchmarks/loss_scaling.py`).
-    Returns `(sim [C, n, k], τ [C, n, k])`.
+    τ is computed for the k chosen pairs only (the objective uses no other). Two equal ways, picked by
+    size: with few candidates (m ≤ k·d) the φ-scores of all m are one matmul, then k are read off;
+    with many (a long MoCo queue: m = 65,536 ≫ k·d = 12,800) the k chosen candidates are gathered and
+    their similarity and φ-score recomputed from them, so no `[C, n, m]` τ matrix exists (at B = 4,096
+    that cut AMCL-MoCo's loss from 14.5 s / 13 GB to 3.5 s / 3.6 GB; `benchmarks/loss_scaling.py`).
+    Values and gradients equal those of full similarity and τ matrices. Returns `(sim [C, n, k], τ [C, n, k])`.
     """
     if negatives == "hardest":
         k = 1
@@ -55,15 +57,20 @@ def select_negatives(similarity, anchors, candidates, temperature, negatives, to
     if negative_mask is not None:
         ranked = tf.where(negative_mask, ranked, -3.0)  # cosine ≥ −1
     _, index = tf.math.top_k(ranked, k=k)  # [C, n, k]
-    chosen = tf.gather(candidates, index, batch_dims=1)  # [C, n, k, d]
-    chosen_similarity = tf.einsum("cnd,cnkd->cnk", anchors, chosen)
     phi_anchors = temperature.embed(anchors) if phi_anchors is None else phi_anchors
-    chosen_rows, candidate_rows = anchors.shape[1], candidates.shape[1]
-    if isinstance(k, int) and chosen_rows is not None and candidate_rows is not None and chosen_rows * k < candidate_rows:
-        phi_chosen = temperature.embed(chosen)  # fewer rows through φ than the candidates (a long MoCo queue)
+    rows, columns, dim = anchors.shape[1], candidates.shape[1], anchors.shape[-1]
+    many = isinstance(k, int) and None not in (rows, columns, dim) and columns > k * dim
+    if not many:
+        scores = tf.matmul(phi_anchors, temperature.embed(candidates), transpose_b=True)  # [C, n, m]
+        chosen_scores = tf.gather(scores, index, batch_dims=2)
+        return tf.gather(similarity, index, batch_dims=2), temperature.from_scores(chosen_scores)
+    chosen = tf.gather(candidates, index, batch_dims=1)  # [C, n, k, d]
+    if rows * k < columns:
+        phi_chosen = temperature.embed(chosen)  # fewer rows through φ than all the candidates
     else:
         phi_chosen = tf.gather(temperature.embed(candidates), index, batch_dims=1)
-    return chosen_similarity, temperature.from_scores(tf.einsum("cnd,cnkd->cnk", phi_anchors, phi_chosen))
+    chosen_scores = tf.einsum("cnd,cnkd->cnk", phi_anchors, phi_chosen)
+    return tf.einsum("cnd,cnkd->cnk", anchors, chosen), temperature.from_scores(chosen_scores)
 
 
 def anchor_objective(sim_positive, tau_positive, sim_negative, tau_negative, beta, dim, negatives):

@@ -25,9 +25,12 @@ def test_infonce_queue_of_identical_keys_is_analytic(rng):
 
 
 @pytest.mark.parametrize("negatives", ["topk", "hardest"])
-# the last case has batch·k < queue: φ runs on the chosen keys, not on the whole queue (both paths covered)
+# the three ways `select_negatives` computes τ are all covered: queue ≤ k·d (one matmul for all keys; the first
+# three top-k cases), queue > k·d with batch·k < queue (φ on the chosen keys: (2, 2, 8, 64, 5), "hardest" mostly)
+# and queue > k·d with batch·k ≥ queue (φ on the queue, then gathered: (8, 2, 4, 6, 1))
 @pytest.mark.parametrize(
-    "batch,heads,dim,queue,top_k", [(3, 1, 4, 5, 100), (6, 2, 8, 20, 4), (5, 3, 16, 32, 10), (2, 2, 8, 64, 5)]
+    "batch,heads,dim,queue,top_k",
+    [(3, 1, 4, 5, 100), (6, 2, 8, 20, 4), (5, 3, 16, 32, 10), (2, 2, 8, 64, 5), (8, 2, 4, 6, 1)],
 )
 def test_amcl_infonce_matches_numpy(rng, negatives, batch, heads, dim, queue, top_k):
     q, k = (rng.normal(size=(batch, heads, dim)).astype("float32") for _ in range(2))
