@@ -12,6 +12,15 @@ A whole training step of a tiny-batch ResNet on 2 replicas still differs from on
 that is float32 round-off amplified by the deep BN network — one device on the same batch in another
 order differs as much, and in float64 the two agree to ~1e-12 (tests/methods/test_distributed.py,
 `test_resnet_two_replicas_equal_one_device_in_float64`).
+
+Training statistics are computed by TensorFlow's fused batch-norm kernel (`FusedBatchNormV3`, oneDNN's on CPU,
+cuDNN's on GPU: one pass forward, one backward) wherever it computes the same thing as Keras's layer — TF backend,
+training, float32 statistics (float32, float16 or bfloat16 inputs), channels last, no mask, no renorm, and not
+synchronized across several replicas; Keras's own code runs everywhere else (float64 layers included). Keras 3
+builds batch norm from separate mean, variance and normalize ops, each a pass over the activations, forward and
+backward: on ResNet-18 that made batch norm the largest cost after the convolutions (`benchmarks/step_profile.py`).
+The moving statistics are updated exactly as Keras does (the biased batch variance), so a model trains and saves
+the same either way; `fused=False` keeps Keras's path.
 """
 
 import keras
@@ -29,6 +38,51 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
     norm = amcl.normalization.SyncBatchNormalization(synchronized=True)
     ```
     """
+
+    def __init__(self, fused=True, **kwargs):
+        super().__init__(**kwargs)
+        self.fused = bool(fused)
+
+    def get_config(self):
+        return {**super().get_config(), "fused": self.fused}
+
+    def call(self, inputs, training=None, mask=None):
+        if self._fusable(inputs, training, mask):
+            return self._fused_training_call(inputs)
+        return super().call(inputs, training=training, mask=mask)
+
+    def _fusable(self, inputs, training, mask):
+        if not (self.fused and training and self.trainable and mask is None and not self.renorm):
+            return False
+        if keras.backend.backend() != "tensorflow" or inputs.shape.rank not in (2, 4):
+            return False
+        if self.axis not in (-1, inputs.shape.rank - 1) or inputs.dtype not in (tf.float32, tf.float16, tf.bfloat16):
+            return False
+        context = tf.distribute.get_replica_context()
+        return not (self.synchronized and context is not None and context.num_replicas_in_sync > 1)
+
+    def _fused_training_call(self, inputs):
+        """Keras's training branch (moments, moving-statistics update, normalize) through `FusedBatchNormV3`."""
+        x = tf.cast(inputs, tf.float32) if inputs.dtype != tf.float32 else inputs  # statistics in float32, as Keras
+        shape = tf.shape(x)
+        if x.shape.rank == 2:
+            x = x[:, None, None, :]
+        channels = x.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
+        empty = tf.constant([], tf.float32)
+        y, mean, unbiased_variance, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon, exponential_avg_factor=1.0,
+            data_format="NHWC", is_training=True)
+        count = tf.cast(tf.size(x) // channels, tf.float32)
+        variance = unbiased_variance * (count - 1.0) / tf.maximum(count, 1.0)  # the kernel returns Bessel's variance
+        moving_mean = tf.cast(self.moving_mean, tf.float32)
+        moving_variance = tf.cast(self.moving_variance, tf.float32)
+        self.moving_mean.assign(tf.cast(moving_mean * self.momentum + mean * (1.0 - self.momentum),
+                                        self.moving_mean.dtype))
+        self.moving_variance.assign(tf.cast(moving_variance * self.momentum + variance * (1.0 - self.momentum),
+                                            self.moving_variance.dtype))
+        return tf.cast(tf.reshape(y, shape), self.compute_dtype)
 
     def _moments(self, inputs, mask):
         context = tf.distribute.get_replica_context()

@@ -16,6 +16,7 @@ CPU default picks by measurement, `train.jit_compile: auto`).
     python -m benchmarks.step_profile                                    # AMCL-SimCLR, ResNet-18, batch 256
     python -m benchmarks.step_profile --encoder small_convnet --image-size 28 --channels 1 --batch 64   # quick
     ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.step_profile             # capped to AVX2
+    python -m benchmarks.step_profile --no-fused-batch-norm                     # Keras's own batch norm, for comparison
 """
 
 import argparse
@@ -29,10 +30,11 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from amcl_keras.normalization import SyncBatchNormalization
 from benchmarks import harness, train_step
 
 CATEGORIES = ("convolution", "matmul", "batch norm", "elementwise", "reduction", "data movement", "loss", "optimizer",
-              "other")
+              "non-finite guard", "other")
 
 # op type → category (first match; the type is matched after oneDNN's `_Mkl`/`_MklNative`/`_Fused` prefixes go)
 _TYPE_RULES = (
@@ -46,11 +48,14 @@ _TYPE_RULES = (
                     r"Minimum|Cast|Select|Where|Greater|Less|Equal|Abs|Sign|Reciprocal|Pow|FloorMod|Floor|Ceil|"
                     r"BiasAdd|IsFinite|LogicalAnd|LogicalOr|LogicalNot|StopGradient|SoftmaxCrossEntropy|Softmax"),
 )
-# name scopes that own an op whatever its type (checked before the type rules; lower case)
+# name scopes that own an op whatever its type but a convolution's (checked in order, before the other type rules;
+# lower case): the train step's own scopes (`methods/base.py`), then batch-norm layers (named `*_bn` here); the
+# loss's batch norms (a projector's output BN) count as batch norm, the loss's matmuls as the loss
 _SCOPE_RULES = (
-    ("optimizer", ("sgd", "adam", "lars", "optimizer", "clip", "global_norm", "assign", "apply_gradients")),
-    ("loss", ("loss", "temperature", "ntxent", "nt_xent", "infonce", "barlow", "simsiam", "cross_correlation")),
-    ("batch norm", ("batch_normalization", "_bn/", "_bn_", "moments")),
+    ("non-finite guard", ("nonfinite_guard/",)),
+    ("optimizer", ("optimizer/",)),
+    ("batch norm", ("batch_norm", "_bn/", "_bn_", "/moments/")),
+    ("loss", ("loss/",)),
 )
 _OP_EVENT = re.compile(r"^(?P<name>[^:]+):(?P<type>[A-Za-z0-9_]+)$")
 
@@ -58,10 +63,12 @@ _OP_EVENT = re.compile(r"^(?P<name>[^:]+):(?P<type>[A-Za-z0-9_]+)$")
 def categorize(name, op_type):
     """The category of one TF op from its full name (scopes) and type."""
     lowered = name.lower()
+    bare = re.sub(r"^_(Mkl(Native)?)?(Fused)?", "", op_type)
+    if re.search(_TYPE_RULES[0][1], bare):
+        return "convolution"
     for category, needles in _SCOPE_RULES:
         if any(needle in lowered for needle in needles):
             return category
-    bare = re.sub(r"^_(Mkl(Native)?)?(Fused)?", "", op_type)
     for category, pattern in _TYPE_RULES:
         if re.search(pattern, bare):
             return category
@@ -110,6 +117,10 @@ def profile(args):
     shape = (args.image_size, args.image_size, args.channels)
     model, encoder, model_config = harness.build_model(args.method, args.amcl, args.batch, args.encoder, shape,
                                                        jit=args.jit)
+    if not args.fused_batch_norm:  # Keras's own batch norm (separate mean / variance / normalize ops), for comparison
+        for layer in model._flatten_layers():
+            if isinstance(layer, SyncBatchNormalization):
+                layer.fused = False
     dataset = harness.synthetic_views(args.batch, shape)
     model.fit(dataset, epochs=1, steps_per_epoch=args.warmup, verbose=0)
     timer = harness.StepTimer()
@@ -126,6 +137,7 @@ def profile(args):
     return {
         "benchmark": "step_profile", "method": args.method, "amcl": args.amcl, "encoder": args.encoder,
         "batch_pairs": args.batch, "image_shape": list(shape), "jit_compile": args.jit, "precision": args.precision,
+        "fused_batch_norm": args.fused_batch_norm,
         "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "default"),
         "median_step_s": round(step, 4), "steps_timed": len(timer.times), "steps_traced": args.trace_steps,
         "train_flops_per_step": flops, "gflops_per_s": round(flops / step / 1e9, 1),
@@ -141,6 +153,8 @@ def main():
     parser.add_argument("--amcl", action=argparse.BooleanOptionalAction, default=True)
     harness.add_model_options(parser, encoder="resnet18_cifar", image_size=32, channels=3, batch=256)
     parser.add_argument("--precision", default="float32", choices=["float32", "mixed_float16", "mixed_bfloat16"])
+    parser.add_argument("--fused-batch-norm", action=argparse.BooleanOptionalAction, default=True,
+                        help="the library's fused batch norm (default) or Keras's own ops")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=3, help="timed steps (not traced)")
     parser.add_argument("--trace-steps", type=int, default=1, help="steps under the profiler")
@@ -151,6 +165,7 @@ def main():
              ", ".join(f"{op} {100 * share:.1f}%" for op, share in entry["top_ops"].items())]
             for category, entry in sorted(result["categories"].items(), key=lambda item: -item[1]["share"])]
     title = (f"{args.method} (AMCL {args.amcl}), {args.encoder}, batch {args.batch} pairs, jit={args.jit}, "
+             f"fused batch norm {args.fused_batch_norm}, "
              f"ISA cap {result['onednn_max_isa']}: step {result['median_step_s']:.3f} s, "
              f"{result['gflops_per_s']} GFLOP/s = {100 * result['mfu']:.0f}% of {result['matmul_peak_gflops']} GFLOP/s")
     harness.report(result, title, ["category", "share of op time", "s / step", "largest op types"], rows, args.json)

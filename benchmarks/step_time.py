@@ -2,7 +2,10 @@
 
 For every method asked for, both models train on the same fixed batch of random images
 (augmentation excluded), in the same process, in alternating rounds so that machine noise hits
-both alike. Prints JSON and a table; the AMCL overhead is the ratio of the median step times.
+both alike. Prints JSON and a table; the AMCL overhead is the ratio of the median step times. Next to it, the ratio
+of the two models' forward multiply-adds (every Conv2D and Dense they hold: encoder, heads, predictors, a momentum
+encoder; the loss excluded) is the overhead a step would have if it cost only its layers' FLOPs: what extra heads
+must cost, whatever the implementation.
 
     python -m benchmarks.step_time                                  # SimCLR, ResNet-18, batch 256 (slow on CPU)
     python -m benchmarks.step_time --methods all --encoder small_convnet --image-size 28 --channels 1
@@ -13,7 +16,7 @@ import statistics
 
 import keras
 
-from benchmarks import harness
+from benchmarks import harness, train_step
 
 
 def main():
@@ -48,12 +51,13 @@ def main():
             entry[name] = {"median_step_s": round(median, 4), "images_per_s": round(2 * args.batch / median, 2),
                            "steps_timed": len(values)}
         entry["amcl_over_baseline"] = round(entry["amcl"]["median_step_s"] / entry["baseline"]["median_step_s"], 4)
+        entry["mac_ratio"] = round(train_step.forward_macs(models["amcl"]) / train_step.forward_macs(models["baseline"]), 4)
         result["methods"][method] = entry
     harness.report(
         result, f"{args.encoder}, batch {args.batch} pairs, jit={args.jit}; baseline = 1 head, AMCL = 3 heads",
-        ["method", "baseline step (s)", "AMCL step (s)", "AMCL / baseline"],
+        ["method", "baseline step (s)", "AMCL step (s)", "AMCL / baseline", "MAC ratio (layers only)"],
         [[method, f"{e['baseline']['median_step_s']:.3f}", f"{e['amcl']['median_step_s']:.3f}",
-          f"{e['amcl_over_baseline']:.3f}"] for method, e in result["methods"].items()],
+          f"{e['amcl_over_baseline']:.3f}", f"{e['mac_ratio']:.3f}"] for method, e in result["methods"].items()],
         args.json)
 
 

@@ -137,9 +137,11 @@ def test_synchronized_batch_norm_replaces_every_batch_norm_and_keeps_the_weights
     assert [w.shape for w in synced.weights] == [w.shape for w in plain.weights]
     synced.set_weights(plain.get_weights())
     images = _views()[0]
-    for training in (False, True):  # one device: the same statistics
+    # one device: the same statistics; in training the swapped layers take TF's fused kernel (normalization.py),
+    # which sums in another order than Keras's separate ops: equal to float32 round-off through ~50 layers
+    for training, rtol in ((False, 1e-5), (True, 2e-4)):
         np.testing.assert_allclose(np.asarray(synced(images, training=training)),
-                                   np.asarray(plain(images, training=training)), rtol=1e-5, atol=1e-7)
+                                   np.asarray(plain(images, training=training)), rtol=rtol, atol=2e-5)
 
 
 def test_a_local_weights_file_is_loaded_and_a_missing_one_is_named(tmp_path):

@@ -457,9 +457,12 @@ class ContrastiveTrainer(keras.Model):
         guarded = self.skip_nonfinite_steps
         state = self.forward_state() if guarded else []
         snapshot = [tf.identity(v) for v in state]  # what the forward pass may change
+        # name scopes "loss", "nonfinite_guard" and "optimizer" label the step's parts in profiles and graphs
+        # (benchmarks/step_profile.py attributes op time by them)
         with tf.GradientTape() as tape:
             features, z1, z2 = self.embed_views(view1, view2 if self.embeds_both_views else None)
-            loss, stats, carry = self.compute_loss_and_stats(z1, z2, (view1, view2))
+            with tf.name_scope("loss"):
+                loss, stats, carry = self.compute_loss_and_stats(z1, z2, (view1, view2))
             # Each replica returns its share of the global mean; the optimizer sums replicas.
             scaled = self.optimizer.scale_loss(loss / replicas)
         gradients = tape.gradient(scaled, self.trainable_variables)
@@ -476,20 +479,23 @@ class ContrastiveTrainer(keras.Model):
         if scaling:  # the loss-scale optimizer will skip its update: the rest of the step is skipped with it
             overflow = nonfinite.loss_scale_overflow(gradients)
         if guarded:
-            health = nonfinite.find_nonfinite_parts(
-                self.nonfinite_steps, features=features, z=z, carry_flags=self.carry_health(carry), state=state,
-                loss=loss, variables=self.trainable_variables, gradients=gradients, owner=self._variable_parts(),
-                check_gradients=nonfinite.gradient_check(self.optimizer, self.trainable_variables))
-            bad = nonfinite.count_parts(self.nonfinite_steps, health)
+            with tf.name_scope("nonfinite_guard"):
+                health = nonfinite.find_nonfinite_parts(
+                    self.nonfinite_steps, features=features, z=z, carry_flags=self.carry_health(carry), state=state,
+                    loss=loss, variables=self.trainable_variables, gradients=gradients, owner=self._variable_parts(),
+                    check_gradients=nonfinite.gradient_check(self.optimizer, self.trainable_variables))
+                bad = nonfinite.count_parts(self.nonfinite_steps, health)
         if replicas > 1:  # every replica takes the same branch below
             flags = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.stack([bad, overflow]), tf.int32))
             bad, overflow = flags[0] > 0, flags[1] > 0
         own_clipping = self._temperature_variable_ids() is not None
         if replicas > 1 or own_clipping:
-            gradients = self._clip_global_gradients(gradients, replicas)
+            with tf.name_scope("optimizer"):
+                gradients = self._clip_global_gradients(gradients, replicas)
 
         def optimizer_apply(gradients, carry):
-            with _optimizer_clipping_off(self.optimizer) if own_clipping else contextlib.nullcontext():
+            with tf.name_scope("optimizer"), (
+                    _optimizer_clipping_off(self.optimizer) if own_clipping else contextlib.nullcontext()):
                 self.optimizer.apply(gradients, self.trainable_variables)
 
         def apply(gradients, carry):
