@@ -63,7 +63,7 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
 
     def _fused_training_call(self, inputs):
         """Keras's training branch (moments, moving-statistics update, normalize) through `FusedBatchNormV3`."""
-        x = tf.cast(inputs, tf.float32) if inputs.dtype != tf.float32 else inputs  # statistics in float32, as Keras
+        x = tf.cast(inputs, tf.float32)  # statistics in float32, as Keras (a no-op for float32 inputs)
         shape = tf.shape(x)
         if x.shape.rank == 2:
             x = x[:, None, None, :]

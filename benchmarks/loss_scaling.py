@@ -6,8 +6,9 @@ SimCLR ± AMCL (2B × 2B similarities per head, top-k negatives), MoCo ± AMCL w
 its own process: its time is the median of `--repeats` compiled calls on random embeddings, its memory the growth
 of the process's peak resident set over the calls (what the loss itself allocates, CPU). The growth exponent is
 the slope of log(time) against log(batch) over the batches measured. With `--step ENCODER`, the same process then
-times the whole training step of that case's model (XLA, synthetic 32×32×3 images, median of `--step-repeats`
-steps after as many warm-up steps) and records the process's peak memory and the loss's share of the step.
+times the whole training step of that case's model (XLA unless `--no-step-jit`, synthetic 32×32×3 images, median
+of `--step-repeats` steps after as many warm-up steps) and records the process's peak memory and the loss's share
+of the step.
 
     python -m benchmarks.loss_scaling                          # batches 256 1024 4096, every case
     python -m benchmarks.loss_scaling --batches 64 128 --cases simclr --repeats 2   # quick
@@ -39,7 +40,7 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure_one(case, batch, repeats, step_encoder=None, step_repeats=2):
+def measure_one(case, batch, repeats, step_encoder=None, step_repeats=2, step_jit=True):
     """{median_ms, loss_peak_mib} of one case at one batch, in this process; with `step_encoder` also
     {step_median_ms, step_peak_mib, loss_share} of the whole training step on that encoder."""
     from benchmarks import loss_time  # noqa: PLC0415
@@ -54,7 +55,7 @@ def measure_one(case, batch, repeats, step_encoder=None, step_repeats=2):
              "loss_peak_mib": round(peak_rss_mib() - before, 1)}
     if step_encoder:
         shape = (32, 32, 3)
-        model = harness.build_model(method, amcl_on, batch, step_encoder, shape, jit=True, extra=overrides)[0]
+        model = harness.build_model(method, amcl_on, batch, step_encoder, shape, jit=step_jit, extra=overrides)[0]
         steps = harness.time_steps({case: model}, harness.synthetic_views(batch, shape), step_repeats, 1)[case]
         step_ms = 1000 * sorted(steps)[len(steps) // 2]
         entry.update(step_median_ms=round(step_ms, 1), step_peak_mib=round(peak_rss_mib(), 1),
@@ -77,11 +78,14 @@ def main():
     parser.add_argument("--timeout", type=int, default=900, help="seconds per (case, batch) process")
     parser.add_argument("--step", metavar="ENCODER", help="also time the whole training step on this encoder")
     parser.add_argument("--step-repeats", type=int, default=2, help="timed (and warm-up) steps with --step")
+    parser.add_argument("--step-jit", action=argparse.BooleanOptionalAction, default=True,
+                        help="compile the --step model with XLA (the committed results did)")
     parser.add_argument("--one", nargs=2, metavar=("CASE", "BATCH"), help=argparse.SUPPRESS)
     harness.add_json_option(parser)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure_one(args.one[0], int(args.one[1]), args.repeats, args.step, args.step_repeats)))
+        print(json.dumps(measure_one(args.one[0], int(args.one[1]), args.repeats, args.step, args.step_repeats,
+                                     args.step_jit)))
         return
     result = {"benchmark": "loss_scaling", "command": "python -m benchmarks.loss_scaling " + " ".join(sys.argv[1:]),
               "machine": harness.machine(), "versions": harness.versions(), "repeats": args.repeats, "cases": {}}
@@ -90,7 +94,8 @@ def main():
         entries = {}
         for batch in args.batches:
             try:
-                step = ["--step", args.step, "--step-repeats", args.step_repeats] if args.step else []
+                step = ["--step", args.step, "--step-repeats", args.step_repeats,
+                        "--step-jit" if args.step_jit else "--no-step-jit"] if args.step else []
                 entries[batch] = harness.run_json([sys.executable, "-m", "benchmarks.loss_scaling", "--one", case,
                                                    batch, "--repeats", args.repeats, *step], timeout=args.timeout)
             except (RuntimeError, subprocess.TimeoutExpired) as error:
@@ -109,7 +114,7 @@ def main():
         headers += [*(f"step ms @ {b}" for b in args.batches), *(f"step peak MiB @ {b}" for b in args.batches),
                     *(f"loss share @ {b}" for b in args.batches)]
     title = "Loss alone (forward + backward), median ms and peak memory growth"
-    harness.report(result, title + (f"; whole step on {args.step} (XLA)" if args.step else ""), headers, rows, args.json)
+    harness.report(result, title + (f"; whole step on {args.step} (XLA {args.step_jit})" if args.step else ""), headers, rows, args.json)
 
 
 if __name__ == "__main__":
